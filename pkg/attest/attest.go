@@ -1,0 +1,211 @@
+// Package attest defines Foster's install attestation: an in-toto Statement
+// v1 whose subject is the installed firmware target and whose predicate
+// records what the device did, wrapped in a DSSE envelope signed with the
+// device's own key (the key behind its Foster device certificate).
+//
+// Threat model: the envelope travels over untrusted paths (queued on a device
+// for months, forwarded later), so nothing in it is trusted until Verify has
+// checked the signature against a public key the caller already trusts (the
+// device certificate, after chain verification). Verify also checks the
+// statement is internally consistent (subject == predicate's new target), so a
+// signed statement cannot claim one image in the subject and another in the
+// predicate. Replay defence (Sequence) and target checks belong to the
+// ingesting server, which has the state to judge them.
+package attest
+
+import (
+	"bytes"
+	"crypto"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/sigstore/sigstore/pkg/signature/dsse"
+)
+
+const (
+	// PayloadType is the DSSE payload type of an in-toto statement.
+	PayloadType = "application/vnd.in-toto+json"
+	// StatementType is the in-toto Statement v1 type.
+	StatementType = "https://in-toto.io/Statement/v1"
+	// PredicateType identifies Foster's install predicate (docs/ATTESTATIONS.md).
+	PredicateType = "https://foster-ota.dev/attestation/install/v1"
+	// MaxEnvelopeSize bounds an envelope accepted anywhere.
+	MaxEnvelopeSize = 64 << 10 // bytes
+)
+
+// Outcomes of an install.
+const (
+	OutcomeCommitted  = "committed"
+	OutcomeRolledBack = "rolled-back"
+	OutcomeFailed     = "failed"
+)
+
+// Typed verification failures.
+var (
+	ErrMalformed    = errors.New("malformed attestation")
+	ErrBadSignature = errors.New("attestation signature does not verify")
+)
+
+// Target names a firmware target by TUF path and content.
+type Target struct {
+	Name           string `json:"name"`
+	SHA256         string `json:"sha256"`
+	Length         int64  `json:"length"`
+	Version        string `json:"version,omitempty"`
+	ReleaseCounter int64  `json:"release_counter,omitempty"`
+}
+
+// Install is the predicate: what a device did with a target.
+type Install struct {
+	Device          string    `json:"device"`
+	Previous        *Target   `json:"previous,omitempty"`
+	New             Target    `json:"new"`
+	TargetsVersion  int64     `json:"targets_version"`
+	SnapshotVersion int64     `json:"snapshot_version"`
+	Outcome         string    `json:"outcome"`
+	Reason          string    `json:"reason,omitempty"`
+	BootCounter     int64     `json:"boot_counter"`
+	Sequence        int64     `json:"sequence"`
+	Time            time.Time `json:"time"`
+}
+
+type subject struct {
+	Name   string            `json:"name"`
+	Digest map[string]string `json:"digest"`
+}
+
+type statement struct {
+	Type          string    `json:"_type"`
+	Subject       []subject `json:"subject"`
+	PredicateType string    `json:"predicateType"`
+	Predicate     Install   `json:"predicate"`
+}
+
+// Validate checks the predicate's fields without any signature.
+func (in Install) Validate() error {
+	if in.Device == "" {
+		return fmt.Errorf("%w: empty device", ErrMalformed)
+	}
+	if err := in.New.validate(); err != nil {
+		return fmt.Errorf("%w: new target: %v", ErrMalformed, err)
+	}
+	if in.Previous != nil {
+		if err := in.Previous.validate(); err != nil {
+			return fmt.Errorf("%w: previous target: %v", ErrMalformed, err)
+		}
+	}
+	switch in.Outcome {
+	case OutcomeCommitted, OutcomeRolledBack, OutcomeFailed:
+	default:
+		return fmt.Errorf("%w: unknown outcome %q", ErrMalformed, in.Outcome)
+	}
+	if in.Sequence <= 0 {
+		return fmt.Errorf("%w: sequence must be positive", ErrMalformed)
+	}
+	if len(in.Reason) > 1024 {
+		return fmt.Errorf("%w: reason longer than 1024 bytes", ErrMalformed)
+	}
+	return nil
+}
+
+func (t Target) validate() error {
+	if t.Name == "" || len(t.Name) > 512 {
+		return errors.New("name must be 1-512 bytes")
+	}
+	if b, err := hex.DecodeString(t.SHA256); err != nil || len(b) != 32 {
+		return fmt.Errorf("sha256 %q is not 64 hex characters", t.SHA256)
+	}
+	if t.Length < 0 {
+		return errors.New("negative length")
+	}
+	return nil
+}
+
+// Sign wraps in into a DSSE-enveloped in-toto statement signed by signer.
+func Sign(signer signature.Signer, in Install) ([]byte, error) {
+	if err := in.Validate(); err != nil {
+		return nil, err
+	}
+	st := statement{
+		Type:          StatementType,
+		Subject:       []subject{{Name: in.New.Name, Digest: map[string]string{"sha256": in.New.SHA256}}},
+		PredicateType: PredicateType,
+		Predicate:     in,
+	}
+	payload, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("encoding statement: %w", err)
+	}
+	env, err := dsse.WrapSigner(signer, PayloadType).SignMessage(bytes.NewReader(payload))
+	if err != nil {
+		return nil, fmt.Errorf("signing attestation: %w", err)
+	}
+	return env, nil
+}
+
+// Verify checks envelope's signature with pub and returns the predicate.
+func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
+	if len(envelope) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
+	}
+	v, err := signature.LoadVerifier(pub, crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("%w: unsupported key: %v", ErrBadSignature, err)
+	}
+	var payload []byte
+	dv := dsse.WrapVerifier(v, dsse.WithExpectedPayloadType(PayloadType), dsse.WithDecodedPayload(&payload))
+	if err := dv.VerifySignature(bytes.NewReader(envelope), nil); err != nil {
+		if !json.Valid(envelope) {
+			return nil, fmt.Errorf("%w: envelope is not JSON", ErrMalformed)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	return parseStatement(payload)
+}
+
+// PeekDevice returns the device claimed by an envelope without verifying it,
+// so a server can find which certificate to verify against. Never trust the
+// result before Verify succeeds.
+func PeekDevice(envelope []byte) (string, error) {
+	if len(envelope) > MaxEnvelopeSize {
+		return "", fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
+	}
+	var env struct {
+		Payload []byte `json:"payload"`
+	}
+	if err := json.Unmarshal(envelope, &env); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	in, err := parseStatement(env.Payload)
+	if err != nil {
+		return "", err
+	}
+	return in.Device, nil
+}
+
+func parseStatement(payload []byte) (*Install, error) {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var st statement
+	if err := dec.Decode(&st); err != nil {
+		return nil, fmt.Errorf("%w: statement: %v", ErrMalformed, err)
+	}
+	if st.Type != StatementType {
+		return nil, fmt.Errorf("%w: statement type %q, want %q", ErrMalformed, st.Type, StatementType)
+	}
+	if st.PredicateType != PredicateType {
+		return nil, fmt.Errorf("%w: predicate type %q, want %q", ErrMalformed, st.PredicateType, PredicateType)
+	}
+	if err := st.Predicate.Validate(); err != nil {
+		return nil, err
+	}
+	if len(st.Subject) != 1 || st.Subject[0].Name != st.Predicate.New.Name ||
+		st.Subject[0].Digest["sha256"] != st.Predicate.New.SHA256 {
+		return nil, fmt.Errorf("%w: subject does not match the installed target", ErrMalformed)
+	}
+	return &st.Predicate, nil
+}
