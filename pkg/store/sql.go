@@ -1,0 +1,621 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+)
+
+type dialect int
+
+const (
+	sqlite dialect = iota
+	postgres
+)
+
+// DB is the database/sql implementation of the store. Safe for concurrent use.
+type DB struct {
+	db      *sql.DB
+	dialect dialect
+	now     func() time.Time
+}
+
+// Open opens the store named by dsn and migrates its schema:
+//
+//	sqlite:/path/foster.db | /path/foster.db   embedded SQLite (WAL, busy timeout 5 s)
+//	postgres://user@host:5432/db?sslmode=disable
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	var d *DB
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		db, err := sql.Open("pgx", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("opening postgres: %w", err)
+		}
+		db.SetMaxOpenConns(16)
+		d = &DB{db: db, dialect: postgres}
+	default:
+		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite://"), "sqlite:")
+		if path == "" {
+			return nil, errors.New("store: empty sqlite path")
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, err
+		}
+		q := url.Values{}
+		q.Add("_pragma", "busy_timeout(5000)")
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "foreign_keys(1)")
+		q.Set("_txlock", "immediate")
+		db, err := sql.Open("sqlite", "file:"+abs+"?"+q.Encode())
+		if err != nil {
+			return nil, fmt.Errorf("opening sqlite %s: %w", abs, err)
+		}
+		// One writer at a time is SQLite's model; a small pool keeps readers concurrent.
+		db.SetMaxOpenConns(4)
+		d = &DB{db: db, dialect: sqlite}
+	}
+	d.now = func() time.Time { return time.Now().UTC() }
+	if err := d.db.PingContext(ctx); err != nil {
+		d.db.Close()
+		return nil, fmt.Errorf("connecting to store: %w", err)
+	}
+	if err := d.migrate(ctx); err != nil {
+		d.db.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+// SetClock replaces the clock (tests).
+func (d *DB) SetClock(now func() time.Time) { d.now = now }
+
+const schema = `
+CREATE TABLE IF NOT EXISTS models (
+	name TEXT PRIMARY KEY,
+	hardware_ids TEXT NOT NULL,
+	created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+	hash TEXT PRIMARY KEY,
+	serial TEXT NOT NULL,
+	model TEXT NOT NULL REFERENCES models(name),
+	expires_at BIGINT NOT NULL,
+	created_by TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	used_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (
+	id TEXT PRIMARY KEY,
+	serial TEXT NOT NULL,
+	model TEXT NOT NULL REFERENCES models(name),
+	status TEXT NOT NULL,
+	cert_serial TEXT NOT NULL,
+	cert_not_after BIGINT NOT NULL,
+	cert_pem TEXT NOT NULL,
+	enrolled_at BIGINT NOT NULL,
+	installed_version TEXT NOT NULL DEFAULT '',
+	installed_target TEXT NOT NULL DEFAULT '',
+	installed_counter BIGINT NOT NULL DEFAULT 0,
+	last_attestation_at BIGINT NOT NULL DEFAULT 0,
+	last_sequence BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS releases (
+	id @ID@,
+	model TEXT NOT NULL REFERENCES models(name),
+	version TEXT NOT NULL,
+	counter BIGINT NOT NULL,
+	target_path TEXT NOT NULL UNIQUE,
+	sha256 TEXT NOT NULL,
+	length BIGINT NOT NULL,
+	created_by TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	UNIQUE (model, version),
+	UNIQUE (model, counter)
+);
+CREATE TABLE IF NOT EXISTS attestations (
+	id @ID@,
+	device_id TEXT NOT NULL REFERENCES devices(id),
+	sequence BIGINT NOT NULL,
+	outcome TEXT NOT NULL,
+	target_path TEXT NOT NULL,
+	sha256 TEXT NOT NULL,
+	version TEXT NOT NULL,
+	counter BIGINT NOT NULL,
+	envelope TEXT NOT NULL,
+	received_at BIGINT NOT NULL,
+	UNIQUE (device_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+	id @ID@,
+	actor TEXT NOT NULL,
+	action TEXT NOT NULL,
+	detail TEXT NOT NULL,
+	at BIGINT NOT NULL
+);
+`
+
+func (d *DB) migrate(ctx context.Context) error {
+	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
+	if d.dialect == postgres {
+		id = "BIGSERIAL PRIMARY KEY"
+	}
+	for _, stmt := range strings.Split(strings.ReplaceAll(schema, "@ID@", id), ";") {
+		if strings.TrimSpace(stmt) == "" {
+			continue
+		}
+		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("migrating store schema: %w", err)
+		}
+	}
+	return nil
+}
+
+// q rewrites ? placeholders for PostgreSQL.
+func (d *DB) q(query string) string {
+	if d.dialect != postgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func ts(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromTS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func isUnique(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "UNIQUE constraint") || strings.Contains(s, "SQLSTATE 23505") || strings.Contains(s, "duplicate key")
+}
+
+func (d *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("committing: %w", err)
+	}
+	return nil
+}
+
+// --- models
+
+// CreateModel registers a device model.
+func (d *DB) CreateModel(ctx context.Context, m Model) (Model, error) {
+	if m.HardwareIDs == nil {
+		m.HardwareIDs = []string{}
+	}
+	m.CreatedAt = d.now()
+	hw, _ := json.Marshal(m.HardwareIDs)
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO models (name, hardware_ids, created_at) VALUES (?, ?, ?)`),
+		m.Name, string(hw), ts(m.CreatedAt))
+	if isUnique(err) {
+		return Model{}, fmt.Errorf("model %q: %w", m.Name, ErrConflict)
+	}
+	if err != nil {
+		return Model{}, fmt.Errorf("creating model: %w", err)
+	}
+	return m, nil
+}
+
+// GetModel returns a model or ErrNotFound.
+func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
+	var m Model
+	var hw string
+	var at int64
+	err := d.db.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Model{}, fmt.Errorf("model %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return Model{}, fmt.Errorf("reading model: %w", err)
+	}
+	m.CreatedAt = fromTS(at)
+	if err := json.Unmarshal([]byte(hw), &m.HardwareIDs); err != nil {
+		return Model{}, fmt.Errorf("model %q: corrupt hardware ids: %w", name, err)
+	}
+	return m, nil
+}
+
+// ListModels returns all models by name.
+func (d *DB) ListModels(ctx context.Context) ([]Model, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT name FROM models ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("listing models: %w", err)
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	rows.Close()
+	out := make([]Model, 0, len(names))
+	for _, n := range names {
+		m, err := d.GetModel(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// --- tokens and enrollment
+
+// CreateToken stores a token (by hash).
+func (d *DB) CreateToken(ctx context.Context, t Token) error {
+	t.CreatedAt = d.now()
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO tokens (hash, serial, model, expires_at, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		t.Hash, t.Serial, t.Model, ts(t.ExpiresAt), t.CreatedBy, ts(t.CreatedAt))
+	if isUnique(err) {
+		return fmt.Errorf("token: %w", ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("creating token: %w", err)
+	}
+	return nil
+}
+
+// Enroll consumes the token with the given hash and records the device issue
+// returns, in one transaction: if the token is unusable or issue fails, the
+// token stays unused and no device is recorded. serial and model are what the
+// device claims; they must match the token's binding.
+func (d *DB) Enroll(ctx context.Context, tokenHash, serial, model string, issue func(Token) (Device, error)) (Device, error) {
+	var dev Device
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var t Token
+		var exp, used int64
+		err := tx.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+d.forUpdate()), tokenHash).
+			Scan(&t.Serial, &t.Model, &exp, &used)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrTokenInvalid
+		}
+		if err != nil {
+			return fmt.Errorf("reading token: %w", err)
+		}
+		t.Hash, t.ExpiresAt, t.UsedAt = tokenHash, fromTS(exp), fromTS(used)
+		now := d.now()
+		switch {
+		case used != 0:
+			return ErrTokenUsed
+		case !now.Before(t.ExpiresAt):
+			return ErrTokenExpired
+		case t.Serial != serial || t.Model != model:
+			return fmt.Errorf("%w: token is for %s/%s, request is for %s/%s", ErrTokenBinding, t.Model, t.Serial, model, serial)
+		}
+		var exists int
+		if err := tx.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM devices WHERE serial = ? AND model = ?`), serial, model).Scan(&exists); err != nil {
+			return err
+		}
+		if exists > 0 {
+			return fmt.Errorf("device %s/%s is already enrolled: %w", model, serial, ErrConflict)
+		}
+		dev, err = issue(t)
+		if err != nil {
+			return err
+		}
+		dev.Status = DeviceActive
+		dev.EnrolledAt = now
+		res, err := tx.ExecContext(ctx, d.q(`UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`), ts(now), tokenHash)
+		if err != nil {
+			return fmt.Errorf("consuming token: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrTokenUsed
+		}
+		_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+			dev.ID, dev.Serial, dev.Model, dev.Status, dev.CertSerial, ts(dev.CertNotAfter), dev.CertPEM, ts(dev.EnrolledAt))
+		if isUnique(err) {
+			return fmt.Errorf("device %s: %w", dev.ID, ErrConflict)
+		}
+		if err != nil {
+			return fmt.Errorf("recording device: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Device{}, err
+	}
+	return dev, nil
+}
+
+func (d *DB) forUpdate() string {
+	if d.dialect == postgres {
+		return " FOR UPDATE"
+	}
+	return "" // SQLite transactions here are BEGIN IMMEDIATE: already exclusive for writers
+}
+
+// --- devices
+
+const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence`
+
+type scanner interface{ Scan(...any) error }
+
+func scanDevice(s scanner) (Device, error) {
+	var dv Device
+	var notAfter, enrolled, lastAtt int64
+	err := s.Scan(&dv.ID, &dv.Serial, &dv.Model, &dv.Status, &dv.CertSerial, &notAfter, &dv.CertPEM, &enrolled,
+		&dv.InstalledVersion, &dv.InstalledTarget, &dv.InstalledCounter, &lastAtt, &dv.LastSequence)
+	dv.CertNotAfter, dv.EnrolledAt, dv.LastAttestationAt = fromTS(notAfter), fromTS(enrolled), fromTS(lastAtt)
+	return dv, err
+}
+
+// GetDevice returns a device by URN or ErrNotFound.
+func (d *DB) GetDevice(ctx context.Context, id string) (Device, error) {
+	dv, err := scanDevice(d.db.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("reading device: %w", err)
+	}
+	return dv, nil
+}
+
+// ListDevices returns devices ordered by model then serial.
+func (d *DB) ListDevices(ctx context.Context) ([]Device, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY model, serial`)
+	if err != nil {
+		return nil, fmt.Errorf("listing devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		dv, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dv)
+	}
+	return out, rows.Err()
+}
+
+// SetDeviceStatus changes a device's status (e.g. revoked).
+func (d *DB) SetDeviceStatus(ctx context.Context, id, status string) error {
+	res, err := d.db.ExecContext(ctx, d.q(`UPDATE devices SET status = ? WHERE id = ?`), status, id)
+	if err != nil {
+		return fmt.Errorf("updating device: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// --- releases
+
+// AddRelease records a release after check confirms it (typically by
+// publishing it). The counter must be above every earlier counter for the
+// model; check runs inside the transaction so concurrent adds are ordered, and
+// if it fails nothing is recorded.
+func (d *DB) AddRelease(ctx context.Context, r Release, check func() error) (Release, error) {
+	r.CreatedAt = d.now()
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var max sql.NullInt64
+		if err := tx.QueryRowContext(ctx, d.q(`SELECT MAX(counter) FROM releases WHERE model = ?`), r.Model).Scan(&max); err != nil {
+			return fmt.Errorf("reading latest release: %w", err)
+		}
+		if max.Valid && r.Counter <= max.Int64 {
+			return fmt.Errorf("%w: counter %d, latest is %d", ErrStale, r.Counter, max.Int64)
+		}
+		var dup int
+		if err := tx.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM releases WHERE model = ? AND version = ?`), r.Model, r.Version).Scan(&dup); err != nil {
+			return err
+		}
+		if dup > 0 {
+			return fmt.Errorf("release %s %s: %w", r.Model, r.Version, ErrConflict)
+		}
+		if check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+		err := tx.QueryRowContext(ctx, d.q(`INSERT INTO releases (model, version, counter, target_path, sha256, length, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+			r.Model, r.Version, r.Counter, r.TargetPath, r.SHA256, r.Length, r.CreatedBy, ts(r.CreatedAt)).Scan(&r.ID)
+		if isUnique(err) {
+			return fmt.Errorf("release %s %s: %w", r.Model, r.Version, ErrConflict)
+		}
+		return err
+	})
+	if err != nil {
+		return Release{}, err
+	}
+	return r, nil
+}
+
+// LatestRelease returns the release with the highest counter for model, or ErrNotFound.
+func (d *DB) LatestRelease(ctx context.Context, model string) (Release, error) {
+	rs, err := d.listReleases(ctx, `WHERE model = ? ORDER BY counter DESC LIMIT 1`, model)
+	if err != nil {
+		return Release{}, err
+	}
+	if len(rs) == 0 {
+		return Release{}, fmt.Errorf("releases of %s: %w", model, ErrNotFound)
+	}
+	return rs[0], nil
+}
+
+// ReleaseByTarget returns the release published as target path p.
+func (d *DB) ReleaseByTarget(ctx context.Context, p string) (Release, error) {
+	rs, err := d.listReleases(ctx, `WHERE target_path = ?`, p)
+	if err != nil {
+		return Release{}, err
+	}
+	if len(rs) == 0 {
+		return Release{}, fmt.Errorf("release %s: %w", p, ErrNotFound)
+	}
+	return rs[0], nil
+}
+
+// ListReleases returns releases, optionally for one model, newest first.
+func (d *DB) ListReleases(ctx context.Context, model string) ([]Release, error) {
+	if model == "" {
+		return d.listReleases(ctx, `ORDER BY model, counter DESC`)
+	}
+	return d.listReleases(ctx, `WHERE model = ? ORDER BY counter DESC`, model)
+}
+
+func (d *DB) listReleases(ctx context.Context, where string, args ...any) ([]Release, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases `+where), args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing releases: %w", err)
+	}
+	defer rows.Close()
+	var out []Release
+	for rows.Next() {
+		var r Release
+		var at int64
+		if err := rows.Scan(&r.ID, &r.Model, &r.Version, &r.Counter, &r.TargetPath, &r.SHA256, &r.Length, &r.CreatedBy, &at); err != nil {
+			return nil, err
+		}
+		r.CreatedAt = fromTS(at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// --- attestations
+
+// AddAttestation stores an accepted attestation and, for a committed install,
+// updates the device's installed version. The sequence must be above the last
+// accepted one for the device (ErrReplay otherwise).
+func (d *DB) AddAttestation(ctx context.Context, a Attestation) (Attestation, error) {
+	a.ReceivedAt = d.now()
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var last int64
+		err := tx.QueryRowContext(ctx, d.q(`SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate()), a.DeviceID).Scan(&last)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device %s: %w", a.DeviceID, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if a.Sequence <= last {
+			return fmt.Errorf("%w (got %d, last %d)", ErrReplay, a.Sequence, last)
+		}
+		err = tx.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+			a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt)).Scan(&a.ID)
+		if isUnique(err) {
+			return ErrReplay
+		}
+		if err != nil {
+			return fmt.Errorf("recording attestation: %w", err)
+		}
+		upd := `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
+		args := []any{a.Sequence, ts(a.ReceivedAt), a.DeviceID}
+		if a.Outcome == "committed" {
+			upd = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
+			args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
+		}
+		_, err = tx.ExecContext(ctx, d.q(upd), args...)
+		return err
+	})
+	if err != nil {
+		return Attestation{}, err
+	}
+	return a, nil
+}
+
+// ListAttestations returns a device's attestations, oldest first ("" for all).
+func (d *DB) ListAttestations(ctx context.Context, deviceID string) ([]Attestation, error) {
+	where, args := "", []any{}
+	if deviceID != "" {
+		where, args = "WHERE device_id = ?", []any{deviceID}
+	}
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at FROM attestations `+where+` ORDER BY id`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing attestations: %w", err)
+	}
+	defer rows.Close()
+	var out []Attestation
+	for rows.Next() {
+		var a Attestation
+		var env string
+		var at int64
+		if err := rows.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at); err != nil {
+			return nil, err
+		}
+		a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// --- audit trail
+
+// Audit records an admin action.
+func (d *DB) Audit(ctx context.Context, actor, action, detail string) error {
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO audit_events (actor, action, detail, at) VALUES (?, ?, ?, ?)`), actor, action, detail, ts(d.now()))
+	if err != nil {
+		return fmt.Errorf("recording audit event: %w", err)
+	}
+	return nil
+}
+
+// ListAudit returns audit events, oldest first.
+func (d *DB) ListAudit(ctx context.Context) ([]AuditEvent, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, actor, action, detail, at FROM audit_events ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing audit events: %w", err)
+	}
+	defer rows.Close()
+	var out []AuditEvent
+	for rows.Next() {
+		var e AuditEvent
+		var at int64
+		if err := rows.Scan(&e.ID, &e.Actor, &e.Action, &e.Detail, &at); err != nil {
+			return nil, err
+		}
+		e.At = fromTS(at)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

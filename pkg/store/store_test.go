@@ -1,0 +1,283 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// backends returns a fresh store per back end: SQLite in a temp dir and a
+// throwaway schema in the real PostgreSQL at FOSTER_TEST_POSTGRES (default
+// 127.0.0.1:5432/test). PostgreSQL is required when CI is set.
+func backends(t *testing.T) map[string]func(t *testing.T) *DB {
+	return map[string]func(t *testing.T) *DB{
+		"sqlite": func(t *testing.T) *DB {
+			d, err := Open(context.Background(), filepath.Join(t.TempDir(), "foster.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			return d
+		},
+		"postgres": func(t *testing.T) *DB { return OpenTestPostgres(t) },
+	}
+}
+
+// OpenTestPostgres opens a store in a fresh schema of the test PostgreSQL.
+func OpenTestPostgres(t testing.TB) *DB {
+	t.Helper()
+	base := os.Getenv("FOSTER_TEST_POSTGRES")
+	if base == "" {
+		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	admin, err := sql.Open("pgx", base)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = admin.PingContext(ctx)
+		cancel()
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("PostgreSQL at %s unreachable: %v", base, err)
+		}
+		t.Skipf("PostgreSQL at %s unreachable (set CI=1 to make this fatal): %v", base, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	schema := "foster_test_" + hex.EncodeToString(b)
+	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
+		admin.Close()
+	})
+	d, err := Open(context.Background(), base+"&search_path="+schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func forEach(t *testing.T, fn func(t *testing.T, d *DB)) {
+	for name, mk := range backends(t) {
+		t.Run(name, func(t *testing.T) { fn(t, mk(t)) })
+	}
+}
+
+func device(i Token) (Device, error) {
+	return Device{ID: "urn:foster:device:" + i.Model + ":" + i.Serial, Serial: i.Serial, Model: i.Model, CertSerial: "01", CertNotAfter: time.Now().Add(time.Hour), CertPEM: "pem"}, nil
+}
+
+func setup(t *testing.T, d *DB) context.Context {
+	ctx := context.Background()
+	if _, err := d.CreateModel(ctx, Model{Name: "edge-gw"}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+func TestModels(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		if _, err := d.CreateModel(ctx, Model{Name: "edge-gw"}); !errors.Is(err, ErrConflict) {
+			t.Fatalf("duplicate model: %v", err)
+		}
+		if _, err := d.GetModel(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("unknown model: %v", err)
+		}
+		ms, err := d.ListModels(ctx)
+		if err != nil || len(ms) != 1 || ms[0].Name != "edge-gw" {
+			t.Fatalf("%v %v", ms, err)
+		}
+	})
+}
+
+func TestEnrollTokenIsSingleUseAndBound(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		tok := Token{Hash: "h1", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour), CreatedBy: "admin"}
+		if err := d.CreateToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Enroll(ctx, "h1", "SN-2", "edge-gw", device); !errors.Is(err, ErrTokenBinding) {
+			t.Fatalf("other serial: %v", err)
+		}
+		if _, err := d.Enroll(ctx, "nope", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenInvalid) {
+			t.Fatalf("unknown token: %v", err)
+		}
+		boom := errors.New("issuer down")
+		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", func(Token) (Device, error) { return Device{}, boom }); !errors.Is(err, boom) {
+			t.Fatalf("failing issuer: %v", err)
+		}
+		// The failed issuance must not have consumed the token.
+		dv, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device)
+		if err != nil {
+			t.Fatalf("enroll after failed issuance: %v", err)
+		}
+		if dv.Status != DeviceActive {
+			t.Fatalf("status %q", dv.Status)
+		}
+		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenUsed) {
+			t.Fatalf("reuse: %v", err)
+		}
+		got, err := d.GetDevice(ctx, dv.ID)
+		if err != nil || got.Serial != "SN-1" {
+			t.Fatalf("%+v %v", got, err)
+		}
+	})
+}
+
+func TestEnrollRefusesExpiredTokenAndDuplicateDevice(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		d.CreateToken(ctx, Token{Hash: "old", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(-time.Second)})
+		if _, err := d.Enroll(ctx, "old", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenExpired) {
+			t.Fatalf("expired: %v", err)
+		}
+		d.CreateToken(ctx, Token{Hash: "a", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, Token{Hash: "b", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		if _, err := d.Enroll(ctx, "a", "SN-1", "edge-gw", device); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Enroll(ctx, "b", "SN-1", "edge-gw", device); !errors.Is(err, ErrConflict) {
+			t.Fatalf("second enrollment of a serial: %v", err)
+		}
+	})
+}
+
+func TestConcurrentTokenUseIssuesOnce(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		d.CreateToken(ctx, Token{Hash: "race", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ok := 0
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := d.Enroll(ctx, "race", "SN-1", "edge-gw", device); err == nil {
+					mu.Lock()
+					ok++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if ok != 1 {
+			t.Fatalf("token used %d times, want exactly once", ok)
+		}
+	})
+}
+
+func TestReleasesAreMonotonic(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		r := Release{Model: "edge-gw", Version: "1.0.0", Counter: 1, TargetPath: "edge-gw/1.0.0/fw.bin", SHA256: "aa", Length: 3}
+		if _, err := d.AddRelease(ctx, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		r2 := r
+		r2.Version, r2.TargetPath = "0.9.0", "edge-gw/0.9.0/fw.bin"
+		if _, err := d.AddRelease(ctx, r2, nil); !errors.Is(err, ErrStale) {
+			t.Fatalf("same counter: %v", err)
+		}
+		r3 := r
+		r3.Counter = 2
+		if _, err := d.AddRelease(ctx, r3, nil); !errors.Is(err, ErrConflict) {
+			t.Fatalf("same version: %v", err)
+		}
+		failed := errors.New("publish failed")
+		r4 := Release{Model: "edge-gw", Version: "1.1.0", Counter: 2, TargetPath: "edge-gw/1.1.0/fw.bin", SHA256: "bb", Length: 3}
+		if _, err := d.AddRelease(ctx, r4, func() error { return failed }); !errors.Is(err, failed) {
+			t.Fatalf("failed check: %v", err)
+		}
+		latest, err := d.LatestRelease(ctx, "edge-gw")
+		if err != nil || latest.Version != "1.0.0" {
+			t.Fatalf("a failed publish was recorded: %+v %v", latest, err)
+		}
+		if _, err := d.AddRelease(ctx, r4, nil); err != nil {
+			t.Fatal(err)
+		}
+		rs, _ := d.ListReleases(ctx, "edge-gw")
+		if len(rs) != 2 || rs[0].Version != "1.1.0" {
+			t.Fatalf("%+v", rs)
+		}
+		got, err := d.ReleaseByTarget(ctx, "edge-gw/1.1.0/fw.bin")
+		if err != nil || got.Counter != 2 {
+			t.Fatalf("%+v %v", got, err)
+		}
+	})
+}
+
+func TestAttestationReplayRefused(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		d.CreateToken(ctx, Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
+		a := Attestation{DeviceID: dv.ID, Sequence: 1, Outcome: "committed", TargetPath: "edge-gw/1.0.1/fw.bin", SHA256: "aa", Version: "1.0.1", Counter: 1, Envelope: []byte("{}")}
+		if _, err := d.AddAttestation(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.AddAttestation(ctx, a); !errors.Is(err, ErrReplay) {
+			t.Fatalf("replay: %v", err)
+		}
+		got, _ := d.GetDevice(ctx, dv.ID)
+		if got.InstalledVersion != "1.0.1" || got.LastAttestationAt.IsZero() || got.InstalledCounter != 1 {
+			t.Fatalf("%+v", got)
+		}
+		rb := a
+		rb.Sequence, rb.Outcome, rb.Version = 2, "rolled-back", "1.0.2"
+		if _, err := d.AddAttestation(ctx, rb); err != nil {
+			t.Fatal(err)
+		}
+		got, _ = d.GetDevice(ctx, dv.ID)
+		if got.InstalledVersion != "1.0.1" {
+			t.Fatalf("a rollback changed the installed version to %q", got.InstalledVersion)
+		}
+		all, _ := d.ListAttestations(ctx, dv.ID)
+		if len(all) != 2 {
+			t.Fatalf("%d attestations", len(all))
+		}
+		if _, err := d.AddAttestation(ctx, Attestation{DeviceID: "urn:foster:device:x:y", Sequence: 1}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("unknown device: %v", err)
+		}
+	})
+}
+
+func TestRevocationAndAudit(t *testing.T) {
+	forEach(t, func(t *testing.T, d *DB) {
+		ctx := setup(t, d)
+		d.CreateToken(ctx, Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
+		if err := d.SetDeviceStatus(ctx, dv.ID, DeviceRevoked); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := d.GetDevice(ctx, dv.ID)
+		if got.Status != DeviceRevoked {
+			t.Fatal("not revoked")
+		}
+		if err := d.SetDeviceStatus(ctx, "urn:foster:device:x:y", DeviceRevoked); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		for i := 0; i < 3; i++ {
+			if err := d.Audit(ctx, "urn:foster:admin:admin", "test", fmt.Sprint(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ev, _ := d.ListAudit(ctx)
+		if len(ev) != 3 || ev[2].Detail != "2" {
+			t.Fatalf("%+v", ev)
+		}
+	})
+}
