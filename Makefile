@@ -1,0 +1,22 @@
+# Foster build and test entry points. `make test` is the README's test command
+# and what CI runs (.ci/run).
+GO ?= go
+export GOTOOLCHAIN ?= local
+
+.PHONY: test build vet bench clean
+
+test: vet
+	$(GO) test -count=1 -timeout 30m ./...
+
+vet:
+	$(GO) vet ./...
+
+build:
+	mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/ ./cmd/fosterd ./cmd/foster ./cmd/foster-agent
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,165 @@
+// Package ca is Foster's device identity certificate authority: it creates the
+// PKI and issues the X.509 certificates that name every actor (devices,
+// factory stations, admins, auditors) and fosterd's TLS server.
+//
+// Key hierarchy:
+//
+//	root CA (DIR/ca.pem, DIR/keys/root_ca.key)       offline; trust anchor for everything;
+//	 |                                              signs only the intermediate
+//	 +- intermediate CA (DIR/intermediate.pem,       online in fosterd; path length 0,
+//	      DIR/keys/intermediate_ca.key)             so it cannot mint further CAs
+//	     +- leaves: device (clientAuth, 90 days), admin/auditor/station (clientAuth),
+//	               fosterd server (serverAuth)
+//
+// All keys are ECDSA P-256, PKCS#8, mode 0600, encrypted when a passphrase is
+// given. Open needs only the intermediate key; the root key can be moved
+// offline after InitPKI.
+//
+// Threat model: a CSR is attacker-controlled input. A device (or anything
+// holding an enrollment token) may send a malformed, oversized or forged CSR,
+// a weak key, or a CSR that names another device, an admin, or a DNS name in
+// the hope that it is copied into the certificate. IssueDevice validates the
+// CSR and proof of possession, and the certificate contains only what Foster
+// decides (CN, one URN, clientAuth); nothing else is copied from the CSR.
+// Leaves never outlive the intermediate. Who may enroll which serial (tokens,
+// stations) and revocation are decided by the callers and Foster's store, not
+// here: without a database step-ca has no revocation of its own.
+//
+// Issuance goes through step-ca embedded as a library (ca/internal/stepca);
+// no step-ca type appears in this package's API.
+package ca
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/foster-ota/foster/ca/internal/stepca"
+)
+
+// Typed errors for bad input; callers map them to HTTP 400 with errors.Is.
+var (
+	// ErrBadCSR: the CSR is oversized, malformed or its signature does not verify.
+	ErrBadCSR = errors.New("bad certificate request")
+	// ErrWeakKey: the CSR's key is not ECDSA P-256/P-384, Ed25519 or RSA 2048-8192.
+	ErrWeakKey = errors.New("key not allowed")
+	// ErrIdentityMismatch: the CSR names something other than the device it is
+	// enrolled as (another serial, another URN, DNS/IP/email names), or the
+	// model/serial it is enrolled as is not a valid name.
+	ErrIdentityMismatch = errors.New("identity mismatch")
+)
+
+// File layout inside the PKI directory (docs/CONTRACTS.md).
+const (
+	rootCertFile  = "ca.pem"
+	interCertFile = "intermediate.pem"
+	keysDir       = "keys"
+	rootKeyFile   = "root_ca.key"
+	interKeyFile  = "intermediate_ca.key"
+)
+
+// Defaults for Options.
+const (
+	DefaultDeviceValidity = 90 * 24 * time.Hour
+	DefaultClientValidity = 365 * 24 * time.Hour
+	DefaultServerValidity = 365 * 24 * time.Hour
+	// backdate absorbs clock skew between fosterd and the relying party.
+	backdate = time.Minute
+)
+
+// Options configure Open. Zero values mean the defaults.
+type Options struct {
+	// Passphrase decrypts the intermediate key; nil for an unencrypted key.
+	Passphrase []byte
+	// DeviceValidity is the lifetime of device certificates (default 90 days).
+	DeviceValidity time.Duration
+	// ClientValidity is the lifetime of admin, auditor and station certificates (default 365 days).
+	ClientValidity time.Duration
+	// ServerValidity is the lifetime of TLS server certificates (default 365 days).
+	ServerValidity time.Duration
+	// Now returns the current time; tests override it. Default time.Now.
+	Now func() time.Time
+}
+
+// CA issues certificates with the intermediate. It is safe for concurrent use.
+type CA struct {
+	root, inter *x509.Certificate
+	pool        *x509.CertPool
+	auth        *stepca.Authority
+	opts        Options
+}
+
+// Open loads the PKI from dir (ca.pem, intermediate.pem,
+// keys/intermediate_ca.key) and builds the embedded step-ca authority. The
+// root key is not read.
+func Open(dir string, opts Options) (*CA, error) {
+	for _, d := range []*time.Duration{&opts.DeviceValidity, &opts.ClientValidity, &opts.ServerValidity} {
+		if *d < 0 {
+			return nil, fmt.Errorf("negative validity %s", *d)
+		}
+	}
+	if opts.DeviceValidity == 0 {
+		opts.DeviceValidity = DefaultDeviceValidity
+	}
+	if opts.ClientValidity == 0 {
+		opts.ClientValidity = DefaultClientValidity
+	}
+	if opts.ServerValidity == 0 {
+		opts.ServerValidity = DefaultServerValidity
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+
+	root, err := readCert(filepath.Join(dir, rootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	inter, err := readCert(filepath.Join(dir, interCertFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := root.CheckSignatureFrom(root); err != nil || !root.IsCA {
+		return nil, fmt.Errorf("%s is not a self-signed CA certificate", rootCertFile)
+	}
+	if err := inter.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("%s is not issued by %s: %w", interCertFile, rootCertFile, err)
+	}
+	signer, err := readKey(filepath.Join(dir, keysDir, interKeyFile), inter, opts.Passphrase)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := stepca.New(root, inter, signer)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &CA{root: root, inter: inter, pool: pool, auth: auth, opts: opts}, nil
+}
+
+// Root returns the root CA certificate (the trust anchor).
+func (c *CA) Root() *x509.Certificate { return c.root }
+
+// Intermediate returns the issuing intermediate certificate.
+func (c *CA) Intermediate() *x509.Certificate { return c.inter }
+
+// RootPool returns a fresh pool holding only the root, for tls.Config
+// ClientCAs/RootCAs and x509.VerifyOptions.
+func (c *CA) RootPool() *x509.CertPool { return c.pool.Clone() }
+
+// exists reports whether path exists (a dangling symlink counts).
+func exists(path string) (bool, error) {
+	_, err := os.Lstat(path)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	default:
+		return false, err
+	}
+}

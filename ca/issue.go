@@ -1,0 +1,124 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/foster-ota/foster/ca/internal/stepca"
+	"github.com/foster-ota/foster/pkg/identity"
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/x509util"
+)
+
+// IssueDevice validates csr (PEM or DER) and issues the certificate of device
+// serial of model: CN = serial, exactly one URI SAN
+// urn:foster:device:<model>:<serial>, EKU clientAuth, KeyUsage
+// digitalSignature, valid for DeviceValidity from one minute ago (never past
+// the intermediate). It returns the leaf then the intermediate. Bad input
+// yields an error wrapping ErrBadCSR, ErrWeakKey or ErrIdentityMismatch, and
+// nothing is issued. The caller must already have authorised the enrollment.
+func (c *CA) IssueDevice(ctx context.Context, csr []byte, model, serial string) ([]*x509.Certificate, error) {
+	dev := identity.Device(model, serial)
+	req, err := parseDeviceCSR(csr, dev)
+	if err != nil {
+		return nil, err
+	}
+	return c.sign(ctx, stepca.Leaf{
+		CSR:        req,
+		Profile:    stepca.ClientAuth,
+		CommonName: serial,
+		URIs:       []string{dev.URI()},
+	}, c.opts.DeviceValidity)
+}
+
+// IssueClient creates a fresh P-256 key and a clientAuth certificate for an
+// admin, auditor or station principal (CN = p.Name, URI SAN p.URI()). It
+// returns the chain PEM (leaf then intermediate) and the PKCS#8 key PEM.
+func (c *CA) IssueClient(ctx context.Context, p identity.Principal) (chainPEM, keyPEM []byte, err error) {
+	if err := p.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("invalid principal: %w", err)
+	}
+	if p.Role == identity.RoleDevice {
+		return nil, nil, errors.New("device keys are generated on the device: use IssueDevice with its CSR")
+	}
+	return c.issueWithNewKey(ctx, stepca.Leaf{
+		Profile:    stepca.ClientAuth,
+		CommonName: p.Name,
+		URIs:       []string{p.URI()},
+	}, c.opts.ClientValidity)
+}
+
+// IssueServer creates a fresh P-256 key and a serverAuth certificate for the
+// given DNS names and IP addresses (CN = the first of them). It returns the
+// chain PEM (leaf then intermediate) and the PKCS#8 key PEM.
+func (c *CA) IssueServer(ctx context.Context, dnsNames []string, ips []net.IP) (chainPEM, keyPEM []byte, err error) {
+	if len(dnsNames) == 0 && len(ips) == 0 {
+		return nil, nil, errors.New("server certificate needs at least one DNS name or IP address")
+	}
+	for _, d := range dnsNames {
+		if d == "" || len(d) > 253 {
+			return nil, nil, fmt.Errorf("invalid DNS name %q", d)
+		}
+	}
+	for _, ip := range ips {
+		if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
+			return nil, nil, fmt.Errorf("invalid IP address %v", ip)
+		}
+	}
+	var cn string
+	if len(dnsNames) > 0 {
+		cn = dnsNames[0]
+	} else {
+		cn = ips[0].String()
+	}
+	return c.issueWithNewKey(ctx, stepca.Leaf{
+		Profile:    stepca.ServerAuth,
+		CommonName: cn,
+		DNSNames:   dnsNames,
+		IPs:        ips,
+	}, c.opts.ServerValidity)
+}
+
+// issueWithNewKey is for actors whose key Foster generates (admins, stations,
+// fosterd itself): the CSR only carries the public key into step-ca.
+func (c *CA) issueWithNewKey(ctx context.Context, l stepca.Leaf, validity time.Duration) (chainPEM, keyPEM []byte, err error) {
+	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key: %w", err)
+	}
+	l.CSR, err = x509util.CreateCertificateRequest(l.CommonName, nil, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := c.sign(ctx, l, validity)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return encodeCerts(chain...), keyPEM, nil
+}
+
+func (c *CA) sign(ctx context.Context, l stepca.Leaf, validity time.Duration) ([]*x509.Certificate, error) {
+	now := c.opts.Now()
+	l.NotBefore = now.Add(-backdate)
+	l.NotAfter = now.Add(validity)
+	if l.NotAfter.After(c.inter.NotAfter) {
+		l.NotAfter = c.inter.NotAfter
+	}
+	chain, err := c.auth.Sign(ctx, l)
+	if err != nil {
+		return nil, fmt.Errorf("issuing certificate for %q: %w", l.CommonName, err)
+	}
+	return chain, nil
+}
+
+// ChainPEM encodes certificates as concatenated PEM blocks, e.g. for the
+// enroll response.
+func ChainPEM(certs []*x509.Certificate) []byte { return encodeCerts(certs...) }

@@ -1,0 +1,210 @@
+package ca
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/foster-ota/foster/ca/internal/stepca"
+	"github.com/foster-ota/foster/pkg/atomicfile"
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
+)
+
+// InitOptions control PKI creation. The zero value gives sane defaults.
+type InitOptions struct {
+	// Name prefixes the CA common names ("<Name> Root CA"); default "Foster".
+	Name string
+	// Passphrase encrypts both CA keys (PKCS#8 PBES2); nil writes them unencrypted.
+	Passphrase []byte
+	// RootValidity defaults to 25 years and IntermediateValidity to 10: devices
+	// stay offline for years and must still chain to a valid CA when they return.
+	RootValidity, IntermediateValidity time.Duration
+}
+
+const (
+	defaultRootValidity         = 25 * 365 * 24 * time.Hour
+	defaultIntermediateValidity = 10 * 365 * 24 * time.Hour
+	maxNameLen                  = 40       // "<Name> Intermediate CA" fits the 64-byte CN bound
+	maxPEMFile                  = 64 << 10 // bytes
+)
+
+// InitPKI creates DIR/ca.pem, DIR/intermediate.pem, DIR/keys/root_ca.key and
+// DIR/keys/intermediate_ca.key: ECDSA P-256 keys (0600, directory 0700). It
+// refuses to run if any of those files exists, so a CA key is never
+// overwritten. ca.pem is written last: its presence means the PKI is complete.
+func InitPKI(dir string, opts InitOptions) error {
+	if opts.Name == "" {
+		opts.Name = "Foster"
+	}
+	if len(opts.Name) > maxNameLen {
+		return fmt.Errorf("CA name longer than %d bytes", maxNameLen)
+	}
+	if opts.Passphrase != nil && len(opts.Passphrase) == 0 {
+		return errors.New("empty passphrase: use nil for unencrypted keys")
+	}
+	if opts.RootValidity == 0 {
+		opts.RootValidity = defaultRootValidity
+	}
+	if opts.IntermediateValidity == 0 {
+		opts.IntermediateValidity = defaultIntermediateValidity
+	}
+	if opts.RootValidity < 0 || opts.IntermediateValidity < 0 || opts.IntermediateValidity > opts.RootValidity {
+		return fmt.Errorf("bad validity: root %s, intermediate %s (want 0 < intermediate <= root)",
+			opts.RootValidity, opts.IntermediateValidity)
+	}
+
+	rootKeyPath := filepath.Join(dir, keysDir, rootKeyFile)
+	interKeyPath := filepath.Join(dir, keysDir, interKeyFile)
+	rootPath := filepath.Join(dir, rootCertFile)
+	interPath := filepath.Join(dir, interCertFile)
+	for _, p := range []string{rootPath, interPath, rootKeyPath, interKeyPath} {
+		ok, err := exists(p)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return fmt.Errorf("%s already exists: refusing to overwrite a PKI", p)
+		}
+	}
+
+	// Build everything in memory first, so a failure writes nothing.
+	now := time.Now()
+	rootKey, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return fmt.Errorf("generating root key: %w", err)
+	}
+	interKey, err := keyutil.GenerateSigner("EC", "P-256", 0)
+	if err != nil {
+		return fmt.Errorf("generating intermediate key: %w", err)
+	}
+	rootNotAfter := now.Add(opts.RootValidity)
+	root, err := stepca.NewRoot(opts.Name+" Root CA", rootKey, now.Add(-backdate), rootNotAfter)
+	if err != nil {
+		return fmt.Errorf("creating root certificate: %w", err)
+	}
+	interNotAfter := now.Add(opts.IntermediateValidity)
+	if interNotAfter.After(rootNotAfter) {
+		interNotAfter = rootNotAfter
+	}
+	inter, err := stepca.NewIntermediate(opts.Name+" Intermediate CA", interKey, root, rootKey, now.Add(-backdate), interNotAfter)
+	if err != nil {
+		return fmt.Errorf("creating intermediate certificate: %w", err)
+	}
+	rootKeyPEM, err := encodeKey(rootKey, opts.Passphrase)
+	if err != nil {
+		return err
+	}
+	interKeyPEM, err := encodeKey(interKey, opts.Passphrase)
+	if err != nil {
+		return err
+	}
+
+	if err := os.MkdirAll(filepath.Join(dir, keysDir), 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(dir, keysDir), 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+		perm os.FileMode
+	}{
+		{rootKeyPath, rootKeyPEM, 0o600},
+		{interKeyPath, interKeyPEM, 0o600},
+		{interPath, encodeCerts(inter), 0o644},
+		{rootPath, encodeCerts(root), 0o644},
+	} {
+		if err := atomicfile.WriteFile(f.path, f.data, f.perm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodeKey returns PKCS#8 PEM, encrypted when passphrase is non-nil.
+func encodeKey(key crypto.PrivateKey, passphrase []byte) ([]byte, error) {
+	opts := []pemutil.Options{pemutil.WithPKCS8(true)}
+	if passphrase != nil {
+		opts = append(opts, pemutil.WithPassword(passphrase))
+	}
+	block, err := pemutil.Serialize(key, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("encoding key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
+}
+
+func encodeCerts(certs ...*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+func readBounded(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(b) > maxPEMFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxPEMFile)
+	}
+	return b, nil
+}
+
+func readCert(path string) (*x509.Certificate, error) {
+	b, err := readBounded(path)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := pemutil.ParseCertificate(b)
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", path, err)
+	}
+	return cert, nil
+}
+
+// errNoPassphrase replaces pemutil's global password prompt, so a library
+// call never blocks on a terminal.
+var errNoPassphrase = errors.New("key is encrypted: passphrase required")
+
+// readKey loads the key at path and checks that it belongs to cert.
+func readKey(path string, cert *x509.Certificate, passphrase []byte) (crypto.Signer, error) {
+	b, err := readBounded(path)
+	if err != nil {
+		return nil, err
+	}
+	opts := []pemutil.Options{
+		pemutil.WithFilename(path),
+		pemutil.WithPasswordPrompt("", func(string) ([]byte, error) { return nil, errNoPassphrase }),
+	}
+	if len(passphrase) > 0 {
+		opts = append(opts, pemutil.WithPassword(passphrase))
+	}
+	key, err := pemutil.ParseKey(b, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("loading key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s: %T is not a signing key", path, key)
+	}
+	if err := keyutil.VerifyPair(cert.PublicKey, signer); err != nil {
+		return nil, fmt.Errorf("%s does not match its certificate: %w", path, err)
+	}
+	return signer, nil
+}

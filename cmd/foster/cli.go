@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/env"
+)
+
+var errUsage = errors.New("usage error")
+
+const usage = `foster - Foster admin CLI (mTLS, no passwords)
+
+Usage:
+  foster init --dir DIR [--listen ADDR]            create an instance (fosterd does this on first start too)
+  foster [connection] model add NAME [--hardware-id ID ...]
+  foster [connection] model list [--json]
+  foster [connection] token create --serial SN --model M [--ttl 24h]
+  foster [connection] release add --model M --version V [--counter N] FILE
+  foster [connection] release list [--model M] [--json]
+  foster [connection] device list [--json]
+  foster [connection] device show SERIAL|URN [--json]
+
+Connection (one of):
+  --instance DIR                       use DIR's server URL, admin certificate and CA root
+  --server URL --cert FILE --key FILE --ca FILE
+
+Run "foster COMMAND --help" for a command's flags.
+`
+
+// conn are the global connection flags.
+type conn struct {
+	instance, server, cert, key, ca string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var c conn
+	fs := flag.NewFlagSet("foster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.instance, "instance", "", "instance data directory (reads config.json, admin.crt, admin.key, ca.pem)")
+	fs.StringVar(&c.server, "server", "", "fosterd URL, e.g. https://127.0.0.1:8443")
+	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM chain)")
+	fs.StringVar(&c.key, "key", "", "client private key (PEM)")
+	fs.StringVar(&c.ca, "ca", "", "Foster CA root (PEM) to verify the server")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage+"\nGlobal flags:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\n"+env.Help())
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cmd, rest := rest[0], rest[1:]
+	if cmd == "init" {
+		return cmdInit(ctx, rest, stdout, stderr)
+	}
+	if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+		fmt.Fprintf(stderr, "foster %s: missing subcommand\n\n", cmd)
+		fs.Usage()
+		return errUsage
+	}
+	sub, rest := rest[0], rest[1:]
+	var fn func(context.Context, *client, []string, io.Writer, io.Writer) error
+	switch cmd + " " + sub {
+	case "model add":
+		fn = cmdModelAdd
+	case "model list":
+		fn = cmdModelList
+	case "token create":
+		fn = cmdTokenCreate
+	case "release add":
+		fn = cmdReleaseAdd
+	case "release list":
+		fn = cmdReleaseList
+	case "device list":
+		fn = cmdDeviceList
+	case "device show":
+		fn = cmdDeviceShow
+	default:
+		fmt.Fprintf(stderr, "foster: unknown command %q\n\n", cmd+" "+sub)
+		fs.Usage()
+		return errUsage
+	}
+	// Parse the command's own flags (and --help) before connecting.
+	cl, err := c.client()
+	if err != nil {
+		if isHelp(rest) {
+			cl = nil
+		} else {
+			return err
+		}
+	}
+	return fn(ctx, cl, rest, stdout, stderr)
+}
+
+func isHelp(args []string) bool {
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			return true
+		}
+	}
+	return false
+}
+
+// client is an mTLS API client.
+type client struct {
+	base *url.URL
+	http *http.Client
+}
+
+func (c conn) client() (*client, error) {
+	if c.instance != "" {
+		cfg, err := instance.Load(c.instance)
+		if err != nil {
+			return nil, err
+		}
+		p := instance.PathsOf(c.instance)
+		if c.server == "" {
+			c.server = cfg.ServerURL
+		}
+		if c.cert == "" {
+			c.cert, c.key = p.AdminCert, p.AdminKey
+		}
+		if c.ca == "" {
+			c.ca = p.CARoot
+		}
+	}
+	if c.server == "" || c.cert == "" || c.key == "" || c.ca == "" {
+		return nil, fmt.Errorf("%w: give --instance DIR, or --server, --cert, --key and --ca", errUsage)
+	}
+	u, err := url.Parse(c.server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("--server %q: want an https:// URL", c.server)
+	}
+	cert, err := tls.LoadX509KeyPair(c.cert, c.key)
+	if err != nil {
+		return nil, fmt.Errorf("loading client certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(c.ca)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA root: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	return &client{base: u, http: &http.Client{Transport: tr}}, nil
+}
+
+// do sends a request and decodes a JSON response into out (if non-nil).
+func (c *client) do(ctx context.Context, method, path string, body io.Reader, size int64, ctype string, out any) error {
+	u := c.base.JoinPath(path)
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		u = c.base.JoinPath(path[:i])
+		u.RawQuery = path[i+1:]
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.ContentLength = size
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("contacting %s: %w", c.base.Host, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return apierr.FromResponse(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
+		return fmt.Errorf("decoding response: %w", err)
+	}
+	return nil
+}
+
+func (c *client) postJSON(ctx context.Context, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodPost, path, strings.NewReader(string(b)), int64(len(b)), "application/json", out)
+}
+
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: foster %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags, allowing positional arguments before or between flags.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func table(w io.Writer, header string, rows [][]string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	tw.Flush()
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func absPath(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return a
+}

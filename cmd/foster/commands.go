@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/env"
+	"github.com/foster-ota/foster/pkg/store"
+)
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
+
+func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("init", "init --dir DIR [--listen ADDR] [--db URL] [--blobs URL] [--host NAME ...]", stderr)
+	dir := fs.String("dir", "", "instance directory to create (required)")
+	listen := fs.String("listen", instance.DefaultListen, "address fosterd will listen on")
+	db := fs.String("db", "", "store DSN (default: SQLite foster.db in DIR)")
+	blobs := fs.String("blobs", "", "blob store URL (default: file:blobs in DIR)")
+	var hosts multi
+	fs.Var(&hosts, "host", "extra DNS name or IP for the server certificate (repeatable)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	cfg, err := instance.Init(ctx, *dir, instance.InitOptions{Listen: *listen, DB: *db, Blobs: *blobs, Hosts: hosts, Passphrase: env.Passphrase.Bytes()})
+	if err != nil {
+		return err
+	}
+	p := instance.PathsOf(*dir)
+	fmt.Fprintf(stdout, "initialised %s (server URL %s)\n  CA root:  %s\n  TUF root: %s\n  admin:    %s\n", absPath(*dir), cfg.ServerURL, p.CARoot, p.TUFRoot, p.AdminCert)
+	return nil
+}
+
+func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model add", "model add NAME [--hardware-id ID ...]", stderr)
+	var hw multi
+	fs.Var(&hw, "hardware-id", "hardware id this model's images are built for (repeatable)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: want exactly one model NAME", errUsage)
+	}
+	var m store.Model
+	if err := c.postJSON(ctx, "/v1/models", map[string]any{"name": pos[0], "hardware_ids": []string(hw)}, &m); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "model %s created\n", m.Name)
+	return nil
+}
+
+func cmdModelList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model list", "model list [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var ms []store.Model
+	if err := c.do(ctx, "GET", "/v1/models", nil, 0, "", &ms); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, ms)
+	}
+	var rows [][]string
+	for _, m := range ms {
+		rows = append(rows, []string{m.Name, orDash(strings.Join(m.HardwareIDs, ",")), fmtTime(m.CreatedAt)})
+	}
+	table(stdout, "MODEL\tHARDWARE IDS\tCREATED", rows)
+	return nil
+}
+
+func cmdTokenCreate(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("token create", "token create --serial SN --model M [--ttl 24h] [--json]", stderr)
+	serial := fs.String("serial", "", "device serial the token is bound to (required)")
+	model := fs.String("model", "", "device model the token is bound to (required)")
+	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
+	asJSON := fs.Bool("json", false, "print JSON (token, serial, model, expires_at)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *serial == "" || *model == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: --serial and --model are required", errUsage)
+	}
+	var out struct {
+		Token     string    `json:"token"`
+		Serial    string    `json:"serial"`
+		Model     string    `json:"model"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if err := c.postJSON(ctx, "/v1/tokens", map[string]any{"serial": *serial, "model": *model, "ttl_seconds": int64(ttl.Seconds())}, &out); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, out)
+	}
+	fmt.Fprintln(stdout, out.Token)
+	fmt.Fprintf(stderr, "one-time enrollment token for %s/%s, expires %s\n", out.Model, out.Serial, fmtTime(out.ExpiresAt))
+	return nil
+}
+
+// progressReader reports upload progress to w every 10%.
+type progressReader struct {
+	r           io.Reader
+	w           io.Writer
+	total, done int64
+	next        int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.done += int64(n)
+	if p.total > 0 && p.done*10/p.total >= p.next && p.next <= 10 {
+		fmt.Fprintf(p.w, "\ruploading: %3d%% (%d/%d bytes)", p.done*100/p.total, p.done, p.total)
+		p.next = p.done*10/p.total + 1
+		if p.done == p.total {
+			fmt.Fprintln(p.w)
+		}
+	}
+	return n, err
+}
+
+func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("release add", "release add --model M --version V [--counter N] FILE", stderr)
+	model := fs.String("model", "", "device model (required)")
+	version := fs.String("version", "", "semantic version, e.g. 1.0.1 (required)")
+	counter := fs.Int64("counter", 0, "monotonic release counter (default: latest + 1)")
+	asJSON := fs.Bool("json", false, "print the release as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if *model == "" || *version == "" || len(pos) != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: --model, --version and one FILE are required", errUsage)
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", pos[0])
+	}
+	if st.Size() == 0 {
+		return fmt.Errorf("%s is empty: refusing to publish an empty firmware image", pos[0])
+	}
+	q := url.Values{"model": {*model}, "version": {*version}, "name": {baseName(pos[0])}}
+	if *counter != 0 {
+		q.Set("counter", strconv.FormatInt(*counter, 10))
+	}
+	var body io.Reader = f
+	if st.Size() >= 8<<20 {
+		body = &progressReader{r: f, w: stderr, total: st.Size()}
+	}
+	var rel store.Release
+	if err := c.do(ctx, "POST", "/v1/releases?"+q.Encode(), body, st.Size(), "application/octet-stream", &rel); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, rel)
+	}
+	fmt.Fprintf(stdout, "published %s (model %s, version %s, counter %d, %d bytes, sha256 %s)\n", rel.TargetPath, rel.Model, rel.Version, rel.Counter, rel.Length, rel.SHA256)
+	return nil
+}
+
+func baseName(p string) string {
+	p = strings.TrimRight(p, "/")
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+func cmdReleaseList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("release list", "release list [--model M] [--json]", stderr)
+	model := fs.String("model", "", "only this model")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var rs []store.Release
+	if err := c.do(ctx, "GET", "/v1/releases?"+url.Values{"model": {*model}}.Encode(), nil, 0, "", &rs); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, rs)
+	}
+	var rows [][]string
+	for _, r := range rs {
+		rows = append(rows, []string{r.Model, r.Version, strconv.FormatInt(r.Counter, 10), strconv.FormatInt(r.Length, 10), r.SHA256[:min(16, len(r.SHA256))], fmtTime(r.CreatedAt)})
+	}
+	table(stdout, "MODEL\tVERSION\tCOUNTER\tBYTES\tSHA256\tPUBLISHED", rows)
+	return nil
+}
+
+func cmdDeviceList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device list", "device list [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var ds []store.Device
+	if err := c.do(ctx, "GET", "/v1/devices", nil, 0, "", &ds); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, ds)
+	}
+	var rows [][]string
+	for _, d := range ds {
+		rows = append(rows, []string{d.Serial, d.Model, d.Status, d.CertSerial, fmtTime(d.CertNotAfter), orDash(d.InstalledVersion), fmtTime(d.LastAttestationAt)})
+	}
+	table(stdout, "SERIAL\tMODEL\tSTATUS\tCERT SERIAL\tCERT EXPIRES\tVERSION\tLAST ATTESTATION", rows)
+	return nil
+}
+
+func cmdDeviceShow(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device show", "device show SERIAL|URN [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: want one SERIAL or device URN", errUsage)
+	}
+	var d store.Device
+	if err := c.do(ctx, "GET", "/v1/devices/"+url.PathEscape(pos[0]), nil, 0, "", &d); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, d)
+	}
+	table(stdout, "FIELD\tVALUE", [][]string{
+		{"device", d.ID}, {"serial", d.Serial}, {"model", d.Model}, {"status", d.Status},
+		{"certificate serial", d.CertSerial}, {"certificate expires", fmtTime(d.CertNotAfter)},
+		{"enrolled", fmtTime(d.EnrolledAt)}, {"installed version", orDash(d.InstalledVersion)},
+		{"installed target", orDash(d.InstalledTarget)}, {"last attestation", fmtTime(d.LastAttestationAt)},
+	})
+	return nil
+}

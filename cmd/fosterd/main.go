@@ -1,0 +1,66 @@
+// Command fosterd is Foster's server: device CA, TUF firmware repository,
+// blob distribution, attestation ingest and the admin API.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/foster-ota/foster/pkg/env"
+)
+
+const usage = `fosterd - Foster server: device identities (CA), signed firmware (TUF), install attestations.
+
+Usage:
+  fosterd [--data-dir DIR] [--listen ADDR] [--db URL] [--blobs URL]
+
+On an empty or missing --data-dir, fosterd initialises a development instance
+(PKI, TUF keys and root.json, SQLite store, file blob store, an admin
+certificate) and prints where everything is. Later starts reuse it.
+
+Flags:
+`
+
+func main() {
+	var cfg config
+	fs := flag.NewFlagSet("fosterd", flag.ContinueOnError)
+	fs.StringVar(&cfg.dataDir, "data-dir", "foster-data", "instance data directory (created and initialised when empty)")
+	fs.StringVar(&cfg.listen, "listen", "", "HTTPS listen address (default from config.json; 127.0.0.1:8443 for a new instance)")
+	fs.StringVar(&cfg.db, "db", "", "store: SQLite file path or postgres://user@host:5432/db (default from config.json; foster.db)")
+	fs.StringVar(&cfg.blobs, "blobs", "", "blob store URL: file:PATH or s3://bucket?endpoint=... (default from config.json; file:blobs)")
+	fs.Usage = func() {
+		fmt.Fprint(os.Stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprint(os.Stderr, "\n"+env.Help())
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "fosterd: unexpected argument %q (see fosterd --help)\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(env.LogLevel.Get())}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		fmt.Fprintf(os.Stderr, "fosterd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func logLevel(s string) slog.Level {
+	var l slog.Level
+	if l.UnmarshalText([]byte(s)) != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

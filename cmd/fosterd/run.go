@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/env"
+)
+
+type config struct {
+	dataDir, listen, db, blobs string
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	dir, err := filepath.Abs(cfg.dataDir)
+	if err != nil {
+		return err
+	}
+	pass := env.Passphrase.Bytes()
+	if !instance.Exists(dir) {
+		if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+			if _, err := os.Stat(filepath.Join(dir, "ca.pem")); err != nil {
+				return fmt.Errorf("%s is not empty and holds no Foster instance: refusing to initialise into it", dir)
+			}
+		}
+		log.Info("initialising a new development instance", "dir", dir)
+		if _, err := instance.Init(ctx, dir, instance.InitOptions{Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs, Passphrase: pass, Logger: log}); err != nil {
+			return fmt.Errorf("initialising %s: %w", dir, err)
+		}
+	}
+	in, err := instance.Open(ctx, dir, instance.Overrides{Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs}, pass, log)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	ln, err := net.Listen("tcp", in.Config.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", in.Config.Listen, err)
+	}
+	p := instance.PathsOf(dir)
+	url := "https://" + ln.Addr().String()
+	fmt.Fprintf(os.Stderr, `Foster is serving on %s
+  CA root (devices trust this):   %s
+  TUF root (devices trust this):  %s
+  admin certificate / key:        %s / %s
+  data directory:                 %s
+Admin CLI:  foster --instance %s device list
+`, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
+	log.Info("serving", "addr", ln.Addr().String())
+	return in.Serve(ctx, ln)
+}

@@ -1,0 +1,278 @@
+// Package instance knows the layout of a fosterd data directory, creates a
+// development instance on first start (PKI, TUF keys and root, admin
+// credential, config), and wires the CA, store, blob store, TUF repository
+// and HTTP API into a running server.
+//
+// Key hierarchy of a dev instance (see docs/CONTRACTS.md): the root CA and
+// TUF root/targets keys are offline keys in a real deployment; a dev instance
+// keeps them in DIR/keys (0600, encrypted when FOSTER_PASSPHRASE is set) so a
+// single command gives a working system.
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/ota/blob"
+	"github.com/foster-ota/foster/ota/tufrepo"
+	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/signing"
+	"github.com/foster-ota/foster/pkg/store"
+	"github.com/sigstore/sigstore/pkg/signature"
+)
+
+// DefaultListen is where fosterd listens unless told otherwise.
+const DefaultListen = "127.0.0.1:8443"
+
+// Config is DIR/config.json.
+type Config struct {
+	// Listen is the HTTPS listen address.
+	Listen string `json:"listen"`
+	// ServerURL is how clients reach this instance (written into CLI defaults).
+	ServerURL string `json:"server_url"`
+	// DB is the store DSN: a SQLite path (relative to DIR) or postgres:// URL.
+	DB string `json:"db"`
+	// Blobs is the blob store URL: file:PATH (relative to DIR) or s3://...
+	Blobs string `json:"blobs"`
+	// TUF key references: file paths (relative to DIR) or KMS URIs.
+	TUFKeys TUFKeyRefs `json:"tuf_keys"`
+}
+
+// TUFKeyRefs names the TUF role keys.
+type TUFKeyRefs struct {
+	Root      string `json:"root"`
+	Targets   string `json:"targets"`
+	Snapshot  string `json:"snapshot"`
+	Timestamp string `json:"timestamp"`
+}
+
+// Paths are the files of a data directory.
+type Paths struct {
+	Dir, Config, CARoot, Intermediate, ServerCert, ServerKey, AdminCert, AdminKey, TUFRoot string
+}
+
+// PathsOf returns the layout of dir.
+func PathsOf(dir string) Paths {
+	j := func(n string) string { return filepath.Join(dir, n) }
+	return Paths{
+		Dir: dir, Config: j("config.json"), CARoot: j("ca.pem"), Intermediate: j("intermediate.pem"),
+		ServerCert: j("server.crt"), ServerKey: j("server.key"),
+		AdminCert: j("admin.crt"), AdminKey: j("admin.key"), TUFRoot: j("root.json"),
+	}
+}
+
+// Exists reports whether dir holds an initialised instance.
+func Exists(dir string) bool {
+	_, err := os.Stat(PathsOf(dir).Config)
+	return err == nil
+}
+
+// Load reads DIR/config.json.
+func Load(dir string) (*Config, error) {
+	b, err := os.ReadFile(PathsOf(dir).Config)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not a Foster instance (no config.json): start fosterd --data-dir %s or run foster init --dir %s", dir, dir, dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", PathsOf(dir).Config, err)
+	}
+	return &c, nil
+}
+
+// InitOptions tune Init.
+type InitOptions struct {
+	Listen string // default DefaultListen
+	DB     string // default foster.db (SQLite in DIR)
+	Blobs  string // default file:blobs
+	// Hosts are extra DNS names / IPs for the server certificate
+	// (localhost, 127.0.0.1 and ::1 are always included).
+	Hosts      []string
+	Passphrase []byte
+	Logger     *slog.Logger
+}
+
+// Init creates a development instance in dir. It refuses a directory that
+// already holds one.
+func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
+	if Exists(dir) {
+		return nil, fmt.Errorf("%s already holds a Foster instance", dir)
+	}
+	if opts.Listen == "" {
+		opts.Listen = DefaultListen
+	}
+	if opts.DB == "" {
+		opts.DB = "foster.db"
+	}
+	if opts.Blobs == "" {
+		opts.Blobs = "file:blobs"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := opts.Logger
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	p := PathsOf(dir)
+
+	log.Info("creating PKI: offline root CA and online device-issuing intermediate")
+	if _, err := os.Stat(p.CARoot); errors.Is(err, os.ErrNotExist) {
+		if err := ca.InitPKI(dir, ca.InitOptions{Passphrase: opts.Passphrase}); err != nil {
+			return nil, fmt.Errorf("creating PKI: %w", err)
+		}
+	}
+	authority, err := ca.Open(dir, ca.Options{Passphrase: opts.Passphrase})
+	if err != nil {
+		return nil, err
+	}
+	dns, ips := serverNames(opts.Listen, opts.Hosts)
+	chain, key, err := authority.IssueServer(ctx, dns, ips)
+	if err != nil {
+		return nil, fmt.Errorf("issuing server certificate: %w", err)
+	}
+	if err := writePair(p.ServerCert, chain, p.ServerKey, key); err != nil {
+		return nil, err
+	}
+	chain, key, err = authority.IssueClient(ctx, identity.Principal{Role: identity.RoleAdmin, Name: "admin"})
+	if err != nil {
+		return nil, fmt.Errorf("issuing admin certificate: %w", err)
+	}
+	if err := writePair(p.AdminCert, chain, p.AdminKey, key); err != nil {
+		return nil, err
+	}
+
+	log.Info("creating TUF repository: root, targets, snapshot, timestamp keys")
+	refs := TUFKeyRefs{
+		Root: "keys/tuf-root.key", Targets: "keys/tuf-targets.key",
+		Snapshot: "keys/tuf-snapshot.key", Timestamp: "keys/tuf-timestamp.key",
+	}
+	for _, ref := range []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp} {
+		if _, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase); err != nil {
+			return nil, err
+		}
+	}
+	cfg := &Config{Listen: opts.Listen, ServerURL: "https://" + clientAddr(opts.Listen), DB: opts.DB, Blobs: opts.Blobs, TUFKeys: refs}
+	blobs, err := openBlobs(dir, cfg.Blobs)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := loadTUFKeys(ctx, dir, refs, opts.Passphrase)
+	if err != nil {
+		return nil, err
+	}
+	rootJSON, err := tufrepo.Init(ctx, blobs, keys, tufrepo.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("initialising TUF repository: %w", err)
+	}
+	if err := atomicfile.WriteFile(p.TUFRoot, rootJSON, 0o644); err != nil {
+		return nil, err
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	// config.json last: its presence marks a complete instance.
+	if err := atomicfile.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func writePair(certPath string, chain []byte, keyPath string, key []byte) error {
+	if err := atomicfile.WriteFile(keyPath, key, 0o600); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(certPath, chain, 0o644)
+}
+
+// serverNames returns the SANs of the server certificate.
+func serverNames(listen string, extra []string) ([]string, []net.IP) {
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	host, _, err := net.SplitHostPort(listen)
+	if err == nil && host != "" {
+		extra = append(extra, host)
+	}
+	for _, h := range extra {
+		if ip := net.ParseIP(h); ip != nil {
+			if !ip.IsUnspecified() && !ip.IsLoopback() {
+				ips = append(ips, ip)
+			}
+		} else if h != "localhost" && h != "" {
+			dns = append(dns, h)
+		}
+	}
+	return dns, ips
+}
+
+// clientAddr turns a listen address into one clients can dial.
+func clientAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func resolve(dir, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func openBlobs(dir, u string) (blob.Store, error) {
+	if rest, ok := strings.CutPrefix(u, "file:"); ok {
+		return blob.Open("file:" + resolve(dir, rest))
+	}
+	if !strings.Contains(u, "://") {
+		return blob.Open("file:" + resolve(dir, u))
+	}
+	return blob.Open(u)
+}
+
+func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {
+	if strings.Contains(dsn, "://") {
+		return store.Open(ctx, dsn)
+	}
+	return store.Open(ctx, resolve(dir, strings.TrimPrefix(dsn, "sqlite:")))
+}
+
+func loadTUFKeys(ctx context.Context, dir string, refs TUFKeyRefs, pass []byte) (tufrepo.Keys, error) {
+	var k tufrepo.Keys
+	for _, x := range []struct {
+		ref string
+		dst *signature.Signer
+	}{
+		{refs.Root, &k.Root}, {refs.Targets, &k.Targets}, {refs.Snapshot, &k.Snapshot}, {refs.Timestamp, &k.Timestamp},
+	} {
+		ref := x.ref
+		if !signing.IsKMS(ref) {
+			ref = resolve(dir, ref)
+		}
+		s, err := signing.Load(ctx, ref, pass)
+		if err != nil {
+			return k, err
+		}
+		*x.dst = s
+	}
+	return k, nil
+}

@@ -1,0 +1,150 @@
+package instance
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/ota/server"
+	"github.com/foster-ota/foster/ota/tufrepo"
+	"github.com/foster-ota/foster/pkg/store"
+)
+
+// Overrides replace config.json settings for one run (fosterd flags).
+type Overrides struct {
+	Listen, DB, Blobs string
+}
+
+// Instance is an opened data directory, ready to serve.
+type Instance struct {
+	Dir    string
+	Config Config
+	Store  *store.DB
+	CA     *ca.CA
+	Repo   *tufrepo.Repo
+	API    *server.Server
+	TLS    *tls.Config
+	log    *slog.Logger
+}
+
+// Open loads dir and builds every component.
+func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log *slog.Logger) (*Instance, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if ov.Listen != "" {
+		cfg.Listen = ov.Listen
+	}
+	if ov.DB != "" {
+		cfg.DB = ov.DB
+	}
+	if ov.Blobs != "" {
+		cfg.Blobs = ov.Blobs
+	}
+	p := PathsOf(dir)
+	authority, err := ca.Open(dir, ca.Options{Passphrase: passphrase})
+	if err != nil {
+		return nil, fmt.Errorf("opening CA: %w", err)
+	}
+	st, err := openStore(ctx, dir, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	blobs, err := openBlobs(dir, cfg.Blobs)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	keys, err := loadTUFKeys(ctx, dir, cfg.TUFKeys, passphrase)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	repo, err := tufrepo.Open(ctx, blobs, keys, tufrepo.Options{})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("opening TUF repository: %w", err)
+	}
+	api, err := server.New(server.Config{
+		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Logger: log,
+		IssuerError: func(err error) bool {
+			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
+		},
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("loading server certificate: %w", err)
+	}
+	return &Instance{
+		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, API: api,
+		TLS: server.TLSConfig(cert, authority.RootPool()), log: log,
+	}, nil
+}
+
+// Close releases the store.
+func (in *Instance) Close() error { return in.Store.Close() }
+
+// RefreshInterval is how often fosterd re-signs snapshot and timestamp
+// metadata that would expire within RefreshMargin.
+const (
+	RefreshInterval = time.Hour
+	RefreshMargin   = 6 * time.Hour
+)
+
+// Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
+func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           in.API.Handler(),
+		TLSConfig:         in.TLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelDebug),
+	}
+	go in.refreshLoop(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+func (in *Instance) refreshLoop(ctx context.Context) {
+	refresh := func() {
+		if err := in.Repo.Refresh(ctx, RefreshMargin); err != nil && ctx.Err() == nil {
+			in.log.Error("refreshing TUF timestamp/snapshot", "err", err)
+		}
+	}
+	refresh()
+	t := time.NewTicker(RefreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			refresh()
+		}
+	}
+}

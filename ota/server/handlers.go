@@ -1,0 +1,447 @@
+package server
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/foster-ota/foster/ota/blob"
+	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/attest"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/store"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+)
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+const (
+	maxEnrollBody = 64 << 10 // bytes
+	maxAdminBody  = 16 << 10 // bytes
+	tokenPrefix   = "fst_"
+)
+
+// --- enrollment
+
+type enrollRequest struct {
+	Token  string `json:"token"`
+	Serial string `json:"serial"`
+	Model  string `json:"model"`
+	CSR    string `json:"csr"`
+}
+
+type enrollResponse struct {
+	DeviceID    string `json:"device_id"`
+	Certificate string `json:"certificate"`
+}
+
+func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
+	var req enrollRequest
+	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
+		return err
+	}
+	p := identity.Device(req.Model, req.Serial)
+	if err := p.Validate(); err != nil {
+		return badRequest("device identity: %v", err)
+	}
+	if !strings.HasPrefix(req.Token, tokenPrefix) || len(req.Token) > 256 {
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "enrollment token is malformed")
+	}
+	if req.CSR == "" {
+		return badRequest("csr is required")
+	}
+	if _, err := s.cfg.Store.GetModel(r.Context(), req.Model); errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", req.Model)
+	} else if err != nil {
+		return err
+	}
+	dev, err := s.cfg.Store.Enroll(r.Context(), hashToken(req.Token), req.Serial, req.Model, func(store.Token) (store.Device, error) {
+		chain, err := s.cfg.Issuer.IssueDevice(r.Context(), []byte(req.CSR), req.Model, req.Serial)
+		if err != nil {
+			return store.Device{}, err
+		}
+		pemChain, err := cryptoutils.MarshalCertificatesToPEM(chain)
+		if err != nil {
+			return store.Device{}, err
+		}
+		return store.Device{
+			ID: p.URI(), Serial: req.Serial, Model: req.Model,
+			CertSerial: chain[0].SerialNumber.Text(16), CertNotAfter: chain[0].NotAfter.UTC(),
+			CertPEM: string(pemChain),
+		}, nil
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrTokenUsed):
+		return apierr.New(http.StatusConflict, apierr.CodeTokenUsed, "enrollment token was already used")
+	case errors.Is(err, store.ErrTokenInvalid), errors.Is(err, store.ErrTokenExpired):
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
+	case errors.Is(err, store.ErrTokenBinding):
+		return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v", err)
+	case errors.Is(err, store.ErrConflict):
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
+	case s.cfg.IssuerError(err):
+		return badRequest("%v", err)
+	default:
+		return err
+	}
+	s.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial)
+	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
+}
+
+// --- distribution
+
+// serveBlob serves prefix+{param} from the blob store with Range support.
+func (s *Server) serveBlob(prefix, param string) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		key := prefix + r.PathValue(param)
+		if err := blob.ValidKey(key); err != nil {
+			return badRequest("invalid path: %v", err)
+		}
+		f, info, err := s.cfg.Blobs.Open(r.Context(), key)
+		if errors.Is(err, blob.ErrNotFound) {
+			return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "%s not found", r.URL.Path)
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if info.ETag != "" {
+			w.Header().Set("ETag", info.ETag)
+		}
+		if prefix == "tuf/" {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-cache")
+		} else {
+			w.Header().Set("Content-Type", "application/octet-stream")
+		}
+		http.ServeContent(w, r, "", info.ModTime, f)
+		return nil
+	}
+}
+
+// --- attestations
+
+type attestationResponse struct {
+	ID       int64  `json:"id"`
+	DeviceID string `json:"device_id"`
+	Sequence int64  `json:"sequence"`
+}
+
+func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error {
+	p, cert := principalFrom(r.Context())
+	env, err := readBounded(w, r, attest.MaxEnvelopeSize)
+	if err != nil {
+		return err
+	}
+	in, err := attest.Verify(env, cert.PublicKey)
+	if errors.Is(err, attest.ErrBadSignature) {
+		return apierr.New(http.StatusBadRequest, "bad_signature", "attestation is not signed by this device's key: %v", err)
+	}
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	if in.Device != p.URI() {
+		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "attestation names device %s but was sent by %s", in.Device, p.URI())
+	}
+	rel, err := s.cfg.Store.ReleaseByTarget(r.Context(), in.New.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, "unsigned_target", "target %q was never published", in.New.Name)
+	} else if err != nil {
+		return err
+	}
+	if rel.Model != p.Model || rel.SHA256 != in.New.SHA256 || rel.Length != in.New.Length {
+		return apierr.New(http.StatusBadRequest, "unsigned_target", "target %q with sha256 %s and length %d does not match the one signed for model %s", in.New.Name, in.New.SHA256, in.New.Length, p.Model)
+	}
+	a, err := s.cfg.Store.AddAttestation(r.Context(), store.Attestation{
+		DeviceID: p.URI(), Sequence: in.Sequence, Outcome: in.Outcome,
+		TargetPath: rel.TargetPath, SHA256: rel.SHA256, Version: rel.Version, Counter: rel.Counter, Envelope: env,
+	})
+	if errors.Is(err, store.ErrReplay) {
+		return apierr.New(http.StatusConflict, "replay", "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	s.log.Info("attestation accepted", "device", p.URI(), "target", rel.TargetPath, "outcome", in.Outcome, "sequence", in.Sequence)
+	return writeJSON(w, http.StatusCreated, attestationResponse{ID: a.ID, DeviceID: a.DeviceID, Sequence: a.Sequence})
+}
+
+func readBounded(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "request body larger than %d bytes", limit)
+	}
+	if err != nil {
+		return nil, badRequest("reading body: %v", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// --- admin
+
+func (s *Server) audit(r *http.Request, action, detail string) {
+	p, _ := principalFrom(r.Context())
+	if err := s.cfg.Store.Audit(r.Context(), p.URI(), action, detail); err != nil {
+		s.log.Error("recording audit event", "err", err)
+	}
+}
+
+type modelRequest struct {
+	Name        string   `json:"name"`
+	HardwareIDs []string `json:"hardware_ids"`
+}
+
+func (s *Server) createModel(w http.ResponseWriter, r *http.Request) error {
+	var req modelRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if err := identity.ValidName(req.Name); err != nil {
+		return badRequest("model: %v", err)
+	}
+	if len(req.HardwareIDs) > 64 {
+		return badRequest("at most 64 hardware ids")
+	}
+	for _, h := range req.HardwareIDs {
+		if err := identity.ValidName(h); err != nil {
+			return badRequest("hardware id: %v", err)
+		}
+	}
+	m, err := s.cfg.Store.CreateModel(r.Context(), store.Model{Name: req.Name, HardwareIDs: req.HardwareIDs})
+	if errors.Is(err, store.ErrConflict) {
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "model %q already exists", req.Name)
+	}
+	if err != nil {
+		return err
+	}
+	s.audit(r, "model.create", m.Name)
+	return writeJSON(w, http.StatusCreated, m)
+}
+
+func (s *Server) listModels(w http.ResponseWriter, r *http.Request) error {
+	ms, err := s.cfg.Store.ListModels(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(ms))
+}
+
+type tokenRequest struct {
+	Serial     string `json:"serial"`
+	Model      string `json:"model"`
+	TTLSeconds int64  `json:"ttl_seconds"`
+}
+
+type tokenResponse struct {
+	Token     string    `json:"token"`
+	Serial    string    `json:"serial"`
+	Model     string    `json:"model"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+	var req tokenRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if err := identity.Device(req.Model, req.Serial).Validate(); err != nil {
+		return badRequest("%v", err)
+	}
+	ttl := s.cfg.DefaultTokenTTL
+	if req.TTLSeconds != 0 {
+		ttl = time.Duration(req.TTLSeconds) * time.Second
+	}
+	if ttl <= 0 || ttl > s.cfg.MaxTokenTTL {
+		return badRequest("ttl must be between 1s and %s", s.cfg.MaxTokenTTL)
+	}
+	if _, err := s.cfg.Store.GetModel(r.Context(), req.Model); errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", req.Model, req.Model)
+	} else if err != nil {
+		return err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	tok := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
+	p, _ := principalFrom(r.Context())
+	exp := s.cfg.Now().Add(ttl).UTC()
+	if err := s.cfg.Store.CreateToken(r.Context(), store.Token{Hash: hashToken(tok), Serial: req.Serial, Model: req.Model, ExpiresAt: exp, CreatedBy: p.URI()}); err != nil {
+		return err
+	}
+	s.audit(r, "token.create", req.Model+"/"+req.Serial)
+	return writeJSON(w, http.StatusCreated, tokenResponse{Token: tok, Serial: req.Serial, Model: req.Model, ExpiresAt: exp})
+}
+
+var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
+
+// targetCustom is the custom metadata of a firmware target (docs/CONTRACTS.md).
+type targetCustom struct {
+	Model          string   `json:"model"`
+	Version        string   `json:"version"`
+	ReleaseCounter int64    `json:"release_counter"`
+	HardwareIDs    []string `json:"hardware_ids"`
+}
+
+func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	model, version, name := q.Get("model"), q.Get("version"), q.Get("name")
+	if err := identity.ValidName(model); err != nil {
+		return badRequest("model: %v", err)
+	}
+	if len(version) > 64 || !semverRE.MatchString(version) {
+		return badRequest("version %q is not a semantic version (e.g. 1.0.1)", version)
+	}
+	if name == "" {
+		name = "firmware.bin"
+	}
+	if err := identity.ValidName(name); err != nil {
+		return badRequest("file name: %v", err)
+	}
+	if r.ContentLength == 0 {
+		return badRequest("firmware file is empty")
+	}
+	if r.ContentLength > s.cfg.MaxFirmwareSize {
+		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
+	}
+	m, err := s.cfg.Store.GetModel(r.Context(), model)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", model, model)
+	} else if err != nil {
+		return err
+	}
+
+	s.releaseMu.Lock()
+	defer s.releaseMu.Unlock()
+	counter := int64(1)
+	latest, err := s.cfg.Store.LatestRelease(r.Context(), model)
+	switch {
+	case err == nil:
+		counter = latest.Counter + 1
+	case !errors.Is(err, store.ErrNotFound):
+		return err
+	}
+	if c := q.Get("counter"); c != "" {
+		n, err := strconv.ParseInt(c, 10, 64)
+		if err != nil || n <= 0 {
+			return badRequest("counter must be a positive integer")
+		}
+		if n < counter {
+			return apierr.New(http.StatusConflict, "stale_release", "release counter %d is not above the latest (%d) for %s", n, counter-1, model)
+		}
+		counter = n
+	}
+	if existing, err := s.cfg.Store.ListReleases(r.Context(), model); err != nil {
+		return err
+	} else {
+		for _, e := range existing {
+			if e.Version == version {
+				return apierr.New(http.StatusConflict, apierr.CodeConflict, "release %s %s already exists", model, version)
+			}
+		}
+	}
+	custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: counter, HardwareIDs: nonNil(m.HardwareIDs)})
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxFirmwareSize)
+	tpath := path.Join(model, version, name)
+	t, err := s.cfg.Repo.AddTarget(r.Context(), tpath, body, r.ContentLength, custom)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
+		}
+		return badRequest("publishing %s: %v", tpath, err)
+	}
+	p, _ := principalFrom(r.Context())
+	rel, err := s.cfg.Store.AddRelease(r.Context(), store.Release{
+		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("recording published release %s: %w", tpath, err)
+	}
+	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
+	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
+	return writeJSON(w, http.StatusCreated, rel)
+}
+
+func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
+	rs, err := s.cfg.Store.ListReleases(r.Context(), r.URL.Query().Get("model"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(rs))
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
+	ds, err := s.cfg.Store.ListDevices(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(ds))
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if !strings.HasPrefix(id, "urn:") {
+		// Accept a bare serial when it is unambiguous.
+		ds, err := s.cfg.Store.ListDevices(r.Context())
+		if err != nil {
+			return err
+		}
+		var match []store.Device
+		for _, d := range ds {
+			if d.Serial == id {
+				match = append(match, d)
+			}
+		}
+		if len(match) == 1 {
+			return writeJSON(w, http.StatusOK, match[0])
+		}
+		if len(match) > 1 {
+			return badRequest("serial %s exists in %d models: use the device URN", id, len(match))
+		}
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
+	}
+	d, err := s.cfg.Store.GetDevice(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {
+	as, err := s.cfg.Store.ListAttestations(r.Context(), r.URL.Query().Get("device"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(as))
+}
+
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
+	ev, err := s.cfg.Store.ListAudit(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(ev))
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
