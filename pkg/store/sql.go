@@ -619,3 +619,14 @@ func (d *DB) ListAudit(ctx context.Context) ([]AuditEvent, error) {
 	}
 	return out, rows.Err()
 }
+
+// SQL exposes the underlying database for packages that keep their own
+// tables in the same store (e.g. the transparency log). Rebind rewrites ?
+// placeholders for the dialect; IsPostgres tells which dialect it is.
+func (d *DB) SQL() *sql.DB { return d.db }
+
+// Rebind rewrites ? placeholders for this store's dialect.
+func (d *DB) Rebind(query string) string { return d.q(query) }
+
+// IsPostgres reports whether the store is PostgreSQL (else SQLite).
+func (d *DB) IsPostgres() bool { return d.dialect == postgres }

@@ -69,15 +69,15 @@ type Device struct {
 
 // Release is a published firmware target.
 type Release struct {
-	ID          int64     `json:"id"`
-	Model       string    `json:"model"`
-	Version     string    `json:"version"`
-	Counter     int64     `json:"release_counter"`
-	TargetPath  string    `json:"target"`
-	SHA256      string    `json:"sha256"`
-	Length      int64     `json:"length"`
-	CreatedBy   string    `json:"created_by"`
-	CreatedAt   time.Time `json:"created_at"`
+	ID         int64     `json:"id"`
+	Model      string    `json:"model"`
+	Version    string    `json:"version"`
+	Counter    int64     `json:"release_counter"`
+	TargetPath string    `json:"target"`
+	SHA256     string    `json:"sha256"`
+	Length     int64     `json:"length"`
+	CreatedBy  string    `json:"created_by"`
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 // Attestation is an accepted install attestation.

@@ -1,98 +1,39 @@
-package store
+package store_test
 
 import (
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/foster-ota/foster/pkg/store"
+	"github.com/foster-ota/foster/pkg/store/storetest"
 )
 
-// backends returns a fresh store per back end: SQLite in a temp dir and a
-// throwaway schema in the real PostgreSQL at FOSTER_TEST_POSTGRES (default
-// 127.0.0.1:5432/test). PostgreSQL is required when CI is set.
-func backends(t *testing.T) map[string]func(t *testing.T) *DB {
-	return map[string]func(t *testing.T) *DB{
-		"sqlite": func(t *testing.T) *DB {
-			d, err := Open(context.Background(), filepath.Join(t.TempDir(), "foster.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { d.Close() })
-			return d
-		},
-		"postgres": func(t *testing.T) *DB { return OpenTestPostgres(t) },
-	}
+
+func forEach(t *testing.T, fn func(t *testing.T, d *store.DB)) { storetest.Each(t, fn) }
+
+func device(i store.Token) (store.Device, error) {
+	return store.Device{ID: "urn:foster:device:" + i.Model + ":" + i.Serial, Serial: i.Serial, Model: i.Model, CertSerial: "01", CertNotAfter: time.Now().Add(time.Hour), CertPEM: "pem"}, nil
 }
 
-// OpenTestPostgres opens a store in a fresh schema of the test PostgreSQL.
-func OpenTestPostgres(t testing.TB) *DB {
-	t.Helper()
-	base := os.Getenv("FOSTER_TEST_POSTGRES")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
-	admin, err := sql.Open("pgx", base)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = admin.PingContext(ctx)
-		cancel()
-	}
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("PostgreSQL at %s unreachable: %v", base, err)
-		}
-		t.Skipf("PostgreSQL at %s unreachable (set CI=1 to make this fatal): %v", base, err)
-	}
-	b := make([]byte, 6)
-	rand.Read(b)
-	schema := "foster_test_" + hex.EncodeToString(b)
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
-		admin.Close()
-	})
-	d, err := Open(context.Background(), base+"&search_path="+schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
-}
-
-func forEach(t *testing.T, fn func(t *testing.T, d *DB)) {
-	for name, mk := range backends(t) {
-		t.Run(name, func(t *testing.T) { fn(t, mk(t)) })
-	}
-}
-
-func device(i Token) (Device, error) {
-	return Device{ID: "urn:foster:device:" + i.Model + ":" + i.Serial, Serial: i.Serial, Model: i.Model, CertSerial: "01", CertNotAfter: time.Now().Add(time.Hour), CertPEM: "pem"}, nil
-}
-
-func setup(t *testing.T, d *DB) context.Context {
+func setup(t *testing.T, d *store.DB) context.Context {
 	ctx := context.Background()
-	if _, err := d.CreateModel(ctx, Model{Name: "edge-gw"}); err != nil {
+	if _, err := d.CreateModel(ctx, store.Model{Name: "edge-gw"}); err != nil {
 		t.Fatal(err)
 	}
 	return ctx
 }
 
 func TestModels(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		if _, err := d.CreateModel(ctx, Model{Name: "edge-gw"}); !errors.Is(err, ErrConflict) {
+		if _, err := d.CreateModel(ctx, store.Model{Name: "edge-gw"}); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("duplicate model: %v", err)
 		}
-		if _, err := d.GetModel(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		if _, err := d.GetModel(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("unknown model: %v", err)
 		}
 		ms, err := d.ListModels(ctx)
@@ -103,20 +44,20 @@ func TestModels(t *testing.T) {
 }
 
 func TestEnrollTokenIsSingleUseAndBound(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		tok := Token{Hash: "h1", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour), CreatedBy: "admin"}
+		tok := store.Token{Hash: "h1", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour), CreatedBy: "admin"}
 		if err := d.CreateToken(ctx, tok); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Enroll(ctx, "h1", "SN-2", "edge-gw", device); !errors.Is(err, ErrTokenBinding) {
+		if _, err := d.Enroll(ctx, "h1", "SN-2", "edge-gw", device); !errors.Is(err, store.ErrTokenBinding) {
 			t.Fatalf("other serial: %v", err)
 		}
-		if _, err := d.Enroll(ctx, "nope", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenInvalid) {
+		if _, err := d.Enroll(ctx, "nope", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenInvalid) {
 			t.Fatalf("unknown token: %v", err)
 		}
 		boom := errors.New("issuer down")
-		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", func(Token) (Device, error) { return Device{}, boom }); !errors.Is(err, boom) {
+		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", func(store.Token) (store.Device, error) { return store.Device{}, boom }); !errors.Is(err, boom) {
 			t.Fatalf("failing issuer: %v", err)
 		}
 		// The failed issuance must not have consumed the token.
@@ -124,10 +65,10 @@ func TestEnrollTokenIsSingleUseAndBound(t *testing.T) {
 		if err != nil {
 			t.Fatalf("enroll after failed issuance: %v", err)
 		}
-		if dv.Status != DeviceActive {
+		if dv.Status != store.DeviceActive {
 			t.Fatalf("status %q", dv.Status)
 		}
-		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenUsed) {
+		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenUsed) {
 			t.Fatalf("reuse: %v", err)
 		}
 		got, err := d.GetDevice(ctx, dv.ID)
@@ -138,27 +79,27 @@ func TestEnrollTokenIsSingleUseAndBound(t *testing.T) {
 }
 
 func TestEnrollRefusesExpiredTokenAndDuplicateDevice(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		d.CreateToken(ctx, Token{Hash: "old", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(-time.Second)})
-		if _, err := d.Enroll(ctx, "old", "SN-1", "edge-gw", device); !errors.Is(err, ErrTokenExpired) {
+		d.CreateToken(ctx, store.Token{Hash: "old", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(-time.Second)})
+		if _, err := d.Enroll(ctx, "old", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenExpired) {
 			t.Fatalf("expired: %v", err)
 		}
-		d.CreateToken(ctx, Token{Hash: "a", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
-		d.CreateToken(ctx, Token{Hash: "b", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, store.Token{Hash: "a", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, store.Token{Hash: "b", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
 		if _, err := d.Enroll(ctx, "a", "SN-1", "edge-gw", device); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Enroll(ctx, "b", "SN-1", "edge-gw", device); !errors.Is(err, ErrConflict) {
+		if _, err := d.Enroll(ctx, "b", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("second enrollment of a serial: %v", err)
 		}
 	})
 }
 
 func TestConcurrentTokenUseIssuesOnce(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		d.CreateToken(ctx, Token{Hash: "race", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, store.Token{Hash: "race", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		ok := 0
@@ -181,24 +122,24 @@ func TestConcurrentTokenUseIssuesOnce(t *testing.T) {
 }
 
 func TestReleasesAreMonotonic(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		r := Release{Model: "edge-gw", Version: "1.0.0", Counter: 1, TargetPath: "edge-gw/1.0.0/fw.bin", SHA256: "aa", Length: 3}
+		r := store.Release{Model: "edge-gw", Version: "1.0.0", Counter: 1, TargetPath: "edge-gw/1.0.0/fw.bin", SHA256: "aa", Length: 3}
 		if _, err := d.AddRelease(ctx, r, nil); err != nil {
 			t.Fatal(err)
 		}
 		r2 := r
 		r2.Version, r2.TargetPath = "0.9.0", "edge-gw/0.9.0/fw.bin"
-		if _, err := d.AddRelease(ctx, r2, nil); !errors.Is(err, ErrStale) {
+		if _, err := d.AddRelease(ctx, r2, nil); !errors.Is(err, store.ErrStale) {
 			t.Fatalf("same counter: %v", err)
 		}
 		r3 := r
 		r3.Counter = 2
-		if _, err := d.AddRelease(ctx, r3, nil); !errors.Is(err, ErrConflict) {
+		if _, err := d.AddRelease(ctx, r3, nil); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("same version: %v", err)
 		}
 		failed := errors.New("publish failed")
-		r4 := Release{Model: "edge-gw", Version: "1.1.0", Counter: 2, TargetPath: "edge-gw/1.1.0/fw.bin", SHA256: "bb", Length: 3}
+		r4 := store.Release{Model: "edge-gw", Version: "1.1.0", Counter: 2, TargetPath: "edge-gw/1.1.0/fw.bin", SHA256: "bb", Length: 3}
 		if _, err := d.AddRelease(ctx, r4, func() error { return failed }); !errors.Is(err, failed) {
 			t.Fatalf("failed check: %v", err)
 		}
@@ -221,15 +162,15 @@ func TestReleasesAreMonotonic(t *testing.T) {
 }
 
 func TestAttestationReplayRefused(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		d.CreateToken(ctx, Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, store.Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
 		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
-		a := Attestation{DeviceID: dv.ID, Sequence: 1, Outcome: "committed", TargetPath: "edge-gw/1.0.1/fw.bin", SHA256: "aa", Version: "1.0.1", Counter: 1, Envelope: []byte("{}")}
+		a := store.Attestation{DeviceID: dv.ID, Sequence: 1, Outcome: "committed", TargetPath: "edge-gw/1.0.1/fw.bin", SHA256: "aa", Version: "1.0.1", Counter: 1, Envelope: []byte("{}")}
 		if _, err := d.AddAttestation(ctx, a); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.AddAttestation(ctx, a); !errors.Is(err, ErrReplay) {
+		if _, err := d.AddAttestation(ctx, a); !errors.Is(err, store.ErrReplay) {
 			t.Fatalf("replay: %v", err)
 		}
 		got, _ := d.GetDevice(ctx, dv.ID)
@@ -249,25 +190,25 @@ func TestAttestationReplayRefused(t *testing.T) {
 		if len(all) != 2 {
 			t.Fatalf("%d attestations", len(all))
 		}
-		if _, err := d.AddAttestation(ctx, Attestation{DeviceID: "urn:foster:device:x:y", Sequence: 1}); !errors.Is(err, ErrNotFound) {
+		if _, err := d.AddAttestation(ctx, store.Attestation{DeviceID: "urn:foster:device:x:y", Sequence: 1}); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("unknown device: %v", err)
 		}
 	})
 }
 
 func TestRevocationAndAudit(t *testing.T) {
-	forEach(t, func(t *testing.T, d *DB) {
+	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
-		d.CreateToken(ctx, Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		d.CreateToken(ctx, store.Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
 		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
-		if err := d.SetDeviceStatus(ctx, dv.ID, DeviceRevoked); err != nil {
+		if err := d.SetDeviceStatus(ctx, dv.ID, store.DeviceRevoked); err != nil {
 			t.Fatal(err)
 		}
 		got, _ := d.GetDevice(ctx, dv.ID)
-		if got.Status != DeviceRevoked {
+		if got.Status != store.DeviceRevoked {
 			t.Fatal("not revoked")
 		}
-		if err := d.SetDeviceStatus(ctx, "urn:foster:device:x:y", DeviceRevoked); !errors.Is(err, ErrNotFound) {
+		if err := d.SetDeviceStatus(ctx, "urn:foster:device:x:y", store.DeviceRevoked); !errors.Is(err, store.ErrNotFound) {
 			t.Fatal(err)
 		}
 		for i := 0; i < 3; i++ {

@@ -1,0 +1,73 @@
+// Package storetest opens throwaway stores for tests: SQLite in a temp dir
+// and a fresh schema in the real PostgreSQL (FOSTER_TEST_POSTGRES, default
+// 127.0.0.1:5432/test). PostgreSQL is required when CI is set.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/foster-ota/foster/pkg/env"
+	"github.com/foster-ota/foster/pkg/store"
+)
+
+// SQLite opens a fresh SQLite store.
+func SQLite(t testing.TB) *store.DB {
+	t.Helper()
+	d, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "foster.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// Postgres opens a store in a fresh schema of the test PostgreSQL, skipping
+// (or failing under CI) when it is unreachable.
+func Postgres(t testing.TB) *store.DB {
+	t.Helper()
+	base := env.TestPostgres.Get()
+	if base == "" {
+		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	admin, err := sql.Open("pgx", base)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = admin.PingContext(ctx)
+		cancel()
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("PostgreSQL at %s unreachable: %v", base, err)
+		}
+		t.Skipf("PostgreSQL at %s unreachable (set CI=1 to make this fatal): %v", base, err)
+	}
+	b := make([]byte, 6)
+	rand.Read(b)
+	schema := "foster_test_" + hex.EncodeToString(b)
+	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
+		admin.Close()
+	})
+	d, err := store.Open(context.Background(), base+"&search_path="+schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// Each runs fn against a fresh store of every back end.
+func Each(t *testing.T, fn func(t *testing.T, d *store.DB)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, SQLite(t)) })
+	t.Run("postgres", func(t *testing.T) { fn(t, Postgres(t)) })
+}
