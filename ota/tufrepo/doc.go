@@ -1,0 +1,50 @@
+// Package tufrepo publishes Foster's firmware as a TUF repository
+// (https://theupdateframework.github.io/specification/latest/) in a blob
+// store, using go-tuf v2's metadata types; go-tuf no longer ships a
+// repository writer, so publishing is ours. Devices verify what it publishes
+// with go-tuf's stock updater.
+//
+// # Key roles
+//
+//   - root: signs the key hierarchy (which keys may sign each role). Offline
+//     in a real deployment; needed only by Init (and, later, root rotation).
+//   - targets: signs the list of firmware images with their length,
+//     SHA-256/SHA-512 and custom metadata (model, version, release counter).
+//     Offline or KMS in production; the dev instance keeps it online so
+//     uploads publish at once.
+//   - snapshot: signs the versions of all targets metadata, so a device can
+//     never be shown a mix of old and new targets files.
+//   - timestamp: signs the current snapshot version with a short expiry, so
+//     a network attacker cannot freeze a device on old metadata for longer
+//     than that expiry. Online; Refresh re-signs it before it runs out.
+//
+// Every signature goes through a sigstore signature.Signer, so any key can
+// be a file or a KMS URI (pkg/signing). Use Ed25519 or ECDSA P-256 keys: go-tuf
+// labels every ECDSA key as P-256 and signs RSA as PSS.
+//
+// # Threat model
+//
+// The blob store and the network between it and devices are untrusted;
+// devices rely only on the signatures, the version numbers (rollback) and
+// the expiries (freeze). Publishing is atomic for clients: every new
+// versioned file (N.targets.json, N.snapshot.json, hash-prefixed target
+// blobs) is written before timestamp.json, the only mutable file clients
+// poll, so a crash or a failed write at any point leaves clients on the
+// previous repository; the Repo's in-memory state changes only after
+// timestamp.json is written. Before publishing, every new signature is
+// checked against the root, so a key type go-tuf cannot verify fails here
+// instead of on a device. Upload input (target paths, bodies, custom
+// metadata) is validated and bounded; a refused upload publishes nothing.
+//
+// One Repo is the only writer of a repository: its mutex serialises
+// publishing within a process, but two processes publishing to one store
+// would race on version numbers.
+//
+// # Layout in the blob store (docs/CONTRACTS.md)
+//
+//	tuf/<N>.root.json  tuf/<N>.targets.json  tuf/<N>.snapshot.json  tuf/timestamp.json
+//	targets/<dir>/<sha256hex>.<name>   for target path <dir>/<name>
+//	targets/<dir>/<sha512hex>.<name>   the same bytes: go-tuf's DownloadTarget picks
+//	                                   either hash at random for the URL
+//	staging/<random>                   uploads in flight (never served)
+package tufrepo

@@ -1,0 +1,350 @@
+package tufrepo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/foster-ota/foster/ota/blob"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// Bounds on upload input.
+const (
+	MaxTargetPathLength = 512 // bytes
+	// MaxTargetPathSegment leaves room for a 128-hex-digit SHA-512 prefix
+	// within a 255-byte file name.
+	MaxTargetPathSegment = 120      // bytes
+	MaxCustomSize        = 16 << 10 // bytes of custom metadata JSON
+)
+
+// Target is a published firmware image as recorded in signed targets metadata.
+type Target struct {
+	Path   string          // TUF target path, "<model>/<version>/<file>" in Foster
+	Length int64           // bytes
+	SHA256 string          // hex
+	SHA512 string          // hex
+	Custom json.RawMessage // signed custom metadata (docs/CONTRACTS.md), nil if none
+}
+
+// TargetKey is the blob key of the target at targetPath under the hex hash
+// hashHex (consistent-snapshot naming): "a/b/fw.bin" -> "targets/a/b/<hash>.fw.bin".
+func TargetKey(targetPath, hashHex string) string {
+	dir, base := path.Split(targetPath)
+	return "targets/" + dir + hashHex + "." + base
+}
+
+// ValidTargetPath checks a target path: non-empty "/"-separated segments of
+// ASCII letters, digits and . _ - + ~, none starting with "." (so no "." or
+// ".."), no leading or trailing "/", at most MaxTargetPathLength bytes and
+// MaxTargetPathSegment per segment. The character set is narrow because
+// go-tuf builds download URLs from target paths without escaping them.
+// The error wraps ErrInvalidTarget.
+func ValidTargetPath(p string) error {
+	if p == "" {
+		return fmt.Errorf("%w: empty path", ErrInvalidTarget)
+	}
+	if len(p) > MaxTargetPathLength {
+		return fmt.Errorf("%w: path longer than %d bytes", ErrInvalidTarget, MaxTargetPathLength)
+	}
+	for seg := range strings.SplitSeq(p, "/") {
+		switch {
+		case seg == "":
+			return fmt.Errorf("%w: path %q has an empty segment (leading, trailing or double '/')", ErrInvalidTarget, p)
+		case len(seg) > MaxTargetPathSegment:
+			return fmt.Errorf("%w: path segment longer than %d bytes", ErrInvalidTarget, MaxTargetPathSegment)
+		case seg[0] == '.':
+			return fmt.Errorf("%w: path %q has a segment starting with '.'", ErrInvalidTarget, p)
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("._-+~", c) >= 0) {
+				return fmt.Errorf("%w: path %q contains %q (allowed: letters, digits, . _ - + ~)", ErrInvalidTarget, p, c)
+			}
+		}
+	}
+	return nil
+}
+
+// normalizeCustom checks custom metadata (a JSON object of at most
+// MaxCustomSize bytes whose numbers are integers, as TUF's canonical JSON
+// requires) and re-encodes it, so that duplicate keys cannot make the
+// published bytes say something other than what was signed.
+func normalizeCustom(c json.RawMessage) (json.RawMessage, error) {
+	if len(c) == 0 {
+		return nil, nil
+	}
+	if len(c) > MaxCustomSize {
+		return nil, fmt.Errorf("%w: custom metadata is %d bytes, max %d", ErrTooLarge, len(c), MaxCustomSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(c))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("%w: custom metadata: %w", ErrInvalidTarget, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: custom metadata: trailing data after the JSON object", ErrInvalidTarget)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, fmt.Errorf("%w: custom metadata must be a JSON object", ErrInvalidTarget)
+	}
+	if err := integersOnly(v); err != nil {
+		return nil, fmt.Errorf("%w: custom metadata: %w", ErrInvalidTarget, err)
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: custom metadata: %w", ErrInvalidTarget, err)
+	}
+	return out, nil
+}
+
+func integersOnly(v any) error {
+	switch v := v.(type) {
+	case json.Number:
+		if _, err := v.Int64(); err != nil {
+			return fmt.Errorf("number %s is not a 64-bit integer (TUF canonical JSON has no floats)", v)
+		}
+	case []any:
+		for _, e := range v {
+			if err := integersOnly(e); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for _, e := range v {
+			if err := integersOnly(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// AddTarget publishes a new target: it streams body to the store while
+// hashing it (SHA-256 and SHA-512; never buffered whole), stores it at
+// TargetKey(path, sha256) and TargetKey(path, sha512), then publishes targets
+// N+1, snapshot N+1 and timestamp N+1. length is the declared body length,
+// or -1 if unknown; custom is a JSON object or nil.
+//
+// It refuses, publishing nothing: an invalid path or custom metadata, an
+// empty body, a body whose length differs from length (ErrLengthMismatch)
+// or exceeds Options.MaxTargetLength (ErrTooLarge), and a path already
+// published (ErrTargetExists: a release is immutable). If writing fails
+// midway, clients and r keep the previous repository; the call can be retried.
+func (r *Repo) AddTarget(ctx context.Context, targetPath string, body io.Reader, length int64, custom json.RawMessage) (Target, error) {
+	if err := ValidTargetPath(targetPath); err != nil {
+		return Target{}, err
+	}
+	custom, err := normalizeCustom(custom)
+	if err != nil {
+		return Target{}, err
+	}
+	switch {
+	case length == 0:
+		return Target{}, fmt.Errorf("%w: empty body", ErrInvalidTarget)
+	case length > r.opts.MaxTargetLength:
+		return Target{}, fmt.Errorf("%w: target is %d bytes, max %d", ErrTooLarge, length, r.opts.MaxTargetLength)
+	case length < -1:
+		return Target{}, fmt.Errorf("%w: negative length %d", ErrInvalidTarget, length)
+	}
+	if r.keys.Targets == nil || r.keys.Snapshot == nil || r.keys.Timestamp == nil {
+		return Target{}, fmt.Errorf("adding target: targets, snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
+	}
+	if r.isPublished(targetPath) { // cheap early refusal; checked again when publishing
+		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, targetPath)
+	}
+
+	t, err := r.upload(ctx, targetPath, body, length)
+	if err != nil {
+		return Target{}, err
+	}
+	t.Custom = custom
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.st
+	if _, ok := cur.targets.Signed.Targets[targetPath]; ok {
+		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, targetPath)
+	}
+	tf, err := copyMeta[metadata.TargetsType](cur.targetsRaw)
+	if err != nil {
+		return Target{}, err
+	}
+	if tf.Signed.Targets == nil {
+		tf.Signed.Targets = map[string]*metadata.TargetFiles{}
+	}
+	tf.Signed.Targets[targetPath] = toTargetFiles(t)
+	next, objs, err := r.publishable(ctx, cur, tf, true)
+	if err != nil {
+		return Target{}, fmt.Errorf("publishing %s: %w", targetPath, err)
+	}
+	if err := putAll(ctx, r.store, objs); err != nil {
+		return Target{}, fmt.Errorf("publishing %s: %w", targetPath, err)
+	}
+	r.st = next
+	return t, nil
+}
+
+func (r *Repo) isPublished(targetPath string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.st.targets.Signed.Targets[targetPath]
+	return ok
+}
+
+// upload streams body into a staging object, then copies it (a hard link on
+// the file store) to its two hash-named keys. The blobs are content
+// addressed, so leftovers of a failed publish are harmless and are reused
+// by a retry; nothing references them until timestamp.json is written.
+func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, length int64) (Target, error) {
+	var rnd [16]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return Target{}, err
+	}
+	staging := "staging/" + hex.EncodeToString(rnd[:])
+	defer r.store.Delete(context.WithoutCancel(ctx), staging)
+
+	limit := r.opts.MaxTargetLength
+	if length >= 0 {
+		limit = length
+	}
+	hr := &hashingReader{
+		r: io.LimitReader(body, limit+1), limit: limit, declared: length,
+		h256: sha256.New(), h512: sha512.New(),
+	}
+	putErr := r.store.Put(ctx, staging, hr, length)
+	if hr.err != nil { // the typed reason wins over the store's wrapping of it
+		return Target{}, hr.err
+	}
+	if putErr != nil {
+		return Target{}, fmt.Errorf("storing upload of %s: %w", targetPath, putErr)
+	}
+	if length >= 0 {
+		// A store given the size may stop reading at it without seeing EOF.
+		if n, _ := io.ReadFull(hr, make([]byte, 1)); n > 0 || hr.err != nil {
+			return Target{}, fmt.Errorf("%w: body is longer than the declared %d bytes", ErrLengthMismatch, length)
+		}
+	}
+	if hr.n == 0 {
+		return Target{}, fmt.Errorf("%w: empty body", ErrInvalidTarget)
+	}
+	info, err := r.store.Stat(ctx, staging)
+	if err != nil {
+		return Target{}, fmt.Errorf("storing upload of %s: %w", targetPath, err)
+	}
+	if info.Size != hr.n {
+		return Target{}, fmt.Errorf("storing upload of %s: store kept %d of %d bytes", targetPath, info.Size, hr.n)
+	}
+	t := Target{
+		Path:   targetPath,
+		Length: hr.n,
+		SHA256: hex.EncodeToString(hr.h256.Sum(nil)),
+		SHA512: hex.EncodeToString(hr.h512.Sum(nil)),
+	}
+	for _, h := range []string{t.SHA256, t.SHA512} {
+		if err := blob.Copy(ctx, r.store, staging, TargetKey(targetPath, h)); err != nil {
+			return Target{}, fmt.Errorf("storing %s: %w", targetPath, err)
+		}
+	}
+	return t, nil
+}
+
+// hashingReader hashes and counts a body as the store reads it, and fails
+// the read (so the store keeps nothing) on an empty, too long or too short body.
+type hashingReader struct {
+	r          io.Reader // limited to limit+1 bytes
+	limit      int64
+	declared   int64 // -1 if unknown
+	n          int64
+	h256, h512 hash.Hash
+	err        error // why the body was refused
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	if h.err != nil {
+		return 0, h.err
+	}
+	n, err := h.r.Read(p)
+	if n > 0 {
+		if h.n+int64(n) > h.limit {
+			if h.declared >= 0 {
+				h.err = fmt.Errorf("%w: body is longer than the declared %d bytes", ErrLengthMismatch, h.declared)
+			} else {
+				h.err = fmt.Errorf("%w: target body exceeds %d bytes", ErrTooLarge, h.limit)
+			}
+			return 0, h.err
+		}
+		h.n += int64(n)
+		h.h256.Write(p[:n])
+		h.h512.Write(p[:n])
+	}
+	if errors.Is(err, io.EOF) {
+		switch {
+		case h.n == 0:
+			h.err = fmt.Errorf("%w: empty body", ErrInvalidTarget)
+		case h.declared >= 0 && h.n != h.declared:
+			h.err = fmt.Errorf("%w: body has %d bytes, declared %d", ErrLengthMismatch, h.n, h.declared)
+		}
+		if h.err != nil {
+			return n, h.err
+		}
+	}
+	return n, err
+}
+
+func toTargetFiles(t Target) *metadata.TargetFiles {
+	s256, _ := hex.DecodeString(t.SHA256)
+	s512, _ := hex.DecodeString(t.SHA512)
+	tf := &metadata.TargetFiles{
+		Path:   t.Path,
+		Length: t.Length,
+		Hashes: metadata.Hashes{"sha256": s256, "sha512": s512},
+	}
+	if t.Custom != nil {
+		c := json.RawMessage(clone(t.Custom))
+		tf.Custom = &c
+	}
+	return tf
+}
+
+func fromTargetFiles(p string, tf *metadata.TargetFiles) Target {
+	t := Target{
+		Path:   p,
+		Length: tf.Length,
+		SHA256: hex.EncodeToString(tf.Hashes["sha256"]),
+		SHA512: hex.EncodeToString(tf.Hashes["sha512"]),
+	}
+	if tf.Custom != nil {
+		t.Custom = clone(*tf.Custom)
+	}
+	return t
+}
+
+// Targets returns the targets in the current signed targets metadata,
+// sorted by path.
+func (r *Repo) Targets(ctx context.Context) ([]Target, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	cur := r.st.targets
+	r.mu.Unlock()
+	out := make([]Target, 0, len(cur.Signed.Targets))
+	for p, tf := range cur.Signed.Targets {
+		out = append(out, fromTargetFiles(p, tf))
+	}
+	slices.SortFunc(out, func(a, b Target) int { return strings.Compare(a.Path, b.Path) })
+	return out, nil
+}
