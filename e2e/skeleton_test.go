@@ -116,9 +116,10 @@ func TestTamperedBlobIsRefused(t *testing.T) {
 
 	fw2, _ := writeFirmware(t, 64<<10)
 	env.Admin("release", "add", "--model", "edge-gw", "--version", "1.0.1", fw2)
-	blobs, _ := filepath.Glob(filepath.Join(env.DataDir, "blobs", "targets", "edge-gw", "1.0.1", "*"))
+	// The agent fetches the consistent-snapshot name <sha256>.<file>.
+	blobs, _ := filepath.Glob(filepath.Join(env.DataDir, "blobs", "targets", "edge-gw", "1.0.1", strings.Repeat("[0-9a-f]", 64)+".fw.bin"))
 	if len(blobs) != 1 {
-		t.Fatalf("want one stored blob for 1.0.1, found %v", blobs)
+		t.Fatalf("want one stored sha256-named blob for 1.0.1, found %v", blobs)
 	}
 	b, _ := os.ReadFile(blobs[0])
 	b[len(b)/2] ^= 0xff

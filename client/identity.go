@@ -1,0 +1,124 @@
+package client
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/foster-ota/foster/client/internal/enroll"
+	"github.com/foster-ota/foster/client/internal/statedir"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/signing"
+)
+
+// ErrNotEnrolled is returned when the state dir holds no device certificate.
+var ErrNotEnrolled = errors.New("not enrolled")
+
+// ErrLocked is returned by RunOnce when another agent process uses the state dir.
+var ErrLocked = statedir.ErrLocked
+
+// deviceIdentity is what enrollment left in the state dir.
+type deviceIdentity struct {
+	cfg       *statedir.AgentConfig
+	principal identity.Principal
+	key       *ecdsa.PrivateKey
+	chain     []*x509.Certificate
+	roots     *x509.CertPool
+}
+
+func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
+	if l.Dir == "" {
+		return nil, errors.New("state dir not set")
+	}
+	ok, err := l.Enrolled()
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s has no device certificate; run `foster-agent --state-dir %s enroll ...` first",
+			ErrNotEnrolled, l.Dir, l.Dir)
+	}
+	cfg, err := statedir.LoadAgentConfig(l.AgentConfig())
+	if err != nil {
+		return nil, err
+	}
+	certPEM, err := statedir.ReadBounded(l.Cert(), statedir.MaxSmallFile)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := enroll.ParseCerts(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.Cert(), err)
+	}
+	p, err := identity.FromCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.Cert(), err)
+	}
+	if p != cfg.Principal() {
+		return nil, fmt.Errorf("%s names %s but agent.json says %s", l.Cert(), p, cfg.Principal())
+	}
+	caPEM, err := statedir.ReadBounded(l.CA(), statedir.MaxSmallFile)
+	if err != nil {
+		return nil, err
+	}
+	rootCerts, err := enroll.ParseCerts(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.CA(), err)
+	}
+	roots := x509.NewCertPool()
+	for _, c := range rootCerts {
+		roots.AddCert(c)
+	}
+	id := &deviceIdentity{cfg: cfg, principal: p, chain: chain, roots: roots}
+	if !withKey {
+		return id, nil
+	}
+	if fi, err := os.Stat(l.Key()); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("device key %s is accessible by other users (mode %v); chmod 600 it", l.Key(), fi.Mode().Perm())
+	}
+	priv, err := signing.LoadPrivateKey(l.Key(), nil)
+	if err != nil {
+		return nil, err
+	}
+	key, ok := priv.(*ecdsa.PrivateKey)
+	if !ok || key.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("device key %s is not ECDSA P-256", l.Key())
+	}
+	if !key.PublicKey.Equal(chain[0].PublicKey) {
+		return nil, fmt.Errorf("device key %s does not match certificate %s", l.Key(), l.Cert())
+	}
+	id.key = key
+	return id, nil
+}
+
+// httpClients builds the agent's mTLS clients. They share one transport;
+// api has an overall timeout, download relies on the downloader's stall
+// timeout so that slow links can still fetch large images.
+func (id *deviceIdentity) httpClients(requestTimeout time.Duration) (api, download *http.Client) {
+	raw := make([][]byte, len(id.chain))
+	for i, c := range id.chain {
+		raw[i] = c.Raw
+	}
+	tr := &http.Transport{
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig: &tls.Config{
+			RootCAs:      id.roots,
+			Certificates: []tls.Certificate{{Certificate: raw, PrivateKey: id.key, Leaf: id.chain[0]}},
+			MinVersion:   tls.VersionTLS12,
+		},
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: requestTimeout,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConns:          4,
+		ForceAttemptHTTP2:     true,
+	}
+	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: tr}
+}

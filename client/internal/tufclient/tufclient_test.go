@@ -1,0 +1,44 @@
+package tufclient
+
+import "testing"
+
+func TestCriteria(t *testing.T) {
+	cr := Criteria{Model: "edge-gw", HardwareID: "rev-a", MinReleaseCounter: 3}
+	tests := []struct {
+		name string
+		c    Custom
+		ok   bool
+	}{
+		{"newer", Custom{Model: "edge-gw", ReleaseCounter: 4}, true},
+		{"newer for our hardware", Custom{Model: "edge-gw", ReleaseCounter: 4, HardwareIDs: []string{"rev-b", "rev-a"}}, true},
+		{"rollback to installed", Custom{Model: "edge-gw", ReleaseCounter: 3}, false},
+		{"rollback below installed", Custom{Model: "edge-gw", ReleaseCounter: 1}, false},
+		{"other model", Custom{Model: "edge-gw2", ReleaseCounter: 9}, false},
+		{"other hardware", Custom{Model: "edge-gw", ReleaseCounter: 9, HardwareIDs: []string{"rev-b"}}, false},
+	}
+	for _, tt := range tests {
+		if got := cr.qualifies(tt.c) == ""; got != tt.ok {
+			t.Errorf("%s: qualifies = %v, want %v", tt.name, got, tt.ok)
+		}
+	}
+	// A device that does not know its hardware id accepts hardware-specific images of its model.
+	if why := (Criteria{Model: "edge-gw"}).qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{"x"}}); why != "" {
+		t.Errorf("unexpected refusal: %s", why)
+	}
+}
+
+func TestCheckTargetName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"edge-gw/1.0.0/fw.bin": true,
+		"fw.bin":               true,
+		"/etc/passwd":          false,
+		"edge-gw/../../x":      false,
+		"edge-gw//fw":          false,
+		"edge-gw/./fw":         false,
+		"":                     false,
+	} {
+		if got := checkTargetName(name) == nil; got != ok {
+			t.Errorf("%q: ok = %v, want %v", name, got, ok)
+		}
+	}
+}

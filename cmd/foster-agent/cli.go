@@ -1,0 +1,385 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/foster-ota/foster/client"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+const defaultStateDir = "/var/lib/foster-agent"
+
+const mainUsage = `foster-agent: Foster device agent (enroll, update, attest).
+
+Usage:
+  foster-agent [--state-dir DIR] [--log-level LEVEL] <command> [flags]
+
+Commands:
+  enroll   generate the device key and obtain a device certificate with a one-time token
+  run      check for a firmware update, download and verify it, install it, attest it
+  status   show identity, certificate expiry, installed release and queued attestations
+  help     show help for a command: foster-agent help <command>
+
+Global flags (also accepted after the command):
+`
+
+// globals are the flags shared by every command.
+type globals struct {
+	stateDir string
+	logLevel string
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "agent state `DIR` (device key, certificate, trust roots, journal)")
+	fs.StringVar(&g.logLevel, "log-level", g.logLevel, "log `LEVEL`: debug, info, warn or error (logs go to stderr)")
+}
+
+func (g *globals) logger(stderr io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// command is one subcommand.
+type command struct {
+	name, summary, usage string
+	// flags registers the command's flags and returns the function that runs it.
+	flags func(fs *flag.FlagSet, g *globals) func(ctx context.Context, env *env) error
+}
+
+// env is what a command runs with.
+type env struct {
+	g              *globals
+	stdout, stderr io.Writer
+	log            *slog.Logger
+}
+
+// usageError is a command-line mistake: exit code 2 and a pointer to --help.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+func commands() []command { return []command{enrollCmd(), runCmd(), statusCmd()} }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stateDir: defaultStateDir, logLevel: "info"}
+	top := flag.NewFlagSet("foster-agent", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	g.register(top)
+	top.Usage = func() {}
+	printMain := func(w io.Writer) {
+		fmt.Fprint(w, mainUsage)
+		printFlags(w, top)
+	}
+	if err := top.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printMain(stdout)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "foster-agent: %v\n\n", err)
+		printMain(stderr)
+		return exitUsage
+	}
+	rest := top.Args()
+	if len(rest) == 0 {
+		fmt.Fprint(stderr, "foster-agent: missing command\n\n")
+		printMain(stderr)
+		return exitUsage
+	}
+	name, rest := rest[0], rest[1:]
+	if name == "help" {
+		if len(rest) == 0 {
+			printMain(stdout)
+			return exitOK
+		}
+		name, rest = rest[0], []string{"--help"}
+	}
+	var cmd *command
+	for _, c := range commands() {
+		if c.name == name {
+			cmd = &c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "foster-agent: unknown command %q\n\n", name)
+		printMain(stderr)
+		return exitUsage
+	}
+
+	fs := flag.NewFlagSet("foster-agent "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	exec := cmd.flags(fs, g)
+	g.register(fs)
+	printCmd := func(w io.Writer) {
+		fmt.Fprintf(w, "foster-agent %s: %s\n\nUsage:\n  %s\n\nFlags:\n", cmd.name, cmd.summary, cmd.usage)
+		printFlags(w, fs)
+	}
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printCmd(stdout)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "foster-agent %s: %v\n\n", cmd.name, err)
+		printCmd(stderr)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "foster-agent %s: unexpected argument %q\n\n", cmd.name, fs.Arg(0))
+		printCmd(stderr)
+		return exitUsage
+	}
+	log, err := g.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "foster-agent: %v\n", err)
+		return exitUsage
+	}
+	if g.stateDir == "" {
+		fmt.Fprintf(stderr, "foster-agent %s: --state-dir must not be empty\n", cmd.name)
+		return exitUsage
+	}
+	err = exec(ctx, &env{g: g, stdout: stdout, stderr: stderr, log: log})
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "foster-agent %s: %v\n\n", cmd.name, err)
+		printCmd(stderr)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "foster-agent %s: %v\n", cmd.name, err)
+		return exitError
+	}
+}
+
+// printFlags is flag.PrintDefaults with the --long spelling this CLI documents.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		head := "  --" + f.Name
+		if typ != "" {
+			head += " " + typ
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", head, usage)
+		if f.DefValue != "" && f.DefValue != "false" {
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+// required returns a usage error naming every empty flag.
+func required(flags ...[2]string) error {
+	var missing []string
+	for _, f := range flags {
+		if strings.TrimSpace(f[1]) == "" {
+			missing = append(missing, "--"+f[0])
+		}
+	}
+	if len(missing) > 0 {
+		return usagef("missing required flag(s): %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func enrollCmd() command {
+	return command{
+		name:    "enroll",
+		summary: "generate the device key on this device and obtain its certificate with a one-time token",
+		usage: "foster-agent --state-dir DIR enroll --server https://HOST:PORT --token TOKEN --serial SN --model MODEL \\\n" +
+			"      --ca-root ca.pem --tuf-root root.json",
+		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
+			var c client.EnrollConfig
+			var tokenFile string
+			fs.StringVar(&c.Server, "server", "", "fosterd `URL`, https only (required)")
+			fs.StringVar(&c.Token, "token", "", "one-time enrollment `TOKEN` (required unless --token-file; visible in the process list)")
+			fs.StringVar(&tokenFile, "token-file", "", "read the enrollment token from `FILE` instead of --token")
+			fs.StringVar(&c.Serial, "serial", "", "device serial number `SN`; becomes the certificate CN (required)")
+			fs.StringVar(&c.Model, "model", "", "device `MODEL`, as registered on the server (required)")
+			fs.StringVar(&c.HardwareID, "hardware-id", "", "optional hardware `ID`: only targets listing it (or no hardware ids) will be installed")
+			fs.StringVar(&c.CARootPath, "ca-root", "", "Foster root CA certificate `PEM` file that the server's TLS certificate must chain to (required)")
+			fs.StringVar(&c.TUFRootPath, "tuf-root", "", "initial trusted TUF root metadata `FILE` (root.json) (required)")
+			fs.DurationVar(&c.Timeout, "timeout", client.DefaultRequestTimeout, "timeout of the enrollment request")
+			return func(ctx context.Context, e *env) error {
+				if tokenFile != "" {
+					if c.Token != "" {
+						return usagef("use either --token or --token-file, not both")
+					}
+					b, err := os.ReadFile(tokenFile)
+					if err != nil {
+						return fmt.Errorf("reading token: %w", err)
+					}
+					c.Token = strings.TrimSpace(string(b))
+				}
+				if err := required([2]string{"server", c.Server}, [2]string{"token", c.Token}, [2]string{"serial", c.Serial},
+					[2]string{"model", c.Model}, [2]string{"ca-root", c.CARootPath}, [2]string{"tuf-root", c.TUFRootPath}); err != nil {
+					return err
+				}
+				c.StateDir, c.Logger = e.g.stateDir, e.log
+				res, err := client.Enroll(ctx, c)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "enrolled %s (device id %s); certificate valid until %s\n",
+					res.Device, res.DeviceID, res.NotAfter.UTC().Format(time.RFC3339))
+				return nil
+			}
+		},
+	}
+}
+
+func runCmd() command {
+	return command{
+		name:    "run",
+		summary: "check for, download, verify, install and attest firmware updates",
+		usage:   "foster-agent --state-dir DIR run [--once] [--interval 1h] --installer file --target PATH",
+		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
+			var (
+				once                  bool
+				interval              time.Duration
+				installer, target     string
+				reqTimeout, stallTime time.Duration
+			)
+			fs.BoolVar(&once, "once", false, "check once, install if needed, and exit (default: loop until SIGINT/SIGTERM)")
+			fs.DurationVar(&interval, "interval", client.DefaultInterval, "time between checks when looping (jittered by ±10%)")
+			fs.StringVar(&installer, "installer", "file", "installer `NAME`, one of: "+strings.Join(client.InstallerNames, ", ")+
+				" (file atomically replaces --target)")
+			fs.StringVar(&target, "target", "", "`PATH` of the file the file installer replaces (required for --installer file)")
+			fs.DurationVar(&reqTimeout, "request-timeout", client.DefaultRequestTimeout, "timeout of each API and metadata request")
+			fs.DurationVar(&stallTime, "stall-timeout", client.DefaultStallTimeout, "abort a download when no data arrives for this long")
+			return func(ctx context.Context, e *env) error {
+				if installer == "file" {
+					if err := required([2]string{"target", target}); err != nil {
+						return err
+					}
+				}
+				if interval <= 0 || reqTimeout <= 0 || stallTime <= 0 {
+					return usagef("--interval, --request-timeout and --stall-timeout must be positive")
+				}
+				inst, err := client.NewInstaller(installer, target)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				a, err := client.New(client.Config{
+					StateDir:       e.g.stateDir,
+					Installer:      inst,
+					Logger:         e.log,
+					RequestTimeout: reqTimeout,
+					StallTimeout:   stallTime,
+				})
+				if err != nil {
+					return err
+				}
+				if !once {
+					e.log.Info("agent started", "interval", interval, "installer", inst.Name())
+					err := a.Run(ctx, interval)
+					e.log.Info("agent stopped")
+					return err
+				}
+				rep, err := a.RunOnce(ctx)
+				if err != nil {
+					return err
+				}
+				attrs := []any{"up_to_date", rep.UpToDate, "attestations_sent", rep.AttestationsSent,
+					"attestations_queued", rep.AttestationsQueued}
+				if rep.Installed != nil {
+					attrs = append(attrs, "installed", rep.Installed.Name, "version", rep.Installed.Version)
+				}
+				e.log.Info("run complete", attrs...)
+				return nil
+			}
+		},
+	}
+}
+
+func statusCmd() command {
+	return command{
+		name:    "status",
+		summary: "show identity, certificate expiry, installed release, last check and queued attestations",
+		usage:   "foster-agent --state-dir DIR status [--json]",
+		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
+			var asJSON bool
+			fs.BoolVar(&asJSON, "json", false, "print machine-readable JSON")
+			return func(_ context.Context, e *env) error {
+				now := time.Now()
+				s, err := client.ReadStatus(e.g.stateDir, now)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					enc := json.NewEncoder(e.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(s)
+				}
+				printStatus(e.stdout, s, now)
+				return nil
+			}
+		},
+	}
+}
+
+func printStatus(w io.Writer, s *client.Status, now time.Time) {
+	line := func(k, format string, args ...any) { fmt.Fprintf(w, "%-14s %s\n", k+":", fmt.Sprintf(format, args...)) }
+	line("device", "%s", s.Device)
+	if s.DeviceID != "" {
+		line("device id", "%s", s.DeviceID)
+	}
+	if s.HardwareID != "" {
+		line("hardware id", "%s", s.HardwareID)
+	}
+	line("server", "%s", s.Server)
+	if s.CertExpired {
+		line("certificate", "serial %s, EXPIRED at %s (by the local clock)", s.CertSerial, s.CertNotAfter.UTC().Format(time.RFC3339))
+	} else {
+		line("certificate", "serial %s, valid until %s (%s left)", s.CertSerial,
+			s.CertNotAfter.UTC().Format(time.RFC3339), s.CertNotAfter.Sub(now).Round(time.Minute))
+	}
+	line("phase", "%s", s.Phase)
+	target := func(t *client.Target) string {
+		if t == nil {
+			return "none"
+		}
+		return fmt.Sprintf("%s (version %s, release %d, sha256 %s)", t.Name, t.Version, t.ReleaseCounter, t.SHA256)
+	}
+	line("installed", "%s", target(s.Installed))
+	if s.Pending != nil {
+		line("pending", "%s", target(s.Pending))
+	}
+	if s.LastCheck.IsZero() {
+		line("last check", "never")
+	} else {
+		line("last check", "%s (%s ago)", s.LastCheck.UTC().Format(time.RFC3339), now.Sub(s.LastCheck).Round(time.Second))
+	}
+	if s.LastError != "" {
+		line("last error", "%s (%s)", s.LastError, s.LastErrorAt.UTC().Format(time.RFC3339))
+	}
+	q := "none queued"
+	if n := len(s.QueuedAttestations); n > 0 {
+		seqs := make([]string, n)
+		for i, v := range s.QueuedAttestations {
+			seqs[i] = fmt.Sprint(v)
+		}
+		q = fmt.Sprintf("%d queued (sequence %s)", n, strings.Join(seqs, ", "))
+	}
+	line("attestations", "%s, %d sent, last sequence %d", q, s.SentAttestations, s.AttestationSequence)
+}
