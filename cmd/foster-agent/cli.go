@@ -240,8 +240,8 @@ func enrollCmd() command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stdout, "enrolled %s (device id %s); certificate valid until %s\n",
-					res.Device, res.DeviceID, res.NotAfter.UTC().Format(time.RFC3339))
+				fmt.Fprintf(e.stdout, "enrolled %s; certificate valid until %s\n",
+					res.Device, res.NotAfter.UTC().Format(time.RFC3339))
 				return nil
 			}
 		},

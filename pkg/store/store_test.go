@@ -12,7 +12,6 @@ import (
 	"github.com/foster-ota/foster/pkg/store/storetest"
 )
 
-
 func forEach(t *testing.T, fn func(t *testing.T, d *store.DB)) { storetest.Each(t, fn) }
 
 func device(i store.Token) (store.Device, error) {
