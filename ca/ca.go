@@ -25,6 +25,11 @@
 // stations) and revocation are decided by the callers and Foster's store, not
 // here: without a database step-ca has no revocation of its own.
 //
+// Every certificate profile conforms to RFC 5280: the tests hold each one to
+// zlint's RFC 5280, RFC 5480, RFC 3279 and community lints (warnings are
+// failures) and to openssl verify -x509_strict. Names are checked before
+// issuance (names.go) so that no accepted input breaks that.
+//
 // Issuance goes through step-ca embedded as a library (ca/internal/stepca);
 // no step-ca type appears in this package's API.
 package ca

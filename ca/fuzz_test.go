@@ -13,7 +13,8 @@ import (
 
 // FuzzIssueDevice feeds arbitrary CSR bytes to the enrollment path. Whatever
 // comes in, IssueDevice must not panic, every refusal must be a typed 400
-// error, and anything it does issue must name exactly the enrolled device.
+// error, and anything it does issue must name exactly the enrolled device
+// and lint clean.
 func FuzzIssueDevice(f *testing.F) {
 	c, _ := newTestCA(f, Options{})
 	key := p256(f)
@@ -38,5 +39,6 @@ func FuzzIssueDevice(f *testing.F) {
 			len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 || leaf.IsCA {
 			t.Fatalf("issued a certificate naming something else: CN=%q URIs=%v DNS=%v", leaf.Subject.CommonName, leaf.URIs, leaf.DNSNames)
 		}
+		requireLintClean(t, leaf)
 	})
 }

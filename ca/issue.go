@@ -53,15 +53,17 @@ func (c *CA) IssueClient(ctx context.Context, p identity.Principal) (chainPEM, k
 }
 
 // IssueServer creates a fresh P-256 key and a serverAuth certificate for the
-// given DNS names and IP addresses (CN = the first of them). It returns the
-// chain PEM (leaf then intermediate) and the PKCS#8 key PEM.
+// given DNS names (host names, see checkDNSName) and IP addresses. CN is the
+// first of them that fits the 64-byte commonName bound; if none does, the
+// subject is empty and the SAN extension critical. It returns the chain PEM
+// (leaf then intermediate) and the PKCS#8 key PEM.
 func (c *CA) IssueServer(ctx context.Context, dnsNames []string, ips []net.IP) (chainPEM, keyPEM []byte, err error) {
 	if len(dnsNames) == 0 && len(ips) == 0 {
 		return nil, nil, errors.New("server certificate needs at least one DNS name or IP address")
 	}
 	for _, d := range dnsNames {
-		if d == "" || len(d) > 253 {
-			return nil, nil, fmt.Errorf("invalid DNS name %q", d)
+		if err := checkDNSName(d); err != nil {
+			return nil, nil, err
 		}
 	}
 	for _, ip := range ips {
@@ -69,15 +71,9 @@ func (c *CA) IssueServer(ctx context.Context, dnsNames []string, ips []net.IP) (
 			return nil, nil, fmt.Errorf("invalid IP address %v", ip)
 		}
 	}
-	var cn string
-	if len(dnsNames) > 0 {
-		cn = dnsNames[0]
-	} else {
-		cn = ips[0].String()
-	}
 	return c.issueWithNewKey(ctx, stepca.Leaf{
 		Profile:    stepca.ServerAuth,
-		CommonName: cn,
+		CommonName: serverCommonName(dnsNames, ips),
 		DNSNames:   dnsNames,
 		IPs:        ips,
 	}, c.opts.ServerValidity)
@@ -114,7 +110,7 @@ func (c *CA) sign(ctx context.Context, l stepca.Leaf, validity time.Duration) ([
 	}
 	chain, err := c.auth.Sign(ctx, l)
 	if err != nil {
-		return nil, fmt.Errorf("issuing certificate for %q: %w", l.CommonName, err)
+		return nil, fmt.Errorf("issuing certificate for %q: %w", l.Name(), err)
 	}
 	return chain, nil
 }

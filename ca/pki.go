@@ -20,6 +20,7 @@ import (
 // InitOptions control PKI creation. The zero value gives sane defaults.
 type InitOptions struct {
 	// Name prefixes the CA common names ("<Name> Root CA"); default "Foster".
+	// At most 40 letters, digits, spaces or '()+,-./:=?, no space at either end.
 	Name string
 	// Passphrase encrypts both CA keys (PKCS#8 PBES2); nil writes them unencrypted.
 	Passphrase []byte
@@ -43,8 +44,8 @@ func InitPKI(dir string, opts InitOptions) error {
 	if opts.Name == "" {
 		opts.Name = "Foster"
 	}
-	if len(opts.Name) > maxNameLen {
-		return fmt.Errorf("CA name longer than %d bytes", maxNameLen)
+	if err := checkCAName(opts.Name); err != nil {
+		return err
 	}
 	if opts.Passphrase != nil && len(opts.Passphrase) == 0 {
 		return errors.New("empty passphrase: use nil for unencrypted keys")

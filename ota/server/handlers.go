@@ -167,6 +167,11 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 		TargetPath: rel.TargetPath, SHA256: rel.SHA256, Version: rel.Version, Counter: rel.Counter, Envelope: env,
 	})
 	if errors.Is(err, store.ErrReplay) {
+		// A device that crashed after we accepted but before it filed the
+		// envelope re-sends the identical bytes: acknowledge, change nothing.
+		if prev, perr := s.cfg.Store.GetAttestation(r.Context(), p.URI(), in.Sequence); perr == nil && bytes.Equal(prev.Envelope, env) {
+			return writeJSON(w, http.StatusOK, attestationResponse{ID: prev.ID, DeviceID: prev.DeviceID, Sequence: prev.Sequence})
+		}
 		return apierr.New(http.StatusConflict, "replay", "%v", err)
 	}
 	if err != nil {

@@ -564,12 +564,27 @@ func (d *DB) AddAttestation(ctx context.Context, a Attestation) (Attestation, er
 	return a, nil
 }
 
+// GetAttestation returns a device's attestation with the given sequence.
+func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {
+	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", deviceID, seq)
+	if err != nil {
+		return Attestation{}, err
+	}
+	if len(as) == 0 {
+		return Attestation{}, fmt.Errorf("attestation %s #%d: %w", deviceID, seq, ErrNotFound)
+	}
+	return as[0], nil
+}
+
 // ListAttestations returns a device's attestations, oldest first ("" for all).
 func (d *DB) ListAttestations(ctx context.Context, deviceID string) ([]Attestation, error) {
-	where, args := "", []any{}
 	if deviceID != "" {
-		where, args = "WHERE device_id = ?", []any{deviceID}
+		return d.listAttestations(ctx, "WHERE device_id = ?", deviceID)
 	}
+	return d.listAttestations(ctx, "")
+}
+
+func (d *DB) listAttestations(ctx context.Context, where string, args ...any) ([]Attestation, error) {
 	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at FROM attestations `+where+` ORDER BY id`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing attestations: %w", err)

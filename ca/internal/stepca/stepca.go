@@ -83,7 +83,25 @@ type Leaf struct {
 	NotAfter   time.Time
 }
 
-// Sign issues l and returns the leaf followed by the intermediate.
+// Name is the subject's common name, or its first SAN when the subject is
+// empty, for messages.
+func (l Leaf) Name() string {
+	switch {
+	case l.CommonName != "":
+		return l.CommonName
+	case len(l.URIs) > 0:
+		return l.URIs[0]
+	case len(l.DNSNames) > 0:
+		return l.DNSNames[0]
+	case len(l.IPs) > 0:
+		return l.IPs[0].String()
+	}
+	return ""
+}
+
+// Sign issues l and returns the leaf followed by the intermediate. An empty
+// CommonName gives an empty subject, and then the SAN extension is critical
+// (RFC 5280 4.2.1.6).
 func (a *Authority) Sign(ctx context.Context, l Leaf) ([]*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
