@@ -64,6 +64,7 @@ type Config struct {
 type Server struct {
 	cfg       Config
 	log       *slog.Logger
+	metrics   *metrics
 	releaseMu sync.Mutex // serialises release publication so counters stay ordered
 }
 
@@ -97,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IssuerError == nil {
 		cfg.IssuerError = func(error) bool { return false }
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics()}, nil
 }
 
 // Handler returns the routed API.
@@ -124,10 +125,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/devices/{id}", s.handle(reader, s.getDevice))
 	mux.Handle("GET /v1/attestations", s.handle(reader, s.listAttestations))
 	mux.Handle("GET /v1/audit", s.handle(reader, s.listAudit))
+	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.metrics.instrument(mux, mux)
 }
 
 type ctxKey struct{}
