@@ -163,7 +163,7 @@ func (d *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("migrating store schema: %w", err)
 		}
 	}
-	return nil
+	return d.migrateIdentity(ctx)
 }
 
 // q rewrites ? placeholders for PostgreSQL.
@@ -375,16 +375,18 @@ func (d *DB) forUpdate() string {
 
 // --- devices
 
-const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence`
+const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence, key_sha256, reprovision_at, reprovision_by, revoked_at, revoke_reason`
 
 type scanner interface{ Scan(...any) error }
 
 func scanDevice(s scanner) (Device, error) {
 	var dv Device
-	var notAfter, enrolled, lastAtt int64
+	var notAfter, enrolled, lastAtt, reprov, revoked int64
 	err := s.Scan(&dv.ID, &dv.Serial, &dv.Model, &dv.Status, &dv.CertSerial, &notAfter, &dv.CertPEM, &enrolled,
-		&dv.InstalledVersion, &dv.InstalledTarget, &dv.InstalledCounter, &lastAtt, &dv.LastSequence)
+		&dv.InstalledVersion, &dv.InstalledTarget, &dv.InstalledCounter, &lastAtt, &dv.LastSequence,
+		&dv.KeySHA256, &reprov, &dv.ReprovisionBy, &revoked, &dv.RevokeReason)
 	dv.CertNotAfter, dv.EnrolledAt, dv.LastAttestationAt = fromTS(notAfter), fromTS(enrolled), fromTS(lastAtt)
+	dv.ReprovisionAllowedAt, dv.RevokedAt = fromTS(reprov), fromTS(revoked)
 	return dv, err
 }
 

@@ -65,6 +65,15 @@ type Device struct {
 	InstalledCounter  int64     `json:"installed_release_counter,omitempty"`
 	LastAttestationAt time.Time `json:"last_attestation_at,omitzero"`
 	LastSequence      int64     `json:"-"`
+	// KeySHA256 is the SHA-256 of the device key (SubjectPublicKeyInfo DER),
+	// hex: a second enrollment of the serial with another key is a clone.
+	KeySHA256 string `json:"key_sha256,omitempty"`
+	// ReprovisionAllowedAt is set when an admin allowed the next enrollment
+	// of this serial to use a new key (device reprovision).
+	ReprovisionAllowedAt time.Time `json:"reprovision_allowed_at,omitzero"`
+	ReprovisionBy        string    `json:"reprovision_by,omitempty"`
+	RevokedAt            time.Time `json:"revoked_at,omitzero"`
+	RevokeReason         string    `json:"revoke_reason,omitempty"`
 }
 
 // Release is a published firmware target.

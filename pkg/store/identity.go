@@ -1,0 +1,709 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Device identity lifecycle: every issued certificate, enrollment through
+// admin tokens or factory stations, clone detection and re-provisioning,
+// renewal (also after expiry), revocation, the CRL, and single-use token ids.
+// Every issuance is recorded in the same transaction that authorises it, so a
+// certificate that is not in the store was never handed out.
+
+// Identity errors callers branch on with errors.Is.
+var (
+	// ErrClone: the serial is enrolled with another key and no admin allowed
+	// re-provisioning. It wraps ErrConflict.
+	ErrClone = fmt.Errorf("clone: this serial is already enrolled with another key (an admin must run `device reprovision` first): %w", ErrConflict)
+	// ErrDeviceRevoked: the device is revoked; it can neither enroll again
+	// (without re-provisioning) nor renew.
+	ErrDeviceRevoked = errors.New("device is revoked")
+	// ErrReprovisioning: the device is marked for re-provisioning, so its old
+	// key can no longer renew after expiry.
+	ErrReprovisioning = errors.New("device is marked for re-provisioning: its old key cannot renew")
+	// ErrSuperseded: the presented certificate is revoked, superseded, or not
+	// this device's.
+	ErrSuperseded = errors.New("certificate is revoked or superseded")
+	// ErrStationRevoked, ErrStationExpired, ErrStationQuota, ErrStationPolicy:
+	// a factory station may not enroll this device.
+	ErrStationRevoked = errors.New("factory station is revoked")
+	ErrStationExpired = errors.New("factory station is outside its validity window")
+	ErrStationQuota   = errors.New("factory station has used its whole quota")
+	ErrStationPolicy  = errors.New("factory station may not enroll this device")
+)
+
+// Certificate is one issued certificate (any role). Serial is lower-case hex,
+// like Device.CertSerial.
+type Certificate struct {
+	Serial           string    `json:"serial"`
+	Subject          string    `json:"subject"` // principal URN
+	KeySHA256        string    `json:"key_sha256"`
+	NotBefore        time.Time `json:"not_before"`
+	NotAfter         time.Time `json:"not_after"`
+	IssuedAt         time.Time `json:"issued_at"`
+	IssuedVia        string    `json:"issued_via"` // token, station:<name>, renew, renew-expired, admin, reprovision
+	IssuedBy         string    `json:"issued_by,omitempty"`
+	RevokedAt        time.Time `json:"revoked_at,omitzero"`
+	RevokeReasonCode int       `json:"revoke_reason_code,omitempty"` // RFC 5280 CRLReason
+	RevokeReason     string    `json:"revoke_reason,omitempty"`
+}
+
+// Issued is what an issue callback returns: the certificate it signed.
+type Issued struct {
+	Serial    string // hex
+	NotBefore time.Time
+	NotAfter  time.Time
+	KeySHA256 string
+	ChainPEM  string
+}
+
+// Refusal is a refused enrollment or renewal of a device, kept for audit
+// (clone attempts, enrollments of revoked devices).
+type Refusal struct {
+	ID        int64     `json:"id"`
+	DeviceID  string    `json:"device_id"`
+	Reason    string    `json:"reason"`
+	KeySHA256 string    `json:"key_sha256"`
+	Via       string    `json:"via"`
+	At        time.Time `json:"at"`
+}
+
+// CRL is the current certificate revocation list.
+type CRL struct {
+	Number    int64
+	ThisTime  time.Time
+	ExpiresAt time.Time
+	Duration  time.Duration
+	DER       []byte
+}
+
+const identitySchema = `
+CREATE TABLE IF NOT EXISTS certificates (
+	serial TEXT PRIMARY KEY,
+	subject TEXT NOT NULL,
+	key_sha256 TEXT NOT NULL,
+	not_before BIGINT NOT NULL,
+	not_after BIGINT NOT NULL,
+	issued_at BIGINT NOT NULL,
+	issued_via TEXT NOT NULL,
+	issued_by TEXT NOT NULL DEFAULT '',
+	revoked_at BIGINT NOT NULL DEFAULT 0,
+	revoke_reason_code INTEGER NOT NULL DEFAULT 0,
+	revoke_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS certificates_subject ON certificates (subject);
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (revoked_at);
+CREATE TABLE IF NOT EXISTS used_token_ids (
+	jti TEXT PRIMARY KEY,
+	issuer TEXT NOT NULL,
+	expires_at BIGINT NOT NULL,
+	used_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_refusals (
+	id @ID@,
+	device_id TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	key_sha256 TEXT NOT NULL,
+	via TEXT NOT NULL,
+	at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_refusals_device ON device_refusals (device_id);
+CREATE TABLE IF NOT EXISTS crl (
+	id INTEGER PRIMARY KEY,
+	number BIGINT NOT NULL,
+	this_update BIGINT NOT NULL,
+	expires_at BIGINT NOT NULL,
+	duration BIGINT NOT NULL,
+	der TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stations (
+	name TEXT PRIMARY KEY,
+	status TEXT NOT NULL,
+	quota BIGINT NOT NULL,
+	used BIGINT NOT NULL DEFAULT 0,
+	not_before BIGINT NOT NULL,
+	not_after BIGINT NOT NULL,
+	models TEXT NOT NULL,
+	serial_pattern TEXT NOT NULL,
+	cert_serial TEXT NOT NULL,
+	created_by TEXT NOT NULL,
+	created_at BIGINT NOT NULL,
+	revoked_at BIGINT NOT NULL DEFAULT 0,
+	revoked_by TEXT NOT NULL DEFAULT ''
+);
+`
+
+// deviceIdentityColumns extend the walking skeleton's devices table.
+var deviceIdentityColumns = [][2]string{
+	{"key_sha256", "TEXT NOT NULL DEFAULT ''"},
+	{"reprovision_at", "BIGINT NOT NULL DEFAULT 0"},
+	{"reprovision_by", "TEXT NOT NULL DEFAULT ''"},
+	{"revoked_at", "BIGINT NOT NULL DEFAULT 0"},
+	{"revoke_reason", "TEXT NOT NULL DEFAULT ''"},
+}
+
+func (d *DB) migrateIdentity(ctx context.Context) error {
+	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
+	if d.dialect == postgres {
+		id = "BIGSERIAL PRIMARY KEY"
+	}
+	for _, stmt := range strings.Split(strings.ReplaceAll(identitySchema, "@ID@", id), ";") {
+		if strings.TrimSpace(stmt) == "" {
+			continue
+		}
+		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("migrating identity schema: %w", err)
+		}
+	}
+	for _, c := range deviceIdentityColumns {
+		if err := d.addColumn(ctx, "devices", c[0], c[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addColumn adds a column unless it exists (stores created by older versions).
+func (d *DB) addColumn(ctx context.Context, table, column, decl string) error {
+	if d.dialect == postgres {
+		_, err := d.db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN IF NOT EXISTS `+column+` `+decl)
+		if err != nil {
+			return fmt.Errorf("adding column %s.%s: %w", table, column, err)
+		}
+		return nil
+	}
+	var n int
+	if err := d.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n); err != nil {
+		return fmt.Errorf("inspecting %s: %w", table, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := d.db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+column+` `+decl); err != nil && !strings.Contains(err.Error(), "duplicate column") {
+		return fmt.Errorf("adding column %s.%s: %w", table, column, err)
+	}
+	return nil
+}
+
+// --- enrollment
+
+// EnrollRequest is one device enrollment and what authorises it: exactly one
+// of TokenHash (an admin's one-time token) and Station.
+type EnrollRequest struct {
+	Serial, Model string
+	// KeySHA256 identifies the key in the CSR (see Device.KeySHA256).
+	KeySHA256 string
+	TokenHash string
+	Station   string
+	// JTI is the station token's id, recorded so the token is single use;
+	// empty when the station submitted the CSR itself over mTLS.
+	JTI          string
+	JTIExpiresAt time.Time
+}
+
+func (r EnrollRequest) via() string {
+	if r.Station != "" {
+		return "station:" + r.Station
+	}
+	return "token"
+}
+
+// EnrollDevice authorises r, runs issue and records the device and its
+// certificate, all in one transaction: if anything refuses or fails, nothing
+// is consumed (token, station quota, token id) and nothing is recorded.
+//
+// An existing serial may enroll again only with the same key (a device
+// retrying an interrupted enrollment) or after an admin allowed
+// re-provisioning; then the device's older certificates are revoked as
+// superseded. Any other second enrollment is refused with ErrClone, and clone
+// attempts and enrollments of revoked devices are recorded as refusals.
+func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Issued, error)) (Device, error) {
+	if (r.TokenHash == "") == (r.Station == "") {
+		return Device{}, errors.New("enrollment needs exactly one of a token and a station")
+	}
+	id := "urn:foster:device:" + r.Model + ":" + r.Serial
+	var dev Device
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		now := d.now()
+		if r.TokenHash != "" {
+			if err := d.checkToken(ctx, tx, r, now); err != nil {
+				return err
+			}
+		} else if err := d.checkStation(ctx, tx, r, now); err != nil {
+			return err
+		}
+		old, err := scanDevice(tx.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+d.forUpdate()), id))
+		exists := err == nil
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("reading device: %w", err)
+		}
+		reprovision := exists && !old.ReprovisionAllowedAt.IsZero()
+		if exists && !reprovision {
+			switch {
+			case old.Status == DeviceRevoked:
+				return fmt.Errorf("device %s: %w (an admin must run `device reprovision` before it can enroll again)", id, ErrDeviceRevoked)
+			case old.KeySHA256 == "" || old.KeySHA256 != r.KeySHA256:
+				return fmt.Errorf("device %s: %w", id, ErrClone)
+			}
+		}
+		is, err := issue()
+		if err != nil {
+			return err
+		}
+		if err := d.consume(ctx, tx, r, now); err != nil {
+			return err
+		}
+		via := r.via()
+		if reprovision {
+			if err := d.revokeSubject(ctx, tx, old, 4, "superseded by re-provisioning", now); err != nil {
+				return err
+			}
+			via = "reprovision:" + via
+		}
+		dev = Device{ID: id, Serial: r.Serial, Model: r.Model, Status: DeviceActive, CertSerial: is.Serial,
+			CertNotAfter: is.NotAfter, CertPEM: is.ChainPEM, EnrolledAt: now, KeySHA256: is.KeySHA256}
+		if exists {
+			_, err = tx.ExecContext(ctx, d.q(`UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '' WHERE id = ?`),
+				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, id)
+		} else {
+			_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, key_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256)
+		}
+		if isUnique(err) {
+			return fmt.Errorf("device %s: %w", id, ErrConflict)
+		}
+		if err != nil {
+			return fmt.Errorf("recording device: %w", err)
+		}
+		if exists {
+			dev.InstalledVersion, dev.InstalledTarget, dev.InstalledCounter = old.InstalledVersion, old.InstalledTarget, old.InstalledCounter
+			dev.LastAttestationAt, dev.LastSequence = old.LastAttestationAt, old.LastSequence
+		}
+		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: id, KeySHA256: is.KeySHA256,
+			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via})
+	})
+	if errors.Is(err, ErrClone) || errors.Is(err, ErrDeviceRevoked) {
+		reason := "clone: enrollment with a different key"
+		if errors.Is(err, ErrDeviceRevoked) {
+			reason = "enrollment of a revoked device"
+		}
+		if rerr := d.recordRefusal(ctx, id, reason, r.KeySHA256, r.via()); rerr != nil {
+			return Device{}, errors.Join(err, rerr)
+		}
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	return dev, nil
+}
+
+func (d *DB) checkToken(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
+	var serial, model string
+	var exp, used int64
+	err := tx.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+d.forUpdate()), r.TokenHash).
+		Scan(&serial, &model, &exp, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrTokenInvalid
+	}
+	if err != nil {
+		return fmt.Errorf("reading token: %w", err)
+	}
+	switch {
+	case used != 0:
+		return ErrTokenUsed
+	case !now.Before(fromTS(exp)):
+		return ErrTokenExpired
+	case serial != r.Serial || model != r.Model:
+		return fmt.Errorf("%w: token is for %s/%s, request is for %s/%s", ErrTokenBinding, model, serial, r.Model, r.Serial)
+	}
+	return nil
+}
+
+func (d *DB) checkStation(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
+	st, err := scanStation(tx.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`+d.forUpdate()), r.Station))
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("station %q: %w", r.Station, ErrStationRevoked)
+	}
+	if err != nil {
+		return fmt.Errorf("reading station: %w", err)
+	}
+	if err := st.Permits(r.Serial, r.Model, now); err != nil {
+		return err
+	}
+	if r.JTI != "" {
+		if err := d.useTokenID(ctx, tx, r.JTI, "urn:foster:station:"+r.Station, r.JTIExpiresAt, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// useTokenID records a token id; a second use is ErrTokenUsed.
+func (d *DB) useTokenID(ctx context.Context, tx *sql.Tx, jti, issuer string, exp, now time.Time) error {
+	if jti == "" {
+		return fmt.Errorf("%w: token has no id", ErrTokenInvalid)
+	}
+	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO used_token_ids (jti, issuer, expires_at, used_at) VALUES (?, ?, ?, ?)`), jti, issuer, ts(exp), ts(now))
+	if isUnique(err) {
+		return ErrTokenUsed
+	}
+	if err != nil {
+		return fmt.Errorf("recording token id: %w", err)
+	}
+	return nil
+}
+
+// consume spends what authorised the enrollment: the token, or one unit of
+// the station's quota (guarded, so concurrent enrollments cannot overrun it).
+func (d *DB) consume(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
+	if r.TokenHash != "" {
+		res, err := tx.ExecContext(ctx, d.q(`UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`), ts(now), r.TokenHash)
+		if err != nil {
+			return fmt.Errorf("consuming token: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrTokenUsed
+		}
+		return nil
+	}
+	res, err := tx.ExecContext(ctx, d.q(`UPDATE stations SET used = used + 1 WHERE name = ? AND used < quota AND status = ?`), r.Station, StationActive)
+	if err != nil {
+		return fmt.Errorf("charging station quota: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("station %q: %w", r.Station, ErrStationQuota)
+	}
+	return nil
+}
+
+func (d *DB) recordRefusal(ctx context.Context, deviceID, reason, keySHA256, via string) error {
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO device_refusals (device_id, reason, key_sha256, via, at) VALUES (?, ?, ?, ?, ?)`),
+		deviceID, reason, keySHA256, via, ts(d.now()))
+	if err != nil {
+		return fmt.Errorf("recording refusal: %w", err)
+	}
+	return d.Audit(ctx, via, "device.refused", deviceID+": "+reason+" key_sha256="+keySHA256)
+}
+
+// ListRefusals returns a device's refused enrollments, oldest first.
+func (d *DB) ListRefusals(ctx context.Context, deviceID string) ([]Refusal, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("listing refusals: %w", err)
+	}
+	defer rows.Close()
+	var out []Refusal
+	for rows.Next() {
+		var f Refusal
+		var at int64
+		if err := rows.Scan(&f.ID, &f.DeviceID, &f.Reason, &f.KeySHA256, &f.Via, &at); err != nil {
+			return nil, err
+		}
+		f.At = fromTS(at)
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
+// AllowReprovision lets the next enrollment of the device use a new key.
+func (d *DB) AllowReprovision(ctx context.Context, id, by string) (Device, error) {
+	res, err := d.db.ExecContext(ctx, d.q(`UPDATE devices SET reprovision_at = ?, reprovision_by = ? WHERE id = ?`), ts(d.now()), by, id)
+	if err != nil {
+		return Device{}, fmt.Errorf("updating device: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	return d.GetDevice(ctx, id)
+}
+
+// --- renewal
+
+// RenewRequest is one renewal of a device certificate.
+type RenewRequest struct {
+	DeviceID string
+	// PresentedSerial and PresentedKeySHA256 identify the certificate that
+	// authenticated the request (over mTLS, or in the renew-expired token).
+	PresentedSerial    string
+	PresentedKeySHA256 string
+	// Expired marks renewal after expiry (proof of possession of the old key).
+	Expired bool
+	// JTI is the renew-expired token's id (single use).
+	JTI          string
+	JTIExpiresAt time.Time
+}
+
+// RenewDevice checks that the device may renew with the presented
+// certificate, runs issue and records the new certificate, in one
+// transaction. A revoked device gets ErrDeviceRevoked; a revoked, superseded
+// or foreign certificate ErrSuperseded; after expiry, a device marked for
+// re-provisioning gets ErrReprovisioning and only the device's current key may
+// renew.
+func (d *DB) RenewDevice(ctx context.Context, r RenewRequest, issue func() (Issued, error)) (Device, error) {
+	var dev Device
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		now := d.now()
+		old, err := scanDevice(tx.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+d.forUpdate()), r.DeviceID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device %s: %w", r.DeviceID, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("reading device: %w", err)
+		}
+		if old.Status == DeviceRevoked {
+			return fmt.Errorf("device %s: %w", r.DeviceID, ErrDeviceRevoked)
+		}
+		if r.Expired && !old.ReprovisionAllowedAt.IsZero() {
+			return fmt.Errorf("device %s: %w", r.DeviceID, ErrReprovisioning)
+		}
+		c, err := getCert(ctx, tx, d, r.PresentedSerial)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Issued before certificates were recorded: only the current one counts.
+			if r.PresentedSerial != old.CertSerial {
+				return fmt.Errorf("certificate %s: %w", r.PresentedSerial, ErrSuperseded)
+			}
+		case err != nil:
+			return err
+		case c.Subject != r.DeviceID || !c.RevokedAt.IsZero():
+			return fmt.Errorf("certificate %s: %w", r.PresentedSerial, ErrSuperseded)
+		}
+		if r.Expired && r.PresentedSerial != old.CertSerial && r.PresentedKeySHA256 != old.KeySHA256 {
+			return fmt.Errorf("certificate %s is not for the device's current key: %w", r.PresentedSerial, ErrSuperseded)
+		}
+		if r.JTI != "" {
+			if err := d.useTokenID(ctx, tx, r.JTI, r.DeviceID, r.JTIExpiresAt, now); err != nil {
+				return err
+			}
+		}
+		is, err := issue()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, d.q(`UPDATE devices SET cert_serial = ?, cert_not_after = ?, cert_pem = ?, key_sha256 = ? WHERE id = ?`),
+			is.Serial, ts(is.NotAfter), is.ChainPEM, is.KeySHA256, r.DeviceID); err != nil {
+			return fmt.Errorf("recording renewal: %w", err)
+		}
+		via := "renew"
+		if r.Expired {
+			via = "renew-expired"
+		}
+		dev = old
+		dev.CertSerial, dev.CertNotAfter, dev.CertPEM, dev.KeySHA256 = is.Serial, is.NotAfter, is.ChainPEM, is.KeySHA256
+		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: r.DeviceID, KeySHA256: is.KeySHA256,
+			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via, IssuedBy: r.PresentedSerial})
+	})
+	if err != nil {
+		return Device{}, err
+	}
+	return dev, nil
+}
+
+// --- revocation
+
+// RevokeDevice marks the device revoked and revokes every certificate issued
+// to it, with an RFC 5280 reason code, in one transaction. Revoking a revoked
+// device is ErrConflict.
+func (d *DB) RevokeDevice(ctx context.Context, id string, reasonCode int, reason, by string) (Device, error) {
+	var dev Device
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		now := d.now()
+		old, err := scanDevice(tx.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+d.forUpdate()), id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device %s: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("reading device: %w", err)
+		}
+		if old.Status == DeviceRevoked {
+			return fmt.Errorf("device %s is already revoked: %w", id, ErrConflict)
+		}
+		if _, err := tx.ExecContext(ctx, d.q(`UPDATE devices SET status = ?, revoked_at = ?, revoke_reason = ?, reprovision_at = 0, reprovision_by = '' WHERE id = ?`),
+			DeviceRevoked, ts(now), reason, id); err != nil {
+			return fmt.Errorf("revoking device: %w", err)
+		}
+		if err := d.revokeSubject(ctx, tx, old, reasonCode, reason, now); err != nil {
+			return err
+		}
+		dev = old
+		dev.Status, dev.RevokedAt, dev.RevokeReason = DeviceRevoked, now, reason
+		dev.ReprovisionAllowedAt, dev.ReprovisionBy = time.Time{}, ""
+		return nil
+	})
+	if err != nil {
+		return Device{}, err
+	}
+	return dev, nil
+}
+
+// revokeSubject revokes every unrevoked certificate of the device, first
+// recording its current one if it predates the certificates table.
+func (d *DB) revokeSubject(ctx context.Context, tx *sql.Tx, dev Device, code int, reason string, now time.Time) error {
+	if dev.CertSerial != "" {
+		_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING`),
+			dev.CertSerial, dev.ID, dev.KeySHA256, ts(dev.EnrolledAt), ts(dev.CertNotAfter), ts(dev.EnrolledAt), "token")
+		if err != nil {
+			return fmt.Errorf("recording certificate %s: %w", dev.CertSerial, err)
+		}
+	}
+	return revokeCerts(ctx, tx, d, dev.ID, code, reason, now)
+}
+
+func revokeCerts(ctx context.Context, tx *sql.Tx, d *DB, subject string, code int, reason string, now time.Time) error {
+	_, err := tx.ExecContext(ctx, d.q(`UPDATE certificates SET revoked_at = ?, revoke_reason_code = ?, revoke_reason = ? WHERE subject = ? AND revoked_at = 0`),
+		ts(now), code, reason, subject)
+	if err != nil {
+		return fmt.Errorf("revoking certificates of %s: %w", subject, err)
+	}
+	return nil
+}
+
+// --- certificates
+
+const certCols = `serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by, revoked_at, revoke_reason_code, revoke_reason`
+
+func scanCert(s scanner) (Certificate, error) {
+	var c Certificate
+	var nb, na, ia, ra int64
+	err := s.Scan(&c.Serial, &c.Subject, &c.KeySHA256, &nb, &na, &ia, &c.IssuedVia, &c.IssuedBy, &ra, &c.RevokeReasonCode, &c.RevokeReason)
+	c.NotBefore, c.NotAfter, c.IssuedAt, c.RevokedAt = fromTS(nb), fromTS(na), fromTS(ia), fromTS(ra)
+	return c, err
+}
+
+func (d *DB) insertCert(ctx context.Context, tx *sql.Tx, c Certificate) error {
+	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+		c.Serial, c.Subject, c.KeySHA256, ts(c.NotBefore), ts(c.NotAfter), ts(c.IssuedAt), c.IssuedVia, c.IssuedBy)
+	if isUnique(err) {
+		return fmt.Errorf("certificate serial %s: %w", c.Serial, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("recording certificate: %w", err)
+	}
+	return nil
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func getCert(ctx context.Context, q queryer, d *DB, serial string) (Certificate, error) {
+	c, err := scanCert(q.QueryRowContext(ctx, d.q(`SELECT `+certCols+` FROM certificates WHERE serial = ?`), serial))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Certificate{}, fmt.Errorf("certificate %s: %w", serial, ErrNotFound)
+	}
+	if err != nil {
+		return Certificate{}, fmt.Errorf("reading certificate: %w", err)
+	}
+	return c, nil
+}
+
+// RecordCertificate records a certificate issued outside enrollment (admin,
+// auditor and station credentials).
+func (d *DB) RecordCertificate(ctx context.Context, c Certificate) error {
+	if c.IssuedAt.IsZero() {
+		c.IssuedAt = d.now()
+	}
+	return d.tx(ctx, func(tx *sql.Tx) error { return d.insertCert(ctx, tx, c) })
+}
+
+// GetCertificate returns an issued certificate by hex serial, or ErrNotFound.
+func (d *DB) GetCertificate(ctx context.Context, serial string) (Certificate, error) {
+	return getCert(ctx, d.db, d, serial)
+}
+
+// IsRevoked reports whether the certificate with this hex serial is revoked.
+// Certificates the store never recorded are not revoked.
+func (d *DB) IsRevoked(ctx context.Context, serial string) (bool, error) {
+	var ra int64
+	err := d.db.QueryRowContext(ctx, d.q(`SELECT revoked_at FROM certificates WHERE serial = ?`), serial).Scan(&ra)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("checking revocation: %w", err)
+	}
+	return ra != 0, nil
+}
+
+// ListCertificates returns the certificates issued to subject ("" for all),
+// oldest first.
+func (d *DB) ListCertificates(ctx context.Context, subject string) ([]Certificate, error) {
+	if subject == "" {
+		return d.listCerts(ctx, `ORDER BY issued_at, serial`)
+	}
+	return d.listCerts(ctx, `WHERE subject = ? ORDER BY issued_at, serial`, subject)
+}
+
+// RevokedCertificates returns every revoked certificate, for the CRL.
+func (d *DB) RevokedCertificates(ctx context.Context) ([]Certificate, error) {
+	return d.listCerts(ctx, `WHERE revoked_at != 0 ORDER BY revoked_at, serial`)
+}
+
+func (d *DB) listCerts(ctx context.Context, where string, args ...any) ([]Certificate, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT `+certCols+` FROM certificates `+where), args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing certificates: %w", err)
+	}
+	defer rows.Close()
+	var out []Certificate
+	for rows.Next() {
+		c, err := scanCert(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// RevokeCertificates revokes every certificate of subject (admins, auditors,
+// stations). It returns how many it revoked.
+func (d *DB) RevokeCertificates(ctx context.Context, subject string, code int, reason string) (int64, error) {
+	res, err := d.db.ExecContext(ctx, d.q(`UPDATE certificates SET revoked_at = ?, revoke_reason_code = ?, revoke_reason = ? WHERE subject = ? AND revoked_at = 0`),
+		ts(d.now()), code, reason, subject)
+	if err != nil {
+		return 0, fmt.Errorf("revoking certificates of %s: %w", subject, err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
+// --- CRL
+
+// GetCRL returns the stored CRL, or ErrNotFound before the first one.
+func (d *DB) GetCRL(ctx context.Context) (CRL, error) {
+	var c CRL
+	var this, exp, dur int64
+	var der string
+	err := d.db.QueryRowContext(ctx, `SELECT number, this_update, expires_at, duration, der FROM crl WHERE id = 1`).Scan(&c.Number, &this, &exp, &dur, &der)
+	if errors.Is(err, sql.ErrNoRows) {
+		return CRL{}, fmt.Errorf("crl: %w", ErrNotFound)
+	}
+	if err != nil {
+		return CRL{}, fmt.Errorf("reading crl: %w", err)
+	}
+	c.ThisTime, c.ExpiresAt, c.Duration = fromTS(this), fromTS(exp), time.Duration(dur)
+	if c.DER, err = base64.StdEncoding.DecodeString(der); err != nil {
+		return CRL{}, fmt.Errorf("crl: corrupt DER: %w", err)
+	}
+	return c, nil
+}
+
+// StoreCRL replaces the stored CRL unless a newer one (higher number) is
+// already stored.
+func (d *DB) StoreCRL(ctx context.Context, c CRL) error {
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO crl (id, number, this_update, expires_at, duration, der) VALUES (1, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET number = excluded.number, this_update = excluded.this_update, expires_at = excluded.expires_at, duration = excluded.duration, der = excluded.der
+		WHERE crl.number < excluded.number`),
+		c.Number, ts(c.ThisTime), ts(c.ExpiresAt), int64(c.Duration), base64.StdEncoding.EncodeToString(c.DER))
+	if err != nil {
+		return fmt.Errorf("storing crl: %w", err)
+	}
+	return nil
+}
