@@ -1,6 +1,6 @@
 // Package blob is Foster's object store for TUF metadata and firmware
 // targets: a small interface with a local-filesystem implementation (the
-// embedded default) and, later, an S3 one.
+// embedded default) and an S3 one (AWS S3 or any S3-compatible server).
 //
 // Threat model: keys reach the store from HTTP paths and admin uploads, so
 // every method validates its key with ValidKey before touching storage; a
@@ -172,7 +172,9 @@ func Copy(ctx context.Context, s Store, src, dst string) error {
 // Open opens the blob store named by url:
 //
 //	file:/abs/path, file:///abs/path, file:rel/path, or a plain path  -> FS
-//	s3://bucket?endpoint=...                                           -> not yet supported
+//	s3://bucket[/prefix][?endpoint=...&region=...&path-style=true]     -> S3 (see NewS3)
+//
+// Opening does not contact an S3 server; see (*S3).Check.
 func Open(url string) (Store, error) {
 	switch {
 	case url == "":
@@ -182,14 +184,23 @@ func Open(url string) (Store, error) {
 		if !strings.HasPrefix(rest, "/") {
 			return nil, fmt.Errorf("blob store URL %q: file:// URLs must have an empty host (file:///abs/path)", url)
 		}
-		return NewFS(rest)
+		return asStore(NewFS(rest))
 	case strings.HasPrefix(url, "file:"):
-		return NewFS(strings.TrimPrefix(url, "file:"))
+		return asStore(NewFS(strings.TrimPrefix(url, "file:")))
 	case strings.HasPrefix(url, "s3://"):
-		return nil, errors.New("s3 blob store not yet supported")
+		return asStore(NewS3(context.Background(), url))
 	case strings.Contains(url, "://"):
 		return nil, fmt.Errorf("unsupported blob store URL %q: want file: or s3://", url)
 	default:
-		return NewFS(url)
+		return asStore(NewFS(url))
 	}
+}
+
+// asStore keeps a failed constructor's nil pointer from becoming a non-nil
+// Store.
+func asStore[S Store](s S, err error) (Store, error) {
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

@@ -107,7 +107,7 @@ func TestOpenURL(t *testing.T) {
 		{url: "file:rel/c", root: dir + "/rel/c"},
 		{url: dir + "/d", root: dir + "/d"},
 		{url: "plain", root: dir + "/plain"},
-		{url: "s3://bucket?endpoint=http://127.0.0.1:9000", wantErr: "s3 blob store not yet supported"},
+		{url: "s3://?endpoint=http://127.0.0.1:9000", wantErr: "s3 blob store URL has no bucket"}, // more in s3_test.go
 		{url: "gs://bucket", wantErr: "unsupported blob store URL"},
 		{url: "file://host/path", wantErr: "empty host"},
 		{url: "", wantErr: "empty blob store URL"},
