@@ -87,6 +87,8 @@ type Options struct {
 	ServerValidity time.Duration
 	// Now returns the current time; tests override it. Default time.Now.
 	Now func() time.Time
+	// CRL, when set, makes the authority publish CRLs (see crl.go).
+	CRL *CRLOptions
 }
 
 // CA issues certificates with the intermediate. It is safe for concurrent use.
@@ -137,7 +139,11 @@ func Open(dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	auth, err := stepca.New(root, inter, signer)
+	crl, err := opts.CRL.stepConfig()
+	if err != nil {
+		return nil, err
+	}
+	auth, err := stepca.New(root, inter, signer, crl)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +151,9 @@ func Open(dir string, opts Options) (*CA, error) {
 	pool.AddCert(root)
 	return &CA{root: root, inter: inter, pool: pool, auth: auth, opts: opts}, nil
 }
+
+// Close stops background work (the CRL generator).
+func (c *CA) Close() error { return c.auth.Close() }
 
 // Root returns the root CA certificate (the trust anchor).
 func (c *CA) Root() *x509.Certificate { return c.root }

@@ -2,7 +2,10 @@ package ca
 
 import (
 	"context"
+	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -22,23 +25,84 @@ import (
 // yields an error wrapping ErrBadCSR, ErrWeakKey or ErrIdentityMismatch, and
 // nothing is issued. The caller must already have authorised the enrollment.
 func (c *CA) IssueDevice(ctx context.Context, csr []byte, model, serial string) ([]*x509.Certificate, error) {
+	req, err := c.CheckDeviceCSR(csr, model, serial)
+	if err != nil {
+		return nil, err
+	}
+	return c.IssueDeviceRequest(ctx, req)
+}
+
+// DeviceRequest is a device CSR that passed every check: IssueDeviceRequest
+// may sign it once the caller has authorised it.
+type DeviceRequest struct {
+	Device identity.Principal
+	// KeySHA256 identifies the device key (see PublicKeySHA256).
+	KeySHA256 string
+	csr       *x509.CertificateRequest
+}
+
+// CheckDeviceCSR validates csr for device serial of model, as IssueDevice
+// does, without issuing: callers decide (clone detection, quotas) with
+// KeySHA256 before anything is signed.
+func (c *CA) CheckDeviceCSR(csr []byte, model, serial string) (*DeviceRequest, error) {
 	dev := identity.Device(model, serial)
 	req, err := parseDeviceCSR(csr, dev)
 	if err != nil {
 		return nil, err
 	}
+	return &DeviceRequest{Device: dev, KeySHA256: PublicKeySHA256(req.PublicKey), csr: req}, nil
+}
+
+// IssueDeviceRequest issues the device certificate for a checked request.
+func (c *CA) IssueDeviceRequest(ctx context.Context, r *DeviceRequest, opts ...IssueOption) ([]*x509.Certificate, error) {
+	if r == nil || r.csr == nil {
+		return nil, errors.New("unchecked device request")
+	}
 	return c.sign(ctx, stepca.Leaf{
-		CSR:        req,
+		CSR:        r.csr,
 		Profile:    stepca.ClientAuth,
-		CommonName: serial,
-		URIs:       []string{dev.URI()},
-	}, c.opts.DeviceValidity)
+		CommonName: r.Device.Serial(),
+		URIs:       []string{r.Device.URI()},
+	}, issueValidity(c.opts.DeviceValidity, opts))
+}
+
+// IssueOption tunes one issuance.
+type IssueOption func(*issueOptions)
+
+type issueOptions struct{ validity time.Duration }
+
+// WithValidity overrides the certificate lifetime (never past the intermediate).
+func WithValidity(d time.Duration) IssueOption {
+	return func(o *issueOptions) { o.validity = d }
+}
+
+func issueValidity(def time.Duration, opts []IssueOption) time.Duration {
+	o := issueOptions{validity: def}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if o.validity <= 0 {
+		return def
+	}
+	return o.validity
+}
+
+// PublicKeySHA256 is the hex SHA-256 of a public key's SubjectPublicKeyInfo
+// DER: how the store tells one device key from another.
+func PublicKeySHA256(pub crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	h := sha256.Sum256(der)
+	return hex.EncodeToString(h[:])
 }
 
 // IssueClient creates a fresh P-256 key and a clientAuth certificate for an
-// admin, auditor or station principal (CN = p.Name, URI SAN p.URI()). It
-// returns the chain PEM (leaf then intermediate) and the PKCS#8 key PEM.
-func (c *CA) IssueClient(ctx context.Context, p identity.Principal) (chainPEM, keyPEM []byte, err error) {
+// admin, auditor or station principal (CN = p.Name, URI SAN p.URI()), valid
+// for ClientValidity unless WithValidity says otherwise. It returns the chain
+// PEM (leaf then intermediate) and the PKCS#8 key PEM.
+func (c *CA) IssueClient(ctx context.Context, p identity.Principal, opts ...IssueOption) (chainPEM, keyPEM []byte, err error) {
 	if err := p.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("invalid principal: %w", err)
 	}
@@ -49,7 +113,7 @@ func (c *CA) IssueClient(ctx context.Context, p identity.Principal) (chainPEM, k
 		Profile:    stepca.ClientAuth,
 		CommonName: p.Name,
 		URIs:       []string{p.URI()},
-	}, c.opts.ClientValidity)
+	}, issueValidity(c.opts.ClientValidity, opts))
 }
 
 // IssueServer creates a fresh P-256 key and a serverAuth certificate for the

@@ -27,6 +27,9 @@ type InitOptions struct {
 	// RootValidity defaults to 25 years and IntermediateValidity to 10: devices
 	// stay offline for years and must still chain to a valid CA when they return.
 	RootValidity, IntermediateValidity time.Duration
+	// Now is the creation time; tests set it in the past to build a PKI
+	// whose devices expired years ago. Default time.Now.
+	Now func() time.Time
 }
 
 const (
@@ -77,6 +80,9 @@ func InitPKI(dir string, opts InitOptions) error {
 
 	// Build everything in memory first, so a failure writes nothing.
 	now := time.Now()
+	if opts.Now != nil {
+		now = opts.Now()
+	}
 	rootKey, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
 		return fmt.Errorf("generating root key: %w", err)

@@ -55,20 +55,32 @@ type Authority struct {
 	issuer *x509.Certificate
 }
 
-// New embeds a step-ca authority with no database (so no step-ca revocation:
-// Foster's store does that) and no provisioners (Foster authorises requests
-// before they get here).
-func New(root, intermediate *x509.Certificate, signer crypto.Signer) (*Authority, error) {
-	auth, err := authority.NewEmbedded(
+// New embeds a step-ca authority with no provisioners (Foster authorises
+// requests before they get here). With crl nil it has no database, so no
+// step-ca revocation at all; with crl it generates CRLs (see crl.go) from
+// the revocations Foster's store records.
+func New(root, intermediate *x509.Certificate, signer crypto.Signer, crl *CRLConfig) (*Authority, error) {
+	opts := []authority.Option{
 		authority.WithX509RootCerts(root),
 		authority.WithX509Signer(intermediate, signer),
 		authority.WithQuietInit(),
-	)
+	}
+	if crl != nil {
+		cfg, db, err := crl.stepConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, authority.WithConfig(cfg), authority.WithDatabase(db))
+	}
+	auth, err := authority.NewEmbedded(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded step-ca authority: %w", err)
 	}
 	return &Authority{auth: auth, issuer: intermediate}, nil
 }
+
+// Close stops the authority's CRL generator.
+func (a *Authority) Close() error { return a.auth.Shutdown() }
 
 // Leaf is everything Foster decided about a certificate.
 type Leaf struct {
