@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/ota/blob"
@@ -45,6 +46,41 @@ type Config struct {
 	Blobs string `json:"blobs"`
 	// TUF key references: file paths (relative to DIR) or KMS URIs.
 	TUFKeys TUFKeyRefs `json:"tuf_keys"`
+	// Identity tunes the device CA; zero values mean the defaults.
+	Identity IdentityConfig `json:"identity,omitzero"`
+}
+
+// IdentityConfig tunes certificate lifetimes and renewal. Durations are Go
+// duration strings ("2160h").
+type IdentityConfig struct {
+	// DeviceValidity is the lifetime of device certificates (default 2160h, 90 days).
+	DeviceValidity string `json:"device_validity,omitempty"`
+	// RenewGrace is how long after expiry a device may renew by proving
+	// possession of its key (default 43800h, 5 years).
+	RenewGrace string `json:"renew_grace,omitempty"`
+	// CRLValidity is nextUpdate - thisUpdate of the published CRL (default 24h).
+	CRLValidity string `json:"crl_validity,omitempty"`
+}
+
+func (c IdentityConfig) durations() (device, grace, crl time.Duration, err error) {
+	parse := func(name, v string) (time.Duration, error) {
+		if v == "" {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return 0, fmt.Errorf("config identity.%s %q: want a positive duration like 2160h", name, v)
+		}
+		return d, nil
+	}
+	if device, err = parse("device_validity", c.DeviceValidity); err != nil {
+		return
+	}
+	if grace, err = parse("renew_grace", c.RenewGrace); err != nil {
+		return
+	}
+	crl, err = parse("crl_validity", c.CRLValidity)
+	return
 }
 
 // TUFKeyRefs names the TUF role keys.

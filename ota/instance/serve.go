@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -52,41 +53,55 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		cfg.Blobs = ov.Blobs
 	}
 	p := PathsOf(dir)
-	authority, err := ca.Open(dir, ca.Options{Passphrase: passphrase})
+	deviceValidity, grace, crlValidity, err := cfg.Identity.durations()
 	if err != nil {
-		return nil, fmt.Errorf("opening CA: %w", err)
+		return nil, err
 	}
 	st, err := openStore(ctx, dir, cfg.DB)
 	if err != nil {
 		return nil, err
 	}
+	authority, err := ca.Open(dir, ca.Options{
+		Passphrase:     passphrase,
+		DeviceValidity: deviceValidity,
+		CRL:            &ca.CRLOptions{Store: revocations{st}, URL: strings.TrimRight(cfg.ServerURL, "/") + "/crl", Validity: crlValidity},
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("opening CA: %w", err)
+	}
 	blobs, err := openBlobs(dir, cfg.Blobs)
 	if err != nil {
+		authority.Close()
 		st.Close()
 		return nil, err
 	}
 	keys, err := loadTUFKeys(ctx, dir, cfg.TUFKeys, passphrase)
 	if err != nil {
+		authority.Close()
 		st.Close()
 		return nil, err
 	}
 	repo, err := tufrepo.Open(ctx, blobs, keys, tufrepo.Options{})
 	if err != nil {
+		authority.Close()
 		st.Close()
 		return nil, fmt.Errorf("opening TUF repository: %w", err)
 	}
 	api, err := server.New(server.Config{
-		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Logger: log,
+		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Logger: log, RenewGrace: grace,
 		IssuerError: func(err error) bool {
 			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
 		},
 	})
 	if err != nil {
+		authority.Close()
 		st.Close()
 		return nil, err
 	}
 	cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
 	if err != nil {
+		authority.Close()
 		st.Close()
 		return nil, fmt.Errorf("loading server certificate: %w", err)
 	}
@@ -96,8 +111,11 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}, nil
 }
 
-// Close releases the store.
-func (in *Instance) Close() error { return in.Store.Close() }
+// Close stops the CA's CRL generator and releases the store.
+func (in *Instance) Close() error {
+	in.CA.Close()
+	return in.Store.Close()
+}
 
 // RefreshInterval is how often fosterd re-signs snapshot and timestamp
 // metadata that would expire within RefreshMargin.

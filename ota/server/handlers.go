@@ -19,7 +19,7 @@ import (
 	"github.com/foster-ota/foster/pkg/attest"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/foster-ota/foster/pkg/x5ctoken"
 )
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
@@ -44,6 +44,8 @@ type enrollResponse struct {
 	Certificate string `json:"certificate"`
 }
 
+// enroll issues a device's first certificate against a one-time token: an
+// admin's opaque token (fst_...) or a factory station's offline JWT.
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	var req enrollRequest
 	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
@@ -53,49 +55,26 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	if err := p.Validate(); err != nil {
 		return badRequest("device identity: %v", err)
 	}
-	if !strings.HasPrefix(req.Token, tokenPrefix) || len(req.Token) > 256 {
+	auth := store.EnrollRequest{Serial: req.Serial, Model: req.Model}
+	switch {
+	case strings.HasPrefix(req.Token, tokenPrefix) && len(req.Token) <= 256:
+		auth.TokenHash = hashToken(req.Token)
+	case x5ctoken.LooksLikeJWT(req.Token):
+		st, err := s.cfg.Issuer.VerifyStationToken(req.Token)
+		if err != nil {
+			return tokenError(err)
+		}
+		if st.Device != p {
+			return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v: token is for %s, request is for %s", store.ErrTokenBinding, st.Device, p)
+		}
+		auth.Station, auth.JTI, auth.JTIExpiresAt = st.Station, st.ID, st.Expiry
+	default:
 		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "enrollment token is malformed")
 	}
 	if req.CSR == "" {
 		return badRequest("csr is required")
 	}
-	if _, err := s.cfg.Store.GetModel(r.Context(), req.Model); errors.Is(err, store.ErrNotFound) {
-		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", req.Model)
-	} else if err != nil {
-		return err
-	}
-	dev, err := s.cfg.Store.Enroll(r.Context(), hashToken(req.Token), req.Serial, req.Model, func(store.Token) (store.Device, error) {
-		chain, err := s.cfg.Issuer.IssueDevice(r.Context(), []byte(req.CSR), req.Model, req.Serial)
-		if err != nil {
-			return store.Device{}, err
-		}
-		pemChain, err := cryptoutils.MarshalCertificatesToPEM(chain)
-		if err != nil {
-			return store.Device{}, err
-		}
-		return store.Device{
-			ID: p.URI(), Serial: req.Serial, Model: req.Model,
-			CertSerial: chain[0].SerialNumber.Text(16), CertNotAfter: chain[0].NotAfter.UTC(),
-			CertPEM: string(pemChain),
-		}, nil
-	})
-	switch {
-	case err == nil:
-	case errors.Is(err, store.ErrTokenUsed):
-		return apierr.New(http.StatusConflict, apierr.CodeTokenUsed, "enrollment token was already used")
-	case errors.Is(err, store.ErrTokenInvalid), errors.Is(err, store.ErrTokenExpired):
-		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
-	case errors.Is(err, store.ErrTokenBinding):
-		return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v", err)
-	case errors.Is(err, store.ErrConflict):
-		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
-	case s.cfg.IssuerError(err):
-		return badRequest("%v", err)
-	default:
-		return err
-	}
-	s.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial)
-	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
+	return s.issueEnrollment(w, r, auth, []byte(req.CSR))
 }
 
 // --- distribution
@@ -394,38 +373,6 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, nonNil(ds))
-}
-
-func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
-	id := r.PathValue("id")
-	if !strings.HasPrefix(id, "urn:") {
-		// Accept a bare serial when it is unambiguous.
-		ds, err := s.cfg.Store.ListDevices(r.Context())
-		if err != nil {
-			return err
-		}
-		var match []store.Device
-		for _, d := range ds {
-			if d.Serial == id {
-				match = append(match, d)
-			}
-		}
-		if len(match) == 1 {
-			return writeJSON(w, http.StatusOK, match[0])
-		}
-		if len(match) > 1 {
-			return badRequest("serial %s exists in %d models: use the device URN", id, len(match))
-		}
-		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
-	}
-	d, err := s.cfg.Store.GetDevice(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
-	}
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {

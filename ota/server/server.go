@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -32,9 +33,20 @@ import (
 	"github.com/foster-ota/foster/pkg/store"
 )
 
-// Issuer issues device certificates (implemented by ca.CA).
+// Issuer is the device identity CA (implemented by ca.CA).
 type Issuer interface {
 	IssueDevice(ctx context.Context, csr []byte, model, serial string) ([]*x509.Certificate, error)
+	// CheckDeviceCSR validates a device CSR before anything is authorised or signed.
+	CheckDeviceCSR(csr []byte, model, serial string) (*ca.DeviceRequest, error)
+	IssueDeviceRequest(ctx context.Context, r *ca.DeviceRequest, opts ...ca.IssueOption) ([]*x509.Certificate, error)
+	// IssueClient issues admin, auditor and station credentials.
+	IssueClient(ctx context.Context, p identity.Principal, opts ...ca.IssueOption) (chainPEM, keyPEM []byte, err error)
+	VerifyStationToken(tok string) (*ca.StationToken, error)
+	VerifyRenewToken(tok string, grace time.Duration) (*ca.RenewToken, error)
+	// RefreshCRL regenerates the CRL; CRL returns it (DER). Both return
+	// ca.ErrNoCRL when CRLs are disabled.
+	RefreshCRL() error
+	CRL(ctx context.Context) ([]byte, error)
 }
 
 // Repo publishes firmware targets (implemented by tufrepo.Repo).
@@ -57,7 +69,10 @@ type Config struct {
 	DefaultTokenTTL time.Duration
 	// MaxTokenTTL caps requested token lifetimes. Default 30 days.
 	MaxTokenTTL time.Duration
-	Now         func() time.Time
+	// RenewGrace is how long after its certificate expired a device may
+	// still renew by proving possession of its key. Default 5 years.
+	RenewGrace time.Duration
+	Now        func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -92,6 +107,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTokenTTL == 0 {
 		cfg.MaxTokenTTL = 30 * 24 * time.Hour
 	}
+	if cfg.RenewGrace == 0 {
+		cfg.RenewGrace = ca.DefaultRenewGrace
+	}
+	if cfg.RenewGrace < 0 {
+		return nil, errors.New("server: negative RenewGrace")
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -108,11 +129,15 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.Handle("POST /v1/enroll", s.handle(nil, s.enroll))
+	mux.Handle("POST /v1/renew-expired", s.handle(nil, s.renewExpired))
+	mux.Handle("GET /crl", s.handle(nil, s.serveCRL))
+	mux.Handle("POST /v1/station/enroll", s.handle([]identity.Role{identity.RoleStation}, s.stationEnroll))
 
 	device := []identity.Role{identity.RoleDevice}
 	mux.Handle("GET /tuf/{file}", s.handle(device, s.serveBlob("tuf/", "file")))
 	mux.Handle("GET /targets/{path...}", s.handle(device, s.serveBlob("targets/", "path")))
 	mux.Handle("POST /v1/attestations", s.handle(device, s.ingestAttestation))
+	mux.Handle("POST /v1/renew", s.handle(device, s.renew))
 
 	admin := []identity.Role{identity.RoleAdmin}
 	reader := []identity.Role{identity.RoleAdmin, identity.RoleAuditor}
@@ -125,6 +150,13 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/devices/{id}", s.handle(reader, s.getDevice))
 	mux.Handle("GET /v1/attestations", s.handle(reader, s.listAttestations))
 	mux.Handle("GET /v1/audit", s.handle(reader, s.listAudit))
+	mux.Handle("POST /v1/devices/{id}/revoke", s.handle(admin, s.revokeDevice))
+	mux.Handle("POST /v1/devices/{id}/reprovision", s.handle(admin, s.reprovisionDevice))
+	mux.Handle("POST /v1/stations", s.handle(admin, s.createStation))
+	mux.Handle("GET /v1/stations", s.handle(reader, s.listStations))
+	mux.Handle("GET /v1/stations/{name}", s.handle(reader, s.getStation))
+	mux.Handle("POST /v1/stations/{name}/revoke", s.handle(admin, s.revokeStation))
+	mux.Handle("POST /v1/admins", s.handle(admin, s.createAdmin))
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
@@ -189,6 +221,26 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 	if !allowed {
 		return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s may not call %s %s", p.Role, r.Method, r.URL.Path)
 	}
+	// Revocation is immediate: every request checks the store.
+	revoked, err := s.cfg.Store.IsRevoked(r.Context(), leaf.SerialNumber.Text(16))
+	if err != nil {
+		return caller{}, err
+	}
+	if revoked {
+		return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", leaf.SerialNumber.Text(16), p.URI())
+	}
+	if p.Role == identity.RoleStation {
+		st, err := s.cfg.Store.GetStation(r.Context(), p.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "station %s is not registered", p.Name)
+		}
+		if err != nil {
+			return caller{}, err
+		}
+		if st.Status != store.StationActive {
+			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "station %s is %s", p.Name, st.Status)
+		}
+	}
 	if p.Role == identity.RoleDevice {
 		dev, err := s.cfg.Store.GetDevice(r.Context(), p.URI())
 		if errors.Is(err, store.ErrNotFound) {
@@ -198,7 +250,7 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 			return caller{}, err
 		}
 		if dev.Status != store.DeviceActive {
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "device %s is %s", p.URI(), dev.Status)
+			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "device %s is %s", p.URI(), dev.Status)
 		}
 	}
 	return caller{p: p, cert: leaf}, nil

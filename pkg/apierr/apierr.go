@@ -23,6 +23,15 @@ const (
 	CodeTokenUsed    = "token_used"
 	CodeTokenInvalid = "token_invalid"
 	CodeUnknownModel = "unknown_model"
+	// CodeClone: a serial already enrolled with another key.
+	CodeClone = "clone"
+	// CodeRevoked: the device, station or certificate is revoked.
+	CodeRevoked = "revoked"
+	// CodeStationRefused: a factory station may not enroll this device
+	// (expired, over quota, model or serial not allowed).
+	CodeStationRefused = "station_refused"
+	// CodeGraceExpired: a certificate expired longer ago than the renewal grace period.
+	CodeGraceExpired = "grace_expired"
 )
 
 // Error is an API error with its HTTP status.

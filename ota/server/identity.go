@@ -1,0 +1,537 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/store"
+	"github.com/foster-ota/foster/pkg/x5ctoken"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+)
+
+// Device identity lifecycle endpoints: enrollment through factory stations,
+// renewal (mTLS, and after expiry by proof of possession), revocation, the
+// CRL, re-provisioning, and the admin side (stations, admin credentials).
+// Every refusal is a 4xx JSON error and leaves the store unchanged (except
+// that refused clone attempts are recorded).
+
+// Station and credential limits.
+const (
+	DefaultStationValidity = 30 * 24 * time.Hour
+	MaxStationValidity     = 5 * 365 * 24 * time.Hour
+	MaxStationQuota        = 1 << 40
+	maxRenewBody           = 32 << 10 // bytes: a CSR and a token
+)
+
+// issueEnrollment checks the CSR, then lets the store authorise (token,
+// station policy and quota, clone detection) and record the issuance in one
+// transaction.
+func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, csr []byte) error {
+	ctx := r.Context()
+	if _, err := s.cfg.Store.GetModel(ctx, auth.Model); errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", auth.Model)
+	} else if err != nil {
+		return err
+	}
+	dr, err := s.cfg.Issuer.CheckDeviceCSR(csr, auth.Model, auth.Serial)
+	if err != nil {
+		return s.csrError(err)
+	}
+	auth.KeySHA256 = dr.KeySHA256
+	dev, err := s.cfg.Store.EnrollDevice(ctx, auth, func() (store.Issued, error) {
+		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
+		if err != nil {
+			return store.Issued{}, err
+		}
+		return issued(chain)
+	})
+	if err != nil {
+		return s.identityError(err)
+	}
+	s.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
+	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
+}
+
+func viaOf(a store.EnrollRequest) string {
+	if a.Station != "" {
+		return "station:" + a.Station
+	}
+	return "token"
+}
+
+func issued(chain []*x509.Certificate) (store.Issued, error) {
+	pemChain, err := cryptoutils.MarshalCertificatesToPEM(chain)
+	if err != nil {
+		return store.Issued{}, err
+	}
+	leaf := chain[0]
+	return store.Issued{
+		Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
+		KeySHA256: ca.PublicKeySHA256(leaf.PublicKey), ChainPEM: string(pemChain),
+	}, nil
+}
+
+func (s *Server) csrError(err error) error {
+	if s.cfg.IssuerError(err) || errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch) {
+		return badRequest("%v", err)
+	}
+	return err
+}
+
+// identityError maps store and CA refusals to API errors, in one place.
+func (s *Server) identityError(err error) error {
+	switch {
+	case errors.Is(err, store.ErrTokenUsed):
+		return apierr.New(http.StatusConflict, apierr.CodeTokenUsed, "enrollment token was already used")
+	case errors.Is(err, store.ErrTokenInvalid), errors.Is(err, store.ErrTokenExpired):
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
+	case errors.Is(err, store.ErrTokenBinding):
+		return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v", err)
+	case errors.Is(err, store.ErrClone):
+		return apierr.New(http.StatusConflict, apierr.CodeClone, "%v", err)
+	case errors.Is(err, store.ErrDeviceRevoked), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrStationRevoked):
+		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "%v", err)
+	case errors.Is(err, store.ErrReprovisioning):
+		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%v", err)
+	case errors.Is(err, store.ErrStationExpired), errors.Is(err, store.ErrStationQuota), errors.Is(err, store.ErrStationPolicy):
+		return apierr.New(http.StatusForbidden, apierr.CodeStationRefused, "%v", err)
+	case errors.Is(err, store.ErrNotFound):
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "%v", err)
+	case errors.Is(err, store.ErrConflict):
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
+	}
+	return s.csrError(err)
+}
+
+func tokenError(err error) error {
+	switch {
+	case errors.Is(err, ca.ErrGraceExpired):
+		return apierr.New(http.StatusForbidden, apierr.CodeGraceExpired, "%v", err)
+	case errors.Is(err, ca.ErrTokenExpired), errors.Is(err, ca.ErrBadToken):
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
+	}
+	return err
+}
+
+// --- station enrollment over mTLS
+
+type stationEnrollRequest struct {
+	Serial string `json:"serial"`
+	Model  string `json:"model"`
+	CSR    string `json:"csr"`
+}
+
+// stationEnroll lets a factory station submit a device's CSR itself.
+func (s *Server) stationEnroll(w http.ResponseWriter, r *http.Request) error {
+	var req stationEnrollRequest
+	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
+		return err
+	}
+	if err := identity.Device(req.Model, req.Serial).Validate(); err != nil {
+		return badRequest("device identity: %v", err)
+	}
+	if req.CSR == "" {
+		return badRequest("csr is required")
+	}
+	p, _ := principalFrom(r.Context())
+	return s.issueEnrollment(w, r, store.EnrollRequest{Serial: req.Serial, Model: req.Model, Station: p.Name}, []byte(req.CSR))
+}
+
+// --- renewal
+
+type renewRequest struct {
+	CSR string `json:"csr"`
+}
+
+type renewExpiredRequest struct {
+	Token string `json:"token"`
+	CSR   string `json:"csr"`
+}
+
+// renew issues a fresh certificate to a device authenticated by its current
+// certificate; the CSR may carry the same key or a new one.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
+	var req renewRequest
+	if err := decodeJSON(w, r, maxRenewBody, &req); err != nil {
+		return err
+	}
+	p, cert := principalFrom(r.Context())
+	return s.issueRenewal(w, r, p, cert, []byte(req.CSR), store.RenewRequest{})
+}
+
+// renewExpired renews a device whose certificate expired (TLS would refuse
+// it), within the grace period: the token, signed by the old key and
+// carrying the old certificate, proves possession and binds the CSR.
+func (s *Server) renewExpired(w http.ResponseWriter, r *http.Request) error {
+	var req renewExpiredRequest
+	if err := decodeJSON(w, r, maxRenewBody, &req); err != nil {
+		return err
+	}
+	if !x5ctoken.LooksLikeJWT(req.Token) {
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "renew token is malformed")
+	}
+	rt, err := s.cfg.Issuer.VerifyRenewToken(req.Token, s.cfg.RenewGrace)
+	if err != nil {
+		return tokenError(err)
+	}
+	der, err := csrDER([]byte(req.CSR))
+	if err != nil {
+		return err
+	}
+	if x5ctoken.CSRDigest(der) != rt.CSRSHA256 {
+		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "renew token was minted for another CSR")
+	}
+	return s.issueRenewal(w, r, rt.Device, rt.Cert, []byte(req.CSR), store.RenewRequest{Expired: true, JTI: rt.ID, JTIExpiresAt: rt.Expiry})
+}
+
+func (s *Server) issueRenewal(w http.ResponseWriter, r *http.Request, p identity.Principal, cert *x509.Certificate, csr []byte, rr store.RenewRequest) error {
+	ctx := r.Context()
+	if len(csr) == 0 {
+		return badRequest("csr is required")
+	}
+	dr, err := s.cfg.Issuer.CheckDeviceCSR(csr, p.Model, p.Serial())
+	if err != nil {
+		return s.csrError(err)
+	}
+	rr.DeviceID, rr.PresentedSerial, rr.PresentedKeySHA256 = p.URI(), cert.SerialNumber.Text(16), ca.PublicKeySHA256(cert.PublicKey)
+	dev, err := s.cfg.Store.RenewDevice(ctx, rr, func() (store.Issued, error) {
+		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
+		if err != nil {
+			return store.Issued{}, err
+		}
+		return issued(chain)
+	})
+	if err != nil {
+		return s.identityError(err)
+	}
+	s.log.Info("device certificate renewed", "device", dev.ID, "cert_serial", dev.CertSerial, "after_expiry", rr.Expired,
+		"rekeyed", dr.KeySHA256 != rr.PresentedKeySHA256)
+	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
+}
+
+// csrDER returns the DER of one PEM CSR (or of raw DER).
+func csrDER(b []byte) ([]byte, error) {
+	if len(b) == 0 {
+		return nil, badRequest("csr is required")
+	}
+	if len(b) > ca.MaxCSRSize {
+		return nil, badRequest("csr larger than %d bytes", ca.MaxCSRSize)
+	}
+	if block, _ := pem.Decode(b); block != nil {
+		return block.Bytes, nil
+	}
+	return b, nil
+}
+
+// --- CRL
+
+func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) error {
+	der, err := s.cfg.Issuer.CRL(r.Context())
+	if errors.Is(err, ca.ErrNoCRL) {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "this instance does not publish a CRL")
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/pkix-crl")
+	w.Header().Set("Cache-Control", "max-age=60")
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(der)
+	return err
+}
+
+func (s *Server) refreshCRL() {
+	if err := s.cfg.Issuer.RefreshCRL(); err != nil && !errors.Is(err, ca.ErrNoCRL) {
+		// The revocation is in force (mTLS checks the store); the periodic
+		// refresh will publish it.
+		s.log.Error("regenerating CRL after a revocation", "err", err)
+	}
+}
+
+// --- devices: detail, revoke, re-provision
+
+type deviceDetail struct {
+	store.Device
+	Certificates []store.Certificate `json:"certificates"`
+	Refusals     []store.Refusal     `json:"refusals"`
+}
+
+// resolveDevice finds a device by URN or by an unambiguous serial.
+func (s *Server) resolveDevice(ctx context.Context, id string) (store.Device, error) {
+	if strings.HasPrefix(id, "urn:") {
+		d, err := s.cfg.Store.GetDevice(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return store.Device{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
+		}
+		return d, err
+	}
+	ds, err := s.cfg.Store.ListDevices(ctx)
+	if err != nil {
+		return store.Device{}, err
+	}
+	var match []store.Device
+	for _, d := range ds {
+		if d.Serial == id {
+			match = append(match, d)
+		}
+	}
+	switch len(match) {
+	case 1:
+		return match[0], nil
+	case 0:
+		return store.Device{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
+	default:
+		return store.Device{}, badRequest("serial %s exists in %d models: use the device URN", id, len(match))
+	}
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.resolveDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	certs, err := s.cfg.Store.ListCertificates(r.Context(), d.ID)
+	if err != nil {
+		return err
+	}
+	refusals, err := s.cfg.Store.ListRefusals(r.Context(), d.ID)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, deviceDetail{Device: d, Certificates: nonNil(certs), Refusals: nonNil(refusals)})
+}
+
+type revokeRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (s *Server) revokeDevice(w http.ResponseWriter, r *http.Request) error {
+	var req revokeRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	code, reason, err := ca.ParseRevocationReason(req.Reason)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	d, err := s.resolveDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	p, _ := principalFrom(r.Context())
+	d, err = s.cfg.Store.RevokeDevice(r.Context(), d.ID, code, reason, p.URI())
+	if err != nil {
+		return s.identityError(err)
+	}
+	s.audit(r, "device.revoke", d.ID+" reason="+reason)
+	s.refreshCRL()
+	s.log.Info("device revoked", "device", d.ID, "reason", reason)
+	return writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) reprovisionDevice(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.resolveDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	p, _ := principalFrom(r.Context())
+	d, err = s.cfg.Store.AllowReprovision(r.Context(), d.ID, p.URI())
+	if err != nil {
+		return s.identityError(err)
+	}
+	s.audit(r, "device.reprovision", d.ID)
+	return writeJSON(w, http.StatusOK, d)
+}
+
+// --- stations
+
+type stationRequest struct {
+	Name            string   `json:"name"`
+	Quota           int64    `json:"quota"`
+	ValidForSeconds int64    `json:"valid_for_seconds"`
+	Models          []string `json:"models"`
+	SerialPattern   string   `json:"serial_pattern"`
+}
+
+// credentialResponse carries a newly issued credential: the only time its
+// private key exists outside the holder.
+type credentialResponse struct {
+	Principal   string         `json:"principal"`
+	Certificate string         `json:"certificate"` // PEM chain, leaf first
+	Key         string         `json:"key"`         // PKCS#8 PEM
+	NotAfter    time.Time      `json:"not_after"`
+	Station     *store.Station `json:"station,omitempty"`
+}
+
+func (s *Server) createStation(w http.ResponseWriter, r *http.Request) error {
+	var req stationRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	sp := identity.Principal{Role: identity.RoleStation, Name: req.Name}
+	if err := sp.Validate(); err != nil {
+		return badRequest("station %v", err)
+	}
+	validFor := time.Duration(req.ValidForSeconds) * time.Second
+	if req.ValidForSeconds == 0 {
+		validFor = DefaultStationValidity
+	}
+	switch {
+	case req.Quota <= 0 || req.Quota > MaxStationQuota:
+		return badRequest("quota must be between 1 and %d", int64(MaxStationQuota))
+	case validFor <= 0 || validFor > MaxStationValidity:
+		return badRequest("valid_for must be between 1s and %s", MaxStationValidity)
+	case len(req.SerialPattern) > store.MaxSerialPattern:
+		return badRequest("serial_pattern longer than %d bytes", store.MaxSerialPattern)
+	case len(req.Models) > 64:
+		return badRequest("at most 64 models per station")
+	}
+	if req.SerialPattern != "" {
+		if _, err := regexp.Compile(req.SerialPattern); err != nil {
+			return badRequest("serial_pattern: %v", err)
+		}
+	}
+	for _, m := range req.Models {
+		if _, err := s.cfg.Store.GetModel(ctx, m); errors.Is(err, store.ErrNotFound) {
+			return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", m)
+		} else if err != nil {
+			return err
+		}
+	}
+	if _, err := s.cfg.Store.GetStation(ctx, req.Name); err == nil {
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "station %q already exists (station names are never reused)", req.Name)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	chainPEM, keyPEM, leaf, err := s.issueCredential(ctx, sp, validFor)
+	if err != nil {
+		return err
+	}
+	admin, _ := principalFrom(ctx)
+	st, err := s.cfg.Store.CreateStation(ctx, store.Station{
+		Name: req.Name, Quota: req.Quota, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
+		Models: req.Models, SerialPattern: req.SerialPattern, CreatedBy: admin.URI(),
+	}, certRecord(sp, leaf, admin))
+	if errors.Is(err, store.ErrConflict) {
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	s.audit(r, "station.create", fmt.Sprintf("%s quota=%d not_after=%s models=%v serial_pattern=%q cert_serial=%s",
+		st.Name, st.Quota, st.NotAfter.Format(time.RFC3339), st.Models, st.SerialPattern, st.CertSerial))
+	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: sp.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: leaf.NotAfter.UTC(), Station: &st})
+}
+
+func (s *Server) issueCredential(ctx context.Context, p identity.Principal, validFor time.Duration) (chainPEM, keyPEM []byte, leaf *x509.Certificate, err error) {
+	chainPEM, keyPEM, err = s.cfg.Issuer.IssueClient(ctx, p, ca.WithValidity(validFor))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	certs, err := cryptoutils.UnmarshalCertificatesFromPEM(chainPEM)
+	if err != nil || len(certs) == 0 {
+		return nil, nil, nil, fmt.Errorf("parsing issued credential: %v", err)
+	}
+	return chainPEM, keyPEM, certs[0], nil
+}
+
+func certRecord(p identity.Principal, leaf *x509.Certificate, by identity.Principal) store.Certificate {
+	return store.Certificate{Serial: leaf.SerialNumber.Text(16), Subject: p.URI(), KeySHA256: ca.PublicKeySHA256(leaf.PublicKey),
+		NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), IssuedVia: "admin", IssuedBy: by.URI()}
+}
+
+func (s *Server) listStations(w http.ResponseWriter, r *http.Request) error {
+	sts, err := s.cfg.Store.ListStations(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(sts))
+}
+
+func (s *Server) getStation(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.cfg.Store.GetStation(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return s.identityError(err)
+	}
+	return writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) revokeStation(w http.ResponseWriter, r *http.Request) error {
+	var req revokeRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if req.Reason == "" {
+		req.Reason = "cessationOfOperation"
+	}
+	code, reason, err := ca.ParseRevocationReason(req.Reason)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	p, _ := principalFrom(r.Context())
+	st, err := s.cfg.Store.RevokeStation(r.Context(), r.PathValue("name"), code, reason, p.URI())
+	if err != nil {
+		return s.identityError(err)
+	}
+	s.audit(r, "station.revoke", st.Name+" reason="+reason)
+	s.refreshCRL()
+	return writeJSON(w, http.StatusOK, st)
+}
+
+// --- admin and auditor credentials
+
+type adminRequest struct {
+	Name            string `json:"name"`
+	Role            string `json:"role"`
+	ValidForSeconds int64  `json:"valid_for_seconds"`
+}
+
+func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
+	var req adminRequest
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	role := identity.Role(req.Role)
+	if role != identity.RoleAdmin && role != identity.RoleAuditor {
+		return badRequest("role must be admin or auditor, got %q", req.Role)
+	}
+	p := identity.Principal{Role: role, Name: req.Name}
+	if err := p.Validate(); err != nil {
+		return badRequest("%v", err)
+	}
+	validFor := time.Duration(req.ValidForSeconds) * time.Second
+	if validFor < 0 || validFor > MaxStationValidity {
+		return badRequest("valid_for must be between 1s and %s", MaxStationValidity)
+	}
+	ctx := r.Context()
+	existing, err := s.cfg.Store.ListCertificates(ctx, p.URI())
+	if err != nil {
+		return err
+	}
+	for _, c := range existing {
+		if c.RevokedAt.IsZero() && c.NotAfter.After(s.cfg.Now()) {
+			return apierr.New(http.StatusConflict, apierr.CodeConflict, "%s already holds a valid credential (serial %s)", p.URI(), c.Serial)
+		}
+	}
+	chainPEM, keyPEM, leaf, err := s.issueCredential(ctx, p, validFor)
+	if err != nil {
+		return err
+	}
+	admin, _ := principalFrom(ctx)
+	if err := s.cfg.Store.RecordCertificate(ctx, certRecord(p, leaf, admin)); err != nil {
+		return err
+	}
+	s.audit(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), leaf.SerialNumber.Text(16), leaf.NotAfter.UTC().Format(time.RFC3339)))
+	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: leaf.NotAfter.UTC()})
+}
