@@ -624,7 +624,7 @@ func TestRenewalAfterYearsOffline(t *testing.T) {
 		{"revoked device", body(renewToken(old["SN-2"], csr2), csr2), 403, "revoked"},
 		{"device being re-provisioned", body(renewToken(old["SN-3"], csr3), csr3), 403, "forbidden"},
 		{"enrollment audience", body(renewToken(old["SN-1"], csr1, func(c *x5ctoken.Claims) { c.Audience = x5ctoken.EnrollAudience }), csr1), 401, "token_invalid"},
-		{"expired token", body(renewToken(old["SN-1"], csr1, func(c *x5ctoken.Claims) { c.IssuedAt, c.Expiry = now.Add(-time.Hour), now.Add(-50 * time.Minute) }), csr1), 401, "token_invalid"},
+		{"expired token", body(renewToken(old["SN-1"], csr1, func(c *x5ctoken.Claims) { c.IssuedAt, c.Expiry = now.Add(-time.Hour), now.Add(-50*time.Minute) }), csr1), 401, "token_invalid"},
 		{"signed by a station", body(renewToken(station, stationCSR, func(c *x5ctoken.Claims) { c.Subject = "urn:foster:device:edge-gw:SN-1" }), stationCSR), 401, "token_invalid"},
 		{"not a token", body("fst_abc", csr1), 401, "token_invalid"},
 		{"oversized", []byte(`{"token":"` + strings.Repeat("a", 40<<10) + `"}`), 413, "too_large"},
