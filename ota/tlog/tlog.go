@@ -16,7 +16,9 @@
 // Hashing, compact ranges and proof shapes come from
 // github.com/transparency-dev/merkle; this package only stores and fetches
 // node hashes. The log deduplicates nothing: the ingest path decides what is
-// worth logging (replay defence lives in the store).
+// worth logging (replay defence lives in the store). AppendWith lets that
+// path write its own rows (the accepted attestation and its leaf index) in
+// the append's transaction, so the store and the log never disagree.
 package tlog
 
 import (
@@ -95,9 +97,10 @@ type Log struct {
 }
 
 type request struct {
-	leaves [][]byte
-	bytes  int
-	done   chan result // buffered: the writer never blocks on it
+	leaves  [][]byte
+	bytes   int
+	prepare Prepare     // nil for plain Append
+	done    chan result // buffered: the writer never blocks on it
 	// Guarded by Log.mu.
 	canceled bool // the caller gave up before the batch was taken
 	taken    bool
@@ -221,10 +224,25 @@ type querier interface {
 // wrapping ctx.Err() and the leaves may or may not be in the log (LeafIndex
 // tells).
 func (l *Log) Append(ctx context.Context, leaves [][]byte) (first int64, cp []byte, err error) {
+	return l.AppendWith(ctx, leaves, nil)
+}
+
+// Prepare writes the caller's own rows for an append, in the transaction
+// that appends the leaves. first is the index the first leaf will get.
+// Returning an error drops this append alone: its writes are rolled back (to
+// a savepoint), its leaves are not appended, other appends in the batch go
+// on, and AppendWith returns that error. Prepare must use only tx, must not
+// keep it, and must be quick: the whole batch waits for it.
+type Prepare func(ctx context.Context, tx *sql.Tx, first int64) error
+
+// AppendWith is Append with prepare run inside the append's transaction, so
+// that a row recording the entry (say, an accepted attestation and its leaf
+// index) commits if and only if the leaves do. prepare may be nil.
+func (l *Log) AppendWith(ctx context.Context, leaves [][]byte, prepare Prepare) (first int64, cp []byte, err error) {
 	if len(leaves) == 0 || len(leaves) > MaxAppendLeaves {
 		return 0, nil, fmt.Errorf("%w: append takes 1-%d leaves, got %d", ErrInvalid, MaxAppendLeaves, len(leaves))
 	}
-	r := &request{leaves: make([][]byte, len(leaves)), done: make(chan result, 1)}
+	r := &request{leaves: make([][]byte, len(leaves)), prepare: prepare, done: make(chan result, 1)}
 	for i, leaf := range leaves {
 		if len(leaf) > MaxLeafSize {
 			return 0, nil, fmt.Errorf("%w: leaf %d is %d bytes, limit %d", ErrInvalid, i, len(leaf), MaxLeafSize)
@@ -277,12 +295,15 @@ func (l *Log) write() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		firsts, cp, err := l.commit(ctx, batch)
+		firsts, errs, cp, err := l.commit(ctx, batch)
 		cancel()
 		for i, r := range batch {
-			if err != nil {
+			switch {
+			case err != nil:
 				r.done <- result{err: err}
-			} else {
+			case errs[i] != nil:
+				r.done <- result{err: errs[i]}
+			default:
 				r.done <- result{first: firsts[i], cp: cp}
 			}
 		}
@@ -324,8 +345,9 @@ type nodeRow struct {
 }
 
 // commit appends the batch in one transaction and signs one checkpoint for
-// it. It returns each request's first index.
-func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, cp []byte, err error) {
+// it. It returns each request's first index, or its Prepare error (that
+// request appended nothing).
+func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, errs []error, cp []byte, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("tlog: append failed: panic: %v", p)
@@ -364,8 +386,17 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, cp 
 			}
 		}
 		firsts = make([]int64, len(batch))
+		errs = make([]error, len(batch))
 		for i, r := range batch {
 			firsts[i] = int64(next.End())
+			if r.prepare != nil {
+				if errs[i] = l.prepare(ctx, tx, r.prepare, firsts[i]); errs[i] != nil {
+					if errors.Is(errs[i], errTx) {
+						return errs[i]
+					}
+					continue
+				}
+			}
 			for _, leaf := range r.leaves {
 				h := hasher.HashLeaf(leaf)
 				leafArgs = append(leafArgs, int64(next.End()), h, leaf)
@@ -386,6 +417,9 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, cp 
 		}
 
 		newSize := int64(next.End())
+		if newSize == size {
+			return nil // every Prepare refused: nothing to append or sign
+		}
 		root, err := rootOf(next)
 		if err != nil {
 			return err
@@ -406,10 +440,40 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, cp 
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	l.rng = next
-	return firsts, cp, nil
+	return firsts, errs, cp, nil
+}
+
+// errTx marks a failure of the transaction itself (not of a Prepare's own
+// statements), which dooms the whole batch.
+var errTx = errors.New("tlog: transaction failed")
+
+// prepare runs fn after a savepoint, and releases it or, if fn fails,
+// rolls back to it.
+func (l *Log) prepare(ctx context.Context, tx *sql.Tx, fn Prepare, first int64) (err error) {
+	if _, err := tx.ExecContext(ctx, `SAVEPOINT tlog_prepare`); err != nil {
+		return fmt.Errorf("%w: savepoint: %v", errTx, err)
+	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("tlog: prepare panicked: %v", p)
+			}
+		}()
+		err = fn(ctx, tx, first)
+	}()
+	stmts := []string{`RELEASE SAVEPOINT tlog_prepare`}
+	if err != nil {
+		stmts = []string{`ROLLBACK TO SAVEPOINT tlog_prepare`, `RELEASE SAVEPOINT tlog_prepare`}
+	}
+	for _, stmt := range stmts {
+		if _, serr := tx.ExecContext(ctx, stmt); serr != nil {
+			return fmt.Errorf("%w: %s: %v (prepare: %v)", errTx, stmt, serr, err)
+		}
+	}
+	return err
 }
 
 // insertRows inserts rows of three columns with multi-row INSERTs.

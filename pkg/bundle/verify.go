@@ -1,0 +1,330 @@
+package bundle
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/foster-ota/foster/pkg/attest"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/tlogverify"
+)
+
+// TrustRoots are the auditor's out-of-band trust anchors.
+type TrustRoots struct {
+	// CARoots holds the Foster root CA certificate (DIR/ca.pem).
+	CARoots *x509.CertPool
+	// TUFRoot is a trusted TUF root metadata file (DIR/root.json, or any
+	// later root version the auditor trusts).
+	TUFRoot []byte
+	// LogKey is the log's public key (DIR/log.pub, a signed-note verifier key).
+	LogKey note.Verifier
+}
+
+// ParseLogKey parses the contents of a log.pub file (a C2SP signed-note
+// verifier key, surrounding white space ignored).
+func ParseLogKey(vkey []byte) (note.Verifier, error) {
+	v, err := note.NewVerifier(string(trimSpace(vkey)))
+	if err != nil {
+		return nil, fmt.Errorf("log key: %w", err)
+	}
+	return v, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Result is what a verified bundle proves.
+type Result struct {
+	// Device is the certified identity that signed the attestation.
+	Device identity.Principal
+	// Statement is the signed install predicate.
+	Statement *attest.Install
+	// Certificate is the device certificate (leaf of the chain).
+	Certificate *x509.Certificate
+	// IntegratedTime is when fosterd logged the attestation.
+	IntegratedTime time.Time
+	// LeafIndex is the entry's index in the log.
+	LeafIndex int64
+	// Checkpoint is the verified checkpoint the entry is included in.
+	Checkpoint tlogverify.Checkpoint
+	// TargetsVersion and RootVersion name the TUF metadata that signed the target.
+	TargetsVersion, RootVersion int64
+}
+
+// Verifier verifies bundles against fixed trust roots. It remembers
+// verified TUF metadata and checkpoints (by content hash), so verifying many
+// bundles of one fleet costs little more than their device signatures. Safe
+// for concurrent use.
+type Verifier struct {
+	roots   TrustRoots
+	tufRoot *metadata.Metadata[metadata.RootType]
+
+	mu          sync.Mutex
+	targets     map[[32]byte]*verifiedTargets
+	checkpoints map[string]tlogverify.Checkpoint
+}
+
+type verifiedTargets struct {
+	meta        *metadata.Metadata[metadata.TargetsType]
+	rootVersion int64
+}
+
+// cacheEntries bounds each cache; a full cache is simply emptied.
+const cacheEntries = 256
+
+// NewVerifier checks the trust roots and returns a Verifier.
+func NewVerifier(tr TrustRoots) (*Verifier, error) {
+	if tr.CARoots == nil || tr.LogKey == nil || len(tr.TUFRoot) == 0 {
+		return nil, errors.New("bundle: a CA root, a TUF root and a log key are all required")
+	}
+	if len(tr.TUFRoot) > MaxRootSize {
+		return nil, fmt.Errorf("bundle: TUF root larger than %d bytes", MaxRootSize)
+	}
+	root, err := metadata.Root().FromBytes(tr.TUFRoot)
+	if err != nil {
+		return nil, fmt.Errorf("bundle: trusted TUF root: %w", err)
+	}
+	return &Verifier{
+		roots: tr, tufRoot: root,
+		targets:     map[[32]byte]*verifiedTargets{},
+		checkpoints: map[string]tlogverify.Checkpoint{},
+	}, nil
+}
+
+// VerifyBytes parses and verifies a bundle document.
+func (v *Verifier) VerifyBytes(raw []byte) (*Result, error) {
+	b, err := Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	return v.Verify(b)
+}
+
+// Verify checks everything a bundle claims, in this order (the first
+// failure decides the class): the certificate chain verifies to the CA
+// root at the integrated time and its leaf is a device (ErrUnknownCA); the
+// envelope is signed by that certificate's key and names that device
+// (ErrBadSignature); the TUF metadata, chained from the trusted root, signs
+// the installed target for the device's model with the stated digest,
+// length, version and release counter (ErrTargetNotSigned); the checkpoint
+// is signed by the log key (ErrCheckpointSignature); and the inclusion
+// proof puts the entry at its index in the checkpointed tree (ErrNotInLog).
+func (v *Verifier) Verify(b *Bundle) (*Result, error) {
+	if err := b.validate(); err != nil {
+		return nil, err
+	}
+	e, err := b.Entry()
+	if err != nil {
+		return nil, err
+	}
+	chain, err := e.Certificates()
+	if err != nil {
+		return nil, err
+	}
+	leaf := chain[0]
+	at := time.Unix(e.IntegratedTime, 0).UTC()
+
+	// Identity: the chain, at the time the log accepted the attestation.
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: v.roots.CARoots, Intermediates: inter, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("%w: device certificate %s at %s: %v", ErrUnknownCA, leaf.SerialNumber.Text(16), at.Format(time.RFC3339), err)
+	}
+	p, err := identity.FromCertificate(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: certificate identity: %v", ErrUnknownCA, err)
+	}
+	if p.Role != identity.RoleDevice {
+		return nil, fmt.Errorf("%w: certificate belongs to %s, not a device", ErrUnknownCA, p.URI())
+	}
+
+	// Signature and the device it names.
+	in, err := attest.Verify(e.Envelope, leaf.PublicKey)
+	switch {
+	case errors.Is(err, attest.ErrBadSignature):
+		return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if in.Device != p.URI() {
+		return nil, fmt.Errorf("%w: statement names %s but is signed by %s", ErrBadSignature, in.Device, p.URI())
+	}
+
+	// Firmware: signed for this model.
+	vt, err := v.verifyTUF(b.TUF)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkTarget(vt.meta, in.New, p.Model); err != nil {
+		return nil, err
+	}
+
+	// Log: signed checkpoint, then inclusion.
+	cp, err := v.checkpoint(b.Log.Checkpoint)
+	if err != nil {
+		return nil, err
+	}
+	if cp.Size != b.Log.TreeSize {
+		return nil, fmt.Errorf("%w: proof is for a tree of %d leaves, the checkpoint commits to %d", ErrNotInLog, b.Log.TreeSize, cp.Size)
+	}
+	leafBytes, err := e.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	if err := tlogverify.VerifyInclusion(leafBytes, b.Log.LeafIndex, cp, b.Log.InclusionProof); err != nil {
+		return nil, reclass(err, ErrNotInLog)
+	}
+	return &Result{
+		Device: p, Statement: in, Certificate: leaf, IntegratedTime: at,
+		LeafIndex: b.Log.LeafIndex, Checkpoint: cp,
+		TargetsVersion: vt.meta.Signed.Version, RootVersion: vt.rootVersion,
+	}, nil
+}
+
+// reclass puts a tlogverify error into class (a malformed proof or
+// checkpoint proves nothing, so it fails that check).
+func reclass(err, class error) error {
+	if errors.Is(err, class) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", class, err)
+}
+
+func (v *Verifier) checkpoint(signed string) (tlogverify.Checkpoint, error) {
+	v.mu.Lock()
+	cp, ok := v.checkpoints[signed]
+	v.mu.Unlock()
+	if ok {
+		return cp, nil
+	}
+	cp, err := tlogverify.ParseCheckpoint([]byte(signed), v.roots.LogKey)
+	if err != nil {
+		return cp, reclass(err, ErrCheckpointSignature)
+	}
+	v.mu.Lock()
+	if len(v.checkpoints) >= cacheEntries {
+		clear(v.checkpoints)
+	}
+	v.checkpoints[signed] = cp
+	v.mu.Unlock()
+	return cp, nil
+}
+
+// verifyTUF walks the root chain from the trusted root and verifies the
+// targets metadata with the last root. Expiry is deliberately ignored.
+func (v *Verifier) verifyTUF(ev TUFEvidence) (*verifiedTargets, error) {
+	h := sha256.New()
+	var n [8]byte
+	for _, r := range ev.Roots {
+		binary.BigEndian.PutUint64(n[:], uint64(len(r)))
+		h.Write(n[:])
+		h.Write(r)
+	}
+	h.Write([]byte{0xff})
+	h.Write(ev.Targets)
+	var key [32]byte
+	h.Sum(key[:0])
+	v.mu.Lock()
+	vt, ok := v.targets[key]
+	v.mu.Unlock()
+	if ok {
+		return vt, nil
+	}
+
+	cur := v.tufRoot
+	for i, raw := range ev.Roots {
+		next, err := metadata.Root().FromBytes(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: root metadata %d: %v", ErrTargetNotSigned, i, err)
+		}
+		switch ver := next.Signed.Version; {
+		case ver <= cur.Signed.Version:
+			continue // the auditor already trusts this root or a later one
+		case ver != cur.Signed.Version+1:
+			return nil, fmt.Errorf("%w: root version %d follows %d", ErrTargetNotSigned, ver, cur.Signed.Version)
+		}
+		if err := cur.VerifyDelegate(metadata.ROOT, next); err != nil {
+			return nil, fmt.Errorf("%w: root v%d is not signed by root v%d: %v", ErrTargetNotSigned, next.Signed.Version, cur.Signed.Version, err)
+		}
+		if err := next.VerifyDelegate(metadata.ROOT, next); err != nil {
+			return nil, fmt.Errorf("%w: root v%d is not signed by its own keys: %v", ErrTargetNotSigned, next.Signed.Version, err)
+		}
+		cur = next
+	}
+	tg, err := metadata.Targets().FromBytes(ev.Targets)
+	if err != nil {
+		return nil, fmt.Errorf("%w: targets metadata: %v", ErrTargetNotSigned, err)
+	}
+	if err := cur.VerifyDelegate(metadata.TARGETS, tg); err != nil {
+		return nil, fmt.Errorf("%w: targets v%d is not signed by the targets keys of root v%d: %v", ErrTargetNotSigned, tg.Signed.Version, cur.Signed.Version, err)
+	}
+	vt = &verifiedTargets{meta: tg, rootVersion: cur.Signed.Version}
+	v.mu.Lock()
+	if len(v.targets) >= cacheEntries {
+		clear(v.targets)
+	}
+	v.targets[key] = vt
+	v.mu.Unlock()
+	return vt, nil
+}
+
+// targetCustom is the signed custom metadata of a Foster target (docs/CONTRACTS.md).
+type targetCustom struct {
+	Model          string `json:"model"`
+	Version        string `json:"version"`
+	ReleaseCounter int64  `json:"release_counter"`
+}
+
+// CheckTarget reports whether signed targets metadata lists t for model
+// (digest, length, and the version and release counter when t states them).
+// The error wraps ErrTargetNotSigned. fosterd runs the same check at ingest.
+func CheckTarget(tg *metadata.Metadata[metadata.TargetsType], t attest.Target, model string) error {
+	return checkTarget(tg, t, model)
+}
+
+func checkTarget(tg *metadata.Metadata[metadata.TargetsType], t attest.Target, model string) error {
+	tf, ok := tg.Signed.Targets[t.Name]
+	if !ok {
+		return fmt.Errorf("%w: %q is not a target of targets v%d", ErrTargetNotSigned, t.Name, tg.Signed.Version)
+	}
+	if got := hex.EncodeToString(tf.Hashes["sha256"]); got != t.SHA256 || tf.Length != t.Length {
+		return fmt.Errorf("%w: %q was signed with sha256 %s and length %d, the attestation says sha256 %s and length %d",
+			ErrTargetNotSigned, t.Name, got, tf.Length, t.SHA256, t.Length)
+	}
+	var c targetCustom
+	if tf.Custom != nil {
+		if err := json.Unmarshal(*tf.Custom, &c); err != nil {
+			return fmt.Errorf("%w: %q has malformed custom metadata: %v", ErrTargetNotSigned, t.Name, err)
+		}
+	}
+	if c.Model != model {
+		return fmt.Errorf("%w: %q was signed for model %q, the device is a %q", ErrTargetNotSigned, t.Name, c.Model, model)
+	}
+	if (t.Version != "" && t.Version != c.Version) || (t.ReleaseCounter != 0 && t.ReleaseCounter != c.ReleaseCounter) {
+		return fmt.Errorf("%w: %q was signed as version %s counter %d, the attestation says version %s counter %d",
+			ErrTargetNotSigned, t.Name, c.Version, c.ReleaseCounter, t.Version, t.ReleaseCounter)
+	}
+	return nil
+}
