@@ -6,17 +6,25 @@
 //
 // # Key roles
 //
-//   - root: signs the key hierarchy (which keys may sign each role). Offline
-//     in a real deployment; needed only by Init (and, later, root rotation).
-//   - targets: signs the list of firmware images with their length,
-//     SHA-256/SHA-512 and custom metadata (model, version, release counter).
-//     Offline or KMS in production; the dev instance keeps it online so
-//     uploads publish at once.
+//   - root: signs the key hierarchy (which keys may sign each role, with
+//     which threshold). Offline; changed only by a root ceremony (ceremony.go:
+//     N+1.root.json signed by a threshold of the old and of the new keys).
+//   - targets: delegates each device model's paths to that model's role.
+//     Offline or KMS in production (it changes only when a model is added or
+//     its key rotated); the dev instance keeps it online.
+//   - models/<model>: one delegated role per model, for target paths
+//     "<model>/*/*" (terminating). Its key may be online or KMS, so a product
+//     team releases without the offline keys. It lists the model's newest
+//     releases (Options.RecentTargets, by release counter) and delegates the
+//     rest to succinct hashed bins (TAP 15) models/<model>/bins-<hex>, whose
+//     count doubles as they fill, so a release re-signs one small role and one
+//     bin however many releases the model has.
 //   - snapshot: signs the versions of all targets metadata, so a device can
 //     never be shown a mix of old and new targets files.
 //   - timestamp: signs the current snapshot version with a short expiry, so
 //     a network attacker cannot freeze a device on old metadata for longer
-//     than that expiry. Online; Refresh re-signs it before it runs out.
+//     than that expiry. Online; Refresh re-signs it before it runs out, and
+//     Metadata never serves it expired.
 //
 // Every signature goes through a sigstore signature.Signer, so any key can
 // be a file or a KMS URI (pkg/signing). Use Ed25519 or ECDSA P-256 keys: go-tuf
@@ -31,8 +39,9 @@
 // blobs) is written before timestamp.json, the only mutable file clients
 // poll, so a crash or a failed write at any point leaves clients on the
 // previous repository; the Repo's in-memory state changes only after
-// timestamp.json is written. Before publishing, every new signature is
-// checked against the root, so a key type go-tuf cannot verify fails here
+// timestamp.json is written. Snapshot records the version and length of
+// delegated roles (hashes only for targets.json), which keeps it small.
+// Before publishing, every new signature is checked against the root, so a key type go-tuf cannot verify fails here
 // instead of on a device. Upload input (target paths, bodies, custom
 // metadata) is validated and bounded; a refused upload publishes nothing.
 //
@@ -43,6 +52,8 @@
 // # Layout in the blob store (docs/CONTRACTS.md)
 //
 //	tuf/<N>.root.json  tuf/<N>.targets.json  tuf/<N>.snapshot.json  tuf/timestamp.json
+//	tuf/<N>.models/<model>.json            a model's role (clients request 3.models%2Fedge-gw.json)
+//	tuf/<N>.models/<model>/bins-<hex>.json that model's hashed bins
 //	targets/<dir>/<sha256hex>.<name>   for target path <dir>/<name>
 //	targets/<dir>/<sha512hex>.<name>   the same bytes: go-tuf's DownloadTarget picks
 //	                                   either hash at random for the URL

@@ -8,12 +8,14 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/foster-ota/foster/ota/blob"
@@ -29,7 +31,7 @@ const (
 	MaxRootSize      = 512000  // bytes
 	MaxTimestampSize = 16384   // bytes
 	MaxSnapshotSize  = 2000000 // bytes
-	MaxTargetsSize   = 5000000 // bytes
+	MaxTargetsSize   = 5000000 // bytes, per targets role (top-level, model or bin)
 )
 
 var (
@@ -47,30 +49,61 @@ var (
 	ErrInvalidTarget = errors.New("invalid target")
 	// ErrTargetExists: the target path is already published (paths are immutable).
 	ErrTargetExists = errors.New("target already published")
+	// ErrTargetNotFound: no published target has that path.
+	ErrTargetNotFound = errors.New("target not found")
 	// ErrLengthMismatch: the body's length differs from the declared length.
 	ErrLengthMismatch = errors.New("target length mismatch")
+	// ErrHashMismatch: the body's hash differs from the declared hash.
+	ErrHashMismatch = errors.New("target hash mismatch")
 	// ErrTooLarge: a body or the resulting metadata exceeds its bound.
 	ErrTooLarge = errors.New("too large")
+	// ErrStaged: staged (ceremony) metadata was refused; nothing was published.
+	ErrStaged = errors.New("staged metadata refused")
 )
 
-// Keys are the signers of the four top-level roles. Init needs all four.
-// Open accepts missing (nil) keys, for deployments whose root and targets
-// keys are offline: operations that need a missing key fail with
-// ErrKeyUnavailable. Use Ed25519 or ECDSA P-256.
+// Keys are the signers the repository holds. Init needs Root, Targets,
+// Snapshot and Timestamp. Open accepts missing (nil) keys, for deployments
+// whose root and targets keys are offline: operations that need a missing key
+// fail with ErrKeyUnavailable. Use Ed25519 or ECDSA P-256.
 type Keys struct {
 	Root, Targets, Snapshot, Timestamp signature.Signer
+	// Models returns the key that signs model's delegated role
+	// (models/<model>) and its hashed bins, or nil if this process holds
+	// none. A nil Models means the Targets key signs model roles too (a
+	// single-key development setup).
+	Models func(model string) signature.Signer
+	// Extra are further keys, used during rotations: every role is signed by
+	// each held key that the metadata's delegator trusts, so a new snapshot
+	// key can sign alongside the old one while a new root is published.
+	Extra []signature.Signer
 }
 
 // Options tune a repository. Zero values take the documented defaults.
 type Options struct {
-	RootExpiry      time.Duration // default 365 days
-	TargetsExpiry   time.Duration // default 365 days (the dev instance signs targets online)
+	RootExpiry time.Duration // default 365 days
+	// TargetsExpiry applies to every targets role: top-level, models/<model>
+	// and bins. Default 365 days.
+	TargetsExpiry   time.Duration
 	SnapshotExpiry  time.Duration // default 7 days
 	TimestampExpiry time.Duration // default 1 day
 	// MaxTargetLength bounds a target body. Default 4 GiB.
 	MaxTargetLength int64 // bytes
+	// RecentTargets is how many targets (the highest release counters) a
+	// model's role lists itself; older ones move to hashed bins, so devices,
+	// which only look for the newest release, download a small role.
+	// Default 32.
+	RecentTargets int
+	// TargetsPerBin is the average bin size above which a model's bins are
+	// doubled (and re-signed once). Default 256 targets (~100 KB per bin).
+	TargetsPerBin int
+	// ServeGuard: Metadata refreshes timestamp and snapshot before serving
+	// them if they expire within this. Default 1 minute.
+	ServeGuard time.Duration
 	// Now is the clock used for expiries. Default time.Now.
 	Now func() time.Time
+	// AfterWrite, if set, is called after each metadata object of a publish
+	// is written (tests use it to crash a publish midway).
+	AfterWrite func(key string)
 }
 
 const day = 24 * time.Hour
@@ -78,10 +111,10 @@ const day = 24 * time.Hour
 func (o Options) withDefaults() (Options, error) {
 	for name, d := range map[string]*time.Duration{
 		"root": &o.RootExpiry, "targets": &o.TargetsExpiry,
-		"snapshot": &o.SnapshotExpiry, "timestamp": &o.TimestampExpiry,
+		"snapshot": &o.SnapshotExpiry, "timestamp": &o.TimestampExpiry, "serve guard": &o.ServeGuard,
 	} {
 		if *d < 0 {
-			return o, fmt.Errorf("negative %s expiry %v", name, *d)
+			return o, fmt.Errorf("negative %s duration %v", name, *d)
 		}
 	}
 	if o.RootExpiry == 0 {
@@ -96,11 +129,26 @@ func (o Options) withDefaults() (Options, error) {
 	if o.TimestampExpiry == 0 {
 		o.TimestampExpiry = day
 	}
+	if o.ServeGuard == 0 {
+		o.ServeGuard = time.Minute
+	}
+	if o.ServeGuard >= min(o.SnapshotExpiry, o.TimestampExpiry) {
+		return o, fmt.Errorf("serve guard %v must be shorter than the snapshot and timestamp expiries", o.ServeGuard)
+	}
 	if o.MaxTargetLength < 0 {
 		return o, fmt.Errorf("negative max target length %d", o.MaxTargetLength)
 	}
 	if o.MaxTargetLength == 0 {
 		o.MaxTargetLength = 4 << 30
+	}
+	if o.RecentTargets < 0 || o.TargetsPerBin < 0 {
+		return o, errors.New("negative RecentTargets or TargetsPerBin")
+	}
+	if o.RecentTargets == 0 {
+		o.RecentTargets = 32
+	}
+	if o.TargetsPerBin == 0 {
+		o.TargetsPerBin = 256
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -115,33 +163,52 @@ func (o Options) expiry(d time.Duration) time.Time {
 }
 
 // Repo is a TUF repository loaded from a blob store. It is safe for
-// concurrent use: uploads stream in parallel, publishing is serialised.
+// concurrent use: uploads stream in parallel, publishing is serialised, and
+// readers (Metadata, Targets, Lookup) never wait for a publish.
 type Repo struct {
 	store blob.Store
 	keys  Keys
 	opts  Options
+	ring  *keyring
 
-	mu sync.Mutex
-	st state // guarded by mu; replaced whole, never mutated
+	mu  sync.Mutex            // serialises publishing
+	cur atomic.Pointer[state] // the published repository; replaced whole, never mutated
 }
 
 // state is one published repository. Its parsed metadata is never modified:
 // to change a role, parse a fresh copy from raw.
 type state struct {
-	root         *metadata.Metadata[metadata.RootType]
-	rootRaw      []byte
-	targets      *metadata.Metadata[metadata.TargetsType]
-	targetsRaw   []byte
-	snapshot     *metadata.Metadata[metadata.SnapshotType]
-	snapshotRaw  []byte
-	timestamp    *metadata.Metadata[metadata.TimestampType]
-	timestampRaw []byte
+	root          *metadata.Metadata[metadata.RootType]
+	rootRaw       []byte
+	snapshot      *metadata.Metadata[metadata.SnapshotType]
+	snapshotRaw   []byte
+	timestamp     *metadata.Metadata[metadata.TimestampType]
+	timestampRaw  []byte
+	timestampETag string
+	// roles holds "targets" and every delegated targets role reachable
+	// from it (models/<model>, models/<model>/bins-<n>).
+	roles map[string]*role
 }
 
-// Blob keys of metadata (docs/CONTRACTS.md).
+// role is one signed targets role.
+type role struct {
+	md  *metadata.Metadata[metadata.TargetsType]
+	raw []byte
+}
+
+func (s *state) targets() *metadata.Metadata[metadata.TargetsType] {
+	return s.roles[metadata.TARGETS].md
+}
+
+// Blob keys of metadata (docs/CONTRACTS.md). Delegated role names contain
+// "/" (models/edge-gw): clients request 3.models%2Fedge-gw.json, which the
+// server and S3 both decode to the key tuf/3.models/edge-gw.json.
 func rootKey(v int64) string     { return "tuf/" + strconv.FormatInt(v, 10) + ".root.json" }
-func targetsKey(v int64) string  { return "tuf/" + strconv.FormatInt(v, 10) + ".targets.json" }
+func targetsKey(v int64) string  { return roleKey(metadata.TARGETS, v) }
 func snapshotKey(v int64) string { return "tuf/" + strconv.FormatInt(v, 10) + ".snapshot.json" }
+func roleKey(name string, v int64) string {
+	return "tuf/" + strconv.FormatInt(v, 10) + "." + name + ".json"
+}
 
 const timestampKey = "tuf/timestamp.json"
 
@@ -185,42 +252,47 @@ func Init(ctx context.Context, store blob.Store, keys Keys, opts Options) (rootJ
 			return nil, fmt.Errorf("init: adding %s key: %w", r.name, err)
 		}
 	}
-	var st state
-	st.root = root
-	if st.rootRaw, err = signMeta(ctx, root, root, metadata.ROOT, keys.Root, MaxRootSize); err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	st.targets = metadata.Targets(opts.expiry(opts.TargetsExpiry))
-	if st.targetsRaw, err = signMeta(ctx, root, st.targets, metadata.TARGETS, keys.Targets, MaxTargetsSize); err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	st.snapshot = metadata.Snapshot(opts.expiry(opts.SnapshotExpiry))
-	st.snapshot.Signed.Meta["targets.json"] = metaFile(1, st.targetsRaw)
-	if st.snapshotRaw, err = signMeta(ctx, root, st.snapshot, metadata.SNAPSHOT, keys.Snapshot, MaxSnapshotSize); err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	st.timestamp = metadata.Timestamp(opts.expiry(opts.TimestampExpiry))
-	st.timestamp.Signed.Meta["snapshot.json"] = metaFile(1, st.snapshotRaw)
-	if st.timestampRaw, err = signMeta(ctx, root, st.timestamp, metadata.TIMESTAMP, keys.Timestamp, MaxTimestampSize); err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	err = putAll(ctx, store, []object{
-		{targetsKey(1), st.targetsRaw},
-		{snapshotKey(1), st.snapshotRaw},
-		{timestampKey, st.timestampRaw},
-		{rootKey(1), st.rootRaw}, // commit marker: Init is done once this exists
-	})
+	one := func(s signature.Signer) []signature.Signer { return []signature.Signer{s} }
+	rootRaw, err := signMeta(ctx, root, root, metadata.ROOT, one(keys.Root), MaxRootSize)
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	return clone(st.rootRaw), nil
+	targets := metadata.Targets(opts.expiry(opts.TargetsExpiry))
+	targetsRaw, err := signMeta(ctx, root, targets, metadata.TARGETS, one(keys.Targets), MaxTargetsSize)
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	snapshot := metadata.Snapshot(opts.expiry(opts.SnapshotExpiry))
+	snapshot.Signed.Meta["targets.json"] = metaFile(1, targetsRaw, true)
+	snapshotRaw, err := signMeta(ctx, root, snapshot, metadata.SNAPSHOT, one(keys.Snapshot), MaxSnapshotSize)
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	timestamp := metadata.Timestamp(opts.expiry(opts.TimestampExpiry))
+	timestamp.Signed.Meta["snapshot.json"] = metaFile(1, snapshotRaw, true)
+	timestampRaw, err := signMeta(ctx, root, timestamp, metadata.TIMESTAMP, one(keys.Timestamp), MaxTimestampSize)
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	err = putAll(ctx, store, []object{
+		{targetsKey(1), targetsRaw},
+		{snapshotKey(1), snapshotRaw},
+		{timestampKey, timestampRaw},
+		{rootKey(1), rootRaw}, // commit marker: Init is done once this exists
+	}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	return clone(rootRaw), nil
 }
 
 // Open loads the current repository from store: the newest root (each
 // verified by its predecessor, as clients do), then timestamp -> snapshot ->
-// targets, each checked against its signature and the length and hash its
-// parent recorded. It checks that every given key is the one root trusts
-// for its role (ErrKeyMismatch). Expired metadata is loaded (Refresh renews it).
+// targets -> every delegated role, each checked against its delegator's
+// signature rules and the version (and length and hashes, if recorded) its
+// parent recorded. It checks that every given top-level key is one root
+// trusts for its role, or that Extra holds one (ErrKeyMismatch). Expired
+// metadata is loaded (Refresh renews it).
 func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -230,6 +302,10 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 	if err != nil {
 		return nil, err
 	}
+	ring, err := newKeyring(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("opening tuf repository: %w", err)
+	}
 	for role, s := range map[string]signature.Signer{
 		metadata.ROOT: keys.Root, metadata.TARGETS: keys.Targets,
 		metadata.SNAPSHOT: keys.Snapshot, metadata.TIMESTAMP: keys.Timestamp,
@@ -237,33 +313,32 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 		if s == nil {
 			continue
 		}
-		_, id, err := tufKey(ctx, s)
-		if err != nil {
-			return nil, fmt.Errorf("opening tuf repository: %s key: %w", role, err)
-		}
 		trusted := st.root.Signed.Roles[role]
 		if trusted == nil {
 			return nil, fmt.Errorf("opening tuf repository: %w: root has no %s role", ErrInconsistent, role)
 		}
-		if !slices.Contains(trusted.KeyIDs, id) {
+		if len(ring.forRole(role, trusted.KeyIDs)) == 0 {
+			id, _ := ring.idOf(s)
 			return nil, fmt.Errorf("opening tuf repository: %s key %s: %w", role, id, ErrKeyMismatch)
 		}
 	}
-	return &Repo{store: store, keys: keys, opts: opts, st: st}, nil
+	r := &Repo{store: store, keys: keys, opts: opts, ring: ring}
+	r.cur.Store(st)
+	return r, nil
 }
 
-func load(ctx context.Context, store blob.Store) (state, error) {
-	var st state
+func load(ctx context.Context, store blob.Store) (*state, error) {
+	st := &state{roles: map[string]*role{}}
 	raw, err := readBounded(ctx, store, rootKey(1), MaxRootSize)
 	if errors.Is(err, blob.ErrNotFound) {
-		return st, fmt.Errorf("opening tuf repository: %w", ErrNotInitialized)
+		return nil, fmt.Errorf("opening tuf repository: %w", ErrNotInitialized)
 	}
 	if err != nil {
-		return st, err
+		return nil, err
 	}
 	root, err := parseRoot(raw, nil, 1)
 	if err != nil {
-		return st, err
+		return nil, err
 	}
 	for {
 		next, err := readBounded(ctx, store, rootKey(root.Signed.Version+1), MaxRootSize)
@@ -271,42 +346,146 @@ func load(ctx context.Context, store blob.Store) (state, error) {
 			break
 		}
 		if err != nil {
-			return st, err
+			return nil, err
 		}
 		if root, err = parseRoot(next, root, root.Signed.Version+1); err != nil {
-			return st, err
+			return nil, err
 		}
 		raw = next
 	}
 	st.root, st.rootRaw = root, raw
 
 	if st.timestampRaw, err = readBounded(ctx, store, timestampKey, MaxTimestampSize); err != nil {
-		return st, err
+		return nil, err
 	}
 	if st.timestamp, err = parseVerify[metadata.TimestampType](root, metadata.TIMESTAMP, st.timestampRaw, nil, 0); err != nil {
-		return st, err
+		return nil, err
 	}
+	st.timestampETag = etagOf(st.timestampRaw)
 	sm := st.timestamp.Signed.Meta["snapshot.json"]
 	if sm == nil {
-		return st, fmt.Errorf("%w: timestamp has no snapshot.json entry", ErrInconsistent)
+		return nil, fmt.Errorf("%w: timestamp has no snapshot.json entry", ErrInconsistent)
 	}
 	if st.snapshotRaw, err = readBounded(ctx, store, snapshotKey(sm.Version), MaxSnapshotSize); err != nil {
-		return st, err
+		return nil, err
 	}
 	if st.snapshot, err = parseVerify[metadata.SnapshotType](root, metadata.SNAPSHOT, st.snapshotRaw, sm, sm.Version); err != nil {
-		return st, err
+		return nil, err
 	}
 	tm := st.snapshot.Signed.Meta["targets.json"]
 	if tm == nil {
-		return st, fmt.Errorf("%w: snapshot has no targets.json entry", ErrInconsistent)
+		return nil, fmt.Errorf("%w: snapshot has no targets.json entry", ErrInconsistent)
 	}
-	if st.targetsRaw, err = readBounded(ctx, store, targetsKey(tm.Version), MaxTargetsSize); err != nil {
-		return st, err
+	traw, err := readBounded(ctx, store, targetsKey(tm.Version), MaxTargetsSize)
+	if err != nil {
+		return nil, err
 	}
-	if st.targets, err = parseVerify[metadata.TargetsType](root, metadata.TARGETS, st.targetsRaw, tm, tm.Version); err != nil {
-		return st, err
+	tmd, err := parseVerify[metadata.TargetsType](root, metadata.TARGETS, traw, tm, tm.Version)
+	if err != nil {
+		return nil, err
+	}
+	st.roles[metadata.TARGETS] = &role{md: tmd, raw: traw}
+	if err := loadDelegated(ctx, store, st); err != nil {
+		return nil, err
 	}
 	return st, nil
+}
+
+// loadConcurrency bounds parallel reads of delegated roles on Open (a model
+// with many bins on S3 is hundreds of GETs).
+const loadConcurrency = 16
+
+// loadDelegated loads every role delegated from the roles already in st,
+// level by level, verifying each against its delegator.
+func loadDelegated(ctx context.Context, store blob.Store, st *state) error {
+	type job struct{ name, parent string }
+	level := []string{metadata.TARGETS}
+	for len(level) > 0 {
+		var jobs []job
+		for _, parent := range level {
+			for _, child := range childRoles(st.roles[parent].md) {
+				if _, seen := st.roles[child]; seen || slices.ContainsFunc(jobs, func(j job) bool { return j.name == child }) {
+					return fmt.Errorf("%w: role %s is delegated twice", ErrInconsistent, child)
+				}
+				jobs = append(jobs, job{child, parent})
+			}
+		}
+		loaded := make([]*role, len(jobs))
+		errs := make([]error, len(jobs))
+		sem := make(chan struct{}, loadConcurrency)
+		var wg sync.WaitGroup
+		for i, j := range jobs {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				loaded[i], errs[i] = loadRole(ctx, store, st, j.name, st.roles[j.parent].md)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		level = level[:0]
+		for i, j := range jobs {
+			st.roles[j.name] = loaded[i]
+			level = append(level, j.name)
+		}
+	}
+	return nil
+}
+
+func loadRole(ctx context.Context, store blob.Store, st *state, name string, delegator *metadata.Metadata[metadata.TargetsType]) (*role, error) {
+	meta := st.snapshot.Signed.Meta[name+".json"]
+	if meta == nil {
+		return nil, fmt.Errorf("%w: snapshot has no entry for delegated role %s", ErrInconsistent, name)
+	}
+	raw, err := readBounded(ctx, store, roleKey(name, meta.Version), MaxTargetsSize)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMetaFile(meta, raw); err != nil {
+		return nil, fmt.Errorf("%w: %s does not match its snapshot entry: %w", ErrInconsistent, name, err)
+	}
+	md, err := new(metadata.Metadata[metadata.TargetsType]).FromBytes(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: parsing %s: %w", ErrInconsistent, name, err)
+	}
+	if err := delegator.VerifyDelegate(name, md); err != nil {
+		return nil, fmt.Errorf("%w: %s signature: %w", ErrInconsistent, name, err)
+	}
+	if md.Signed.Version != meta.Version {
+		return nil, fmt.Errorf("%w: %s has version %d, snapshot says %d", ErrInconsistent, name, md.Signed.Version, meta.Version)
+	}
+	return &role{md: md, raw: raw}, nil
+}
+
+// checkMetaFile checks raw against what a snapshot recorded: the length
+// and hashes when present (Foster records only the length for delegated
+// roles; hashes are optional in TUF).
+func checkMetaFile(meta *metadata.MetaFiles, raw []byte) error {
+	if meta.Length != 0 && meta.Length != int64(len(raw)) {
+		return fmt.Errorf("length %d, recorded %d", len(raw), meta.Length)
+	}
+	if len(meta.Hashes) > 0 {
+		return meta.VerifyLengthHashes(raw)
+	}
+	return nil
+}
+
+// childRoles lists the roles md delegates to, in delegation order.
+func childRoles(md *metadata.Metadata[metadata.TargetsType]) []string {
+	d := md.Signed.Delegations
+	if d == nil {
+		return nil
+	}
+	if d.SuccinctRoles != nil {
+		return d.SuccinctRoles.GetRoles()
+	}
+	names := make([]string, 0, len(d.Roles))
+	for _, r := range d.Roles {
+		names = append(names, r.Name)
+	}
+	return names
 }
 
 func parseRoot(raw []byte, prev *metadata.Metadata[metadata.RootType], version int64) (*metadata.Metadata[metadata.RootType], error) {
@@ -333,7 +512,7 @@ func parseRoot(raw []byte, prev *metadata.Metadata[metadata.RootType], version i
 // and its version (if version > 0).
 func parseVerify[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, raw []byte, meta *metadata.MetaFiles, version int64) (*metadata.Metadata[T], error) {
 	if meta != nil {
-		if err := meta.VerifyLengthHashes(raw); err != nil {
+		if err := checkMetaFile(meta, raw); err != nil {
 			return nil, fmt.Errorf("%w: %s does not match its recorded length/hash: %w", ErrInconsistent, role, err)
 		}
 	}
@@ -365,124 +544,20 @@ func metaVersion[T metadata.Roles](m *metadata.Metadata[T]) int64 {
 }
 
 // RootJSON returns the current root metadata, the trust anchor for clients.
-func (r *Repo) RootJSON() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return clone(r.st.rootRaw)
-}
+func (r *Repo) RootJSON() []byte { return clone(r.cur.Load().rootRaw) }
 
 // Versions returns the current version of each top-level role.
 func (r *Repo) Versions() (root, targets, snapshot, timestamp int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st.root.Signed.Version, r.st.targets.Signed.Version, r.st.snapshot.Signed.Version, r.st.timestamp.Signed.Version
+	st := r.cur.Load()
+	return st.root.Signed.Version, st.targets().Signed.Version, st.snapshot.Signed.Version, st.timestamp.Signed.Version
 }
 
 // Expiries returns when each top-level role's current metadata expires.
-// Refresh renews snapshot, timestamp and (with its key) targets; root must be
-// re-signed offline before it expires.
+// Refresh renews snapshot, timestamp and (with their keys) targets roles;
+// root must be re-signed offline (a root ceremony) before it expires.
 func (r *Repo) Expiries() (root, targets, snapshot, timestamp time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st.root.Signed.Expires, r.st.targets.Signed.Expires, r.st.snapshot.Signed.Expires, r.st.timestamp.Signed.Expires
-}
-
-// Refresh re-signs whatever expires within margin of now: timestamp;
-// snapshot (and so timestamp); targets (and so snapshot and timestamp) when
-// the targets key is online. fosterd calls it periodically (say hourly) with
-// a margin of a fraction of the timestamp expiry (say a quarter), which must
-// be shorter than the snapshot and timestamp expiries. If targets needs renewing but its key
-// is offline, the rest is still renewed and the error wraps ErrKeyUnavailable.
-func (r *Repo) Refresh(ctx context.Context, margin time.Duration) error {
-	if margin < 0 || margin >= min(r.opts.SnapshotExpiry, r.opts.TimestampExpiry) {
-		return fmt.Errorf("refresh margin %v must be >= 0 and shorter than the snapshot and timestamp expiries, or every call re-signs", margin)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	deadline := r.opts.Now().Add(margin)
-	cur := r.st
-	needTargets := cur.targets.Signed.Expires.Before(deadline)
-	needSnapshot := cur.snapshot.Signed.Expires.Before(deadline)
-	needTimestamp := cur.timestamp.Signed.Expires.Before(deadline)
-
-	var targetsErr error
-	if needTargets && r.keys.Targets == nil {
-		targetsErr = fmt.Errorf("refresh: targets metadata expires at %s: %w", cur.targets.Signed.Expires.Format(time.RFC3339), ErrKeyUnavailable)
-		needTargets = false
-	}
-	if !needTargets && !needSnapshot && !needTimestamp {
-		return targetsErr
-	}
-	var tf *metadata.Metadata[metadata.TargetsType]
-	if needTargets {
-		var err error
-		if tf, err = copyMeta[metadata.TargetsType](cur.targetsRaw); err != nil {
-			return err
-		}
-	}
-	next, objs, err := r.publishable(ctx, cur, tf, needSnapshot)
-	if err != nil {
-		return errors.Join(fmt.Errorf("refresh: %w", err), targetsErr)
-	}
-	if err := putAll(ctx, r.store, objs); err != nil {
-		return errors.Join(fmt.Errorf("refresh: %w", err), targetsErr)
-	}
-	r.st = next
-	return targetsErr
-}
-
-// publishable signs the next repository state: a new targets if tf is not
-// nil (already modified, not yet versioned or signed), a new snapshot if
-// targets changed or snapshot is set, and always a new timestamp. It returns
-// the objects to write, timestamp last. cur is not modified.
-func (r *Repo) publishable(ctx context.Context, cur state, tf *metadata.Metadata[metadata.TargetsType], snapshot bool) (state, []object, error) {
-	if r.keys.Snapshot == nil || r.keys.Timestamp == nil {
-		return state{}, nil, fmt.Errorf("publishing needs the snapshot and timestamp keys: %w", ErrKeyUnavailable)
-	}
-	next := cur
-	var objs []object
-	var err error
-	if tf != nil {
-		if r.keys.Targets == nil {
-			return state{}, nil, fmt.Errorf("publishing targets: %w", ErrKeyUnavailable)
-		}
-		tf.Signed.Version = cur.targets.Signed.Version + 1
-		tf.Signed.Expires = r.opts.expiry(r.opts.TargetsExpiry)
-		if next.targetsRaw, err = signMeta(ctx, cur.root, tf, metadata.TARGETS, r.keys.Targets, MaxTargetsSize); err != nil {
-			return state{}, nil, err
-		}
-		next.targets = tf
-		objs = append(objs, object{targetsKey(tf.Signed.Version), next.targetsRaw})
-	}
-
-	if tf != nil || snapshot {
-		sn, err := copyMeta[metadata.SnapshotType](cur.snapshotRaw)
-		if err != nil {
-			return state{}, nil, err
-		}
-		sn.Signed.Version = cur.snapshot.Signed.Version + 1
-		sn.Signed.Expires = r.opts.expiry(r.opts.SnapshotExpiry)
-		sn.Signed.Meta["targets.json"] = metaFile(next.targets.Signed.Version, next.targetsRaw)
-		if next.snapshotRaw, err = signMeta(ctx, cur.root, sn, metadata.SNAPSHOT, r.keys.Snapshot, MaxSnapshotSize); err != nil {
-			return state{}, nil, err
-		}
-		next.snapshot = sn
-		objs = append(objs, object{snapshotKey(sn.Signed.Version), next.snapshotRaw})
-	}
-
-	ts, err := copyMeta[metadata.TimestampType](cur.timestampRaw)
-	if err != nil {
-		return state{}, nil, err
-	}
-	ts.Signed.Version = cur.timestamp.Signed.Version + 1
-	ts.Signed.Expires = r.opts.expiry(r.opts.TimestampExpiry)
-	ts.Signed.Meta["snapshot.json"] = metaFile(next.snapshot.Signed.Version, next.snapshotRaw)
-	if next.timestampRaw, err = signMeta(ctx, cur.root, ts, metadata.TIMESTAMP, r.keys.Timestamp, MaxTimestampSize); err != nil {
-		return state{}, nil, err
-	}
-	next.timestamp = ts
-	objs = append(objs, object{timestampKey, next.timestampRaw}) // last: this publishes
-	return next, objs, nil
+	st := r.cur.Load()
+	return st.root.Signed.Expires, st.targets().Signed.Expires, st.snapshot.Signed.Expires, st.timestamp.Signed.Expires
 }
 
 type object struct {
@@ -490,8 +565,9 @@ type object struct {
 	data []byte
 }
 
-// putAll writes objs in order, stopping at the first failure.
-func putAll(ctx context.Context, store blob.Store, objs []object) error {
+// putAll writes objs in order, stopping at the first failure. after, if
+// set, is called after each write.
+func putAll(ctx context.Context, store blob.Store, objs []object, after func(string)) error {
 	for _, o := range objs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -499,20 +575,26 @@ func putAll(ctx context.Context, store blob.Store, objs []object) error {
 		if err := store.Put(ctx, o.key, bytes.NewReader(o.data), int64(len(o.data))); err != nil {
 			return fmt.Errorf("writing %s: %w", o.key, err)
 		}
+		if after != nil {
+			after(o.key)
+		}
 	}
 	return nil
 }
 
-// signMeta replaces m's signatures with one by signer, checks that root
-// accepts it for role (so a key go-tuf cannot verify is caught here, not on
-// devices) and that the result fits in max bytes, and returns the bytes.
-func signMeta[T metadata.Roles](ctx context.Context, root *metadata.Metadata[metadata.RootType], m *metadata.Metadata[T], role string, signer signature.Signer, max int) ([]byte, error) {
+// signMeta replaces m's signatures with one by each signer, checks that
+// delegator accepts the result for role (threshold met; and so a key go-tuf
+// cannot verify is caught here, not on devices) and that it fits in max
+// bytes, and returns the bytes.
+func signMeta[T metadata.Roles, D metadata.Roles](ctx context.Context, delegator *metadata.Metadata[D], m *metadata.Metadata[T], role string, signers []signature.Signer, max int) ([]byte, error) {
 	m.ClearSignatures()
-	if _, err := m.Sign(ctxSigner{signer, ctx}); err != nil {
-		return nil, fmt.Errorf("signing %s: %w", role, err)
+	for _, s := range signers {
+		if _, err := m.Sign(ctxSigner{s, ctx}); err != nil {
+			return nil, fmt.Errorf("signing %s: %w", role, err)
+		}
 	}
-	if err := root.VerifyDelegate(role, m); err != nil {
-		return nil, fmt.Errorf("signing %s: signature does not verify against root: %w", role, err)
+	if err := delegator.VerifyDelegate(role, m); err != nil {
+		return nil, fmt.Errorf("signing %s with %d held key(s): %w: %w", role, len(signers), ErrKeyUnavailable, err)
 	}
 	raw, err := m.ToBytes(false)
 	if err != nil {
@@ -533,13 +615,22 @@ func copyMeta[T metadata.Roles](raw []byte) (*metadata.Metadata[T], error) {
 	return m, nil
 }
 
-func metaFile(version int64, raw []byte) *metadata.MetaFiles {
-	sum := sha256.Sum256(raw)
-	return &metadata.MetaFiles{
-		Version: version,
-		Length:  int64(len(raw)),
-		Hashes:  metadata.Hashes{"sha256": sum[:]},
+// metaFile records a metadata file in snapshot or timestamp: its version
+// and length, and its SHA-256 when hashed (top-level files; delegated roles
+// are pinned by version and signature, which keeps snapshot small).
+func metaFile(version int64, raw []byte, hashed bool) *metadata.MetaFiles {
+	m := &metadata.MetaFiles{Version: version, Length: int64(len(raw))}
+	if hashed {
+		sum := sha256.Sum256(raw)
+		m.Hashes = metadata.Hashes{"sha256": sum[:]}
 	}
+	return m
+}
+
+// etagOf is a strong HTTP entity tag for metadata bytes.
+func etagOf(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return `"` + hex.EncodeToString(sum[:16]) + `"`
 }
 
 // tufKey converts a signer's public key to a TUF key and its ID, refusing
@@ -549,6 +640,12 @@ func tufKey(ctx context.Context, s signature.Signer) (*metadata.Key, string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("public key: %w", err)
 	}
+	return TUFKey(pub)
+}
+
+// TUFKey converts a public key to a TUF key and its key ID. Only Ed25519 and
+// ECDSA P-256 are accepted: go-tuf labels every ECDSA key P-256.
+func TUFKey(pub crypto.PublicKey) (*metadata.Key, string, error) {
 	if err := checkKeyType(pub); err != nil {
 		return nil, "", err
 	}

@@ -117,23 +117,32 @@ func TestTamperedTargetRefusedByStockClient(t *testing.T) {
 func TestTamperedMetadataRefused(t *testing.T) {
 	f := newFixture(t, nil)
 	f.add(fwPath, []byte("firmware"), fwCustom)
-	// Swap in targets metadata that says something else without re-signing.
-	raw := f.list("tuf/2.targets.json")
+	// Swap in the model's targets metadata saying something else, without
+	// re-signing (same file length, so only the signature can tell).
+	const key = "tuf/1.models/edge-gw.json"
+	raw := f.list(key)
 	if len(raw) != 1 {
-		t.Fatalf("tuf/2.targets.json missing: %q", raw)
+		t.Fatalf("%s missing: %q", key, raw)
 	}
-	rc, _, err := f.fs.Open(t.Context(), "tuf/2.targets.json")
+	rc, _, err := f.fs.Open(t.Context(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(rc)
 	rc.Close()
 	b = bytes.Replace(b, []byte(`"length":8`), []byte(`"length":9`), 1)
-	if err := f.fs.Put(t.Context(), "tuf/2.targets.json", bytes.NewReader(b), int64(len(b))); err != nil {
+	if !bytes.Contains(b, []byte(`"length":9`)) {
+		t.Fatal("test did not tamper")
+	}
+	if err := f.fs.Put(t.Context(), key, bytes.NewReader(b), int64(len(b))); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.newDevice().updater(time.Time{}).Refresh(); err == nil {
-		t.Fatal("client accepted tampered targets metadata")
+	up := f.newDevice().updater(time.Time{})
+	if err := up.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := up.GetTargetInfo(fwPath); !errors.Is(err, &metadata.ErrUnsignedMetadata{}) {
+		t.Fatalf("client loading tampered model metadata: err = %v, want ErrUnsignedMetadata", err)
 	}
 	if _, err := tufrepo.Open(t.Context(), f.fs, f.keys, f.opts); !errors.Is(err, tufrepo.ErrInconsistent) {
 		t.Fatalf("Open of tampered repository: err = %v, want ErrInconsistent", err)
@@ -144,8 +153,9 @@ func TestTamperedMetadataRefused(t *testing.T) {
 // AddTarget in turn: devices and the Repo must stay on the previous
 // repository, and a retry must publish the next version cleanly.
 func TestPublishFailureMidwayKeepsPreviousRepository(t *testing.T) {
-	// Writes of one AddTarget through a store without Copy: staging upload,
-	// two hash-named copies, N.targets.json, N.snapshot.json, timestamp.json.
+	// Writes of one AddTarget (of a model already delegated) through a store
+	// without Copy: staging upload, two hash-named copies,
+	// N.models/edge-gw.json, N.snapshot.json, timestamp.json.
 	const writes = 6
 	for n := int64(1); n <= writes; n++ {
 		t.Run(fmt.Sprintf("fail write %d", n), func(t *testing.T) {
@@ -197,7 +207,7 @@ func TestPublishFailureMidwayKeepsPreviousRepository(t *testing.T) {
 			if _, err := f.repo.AddTarget(t.Context(), fwPath, bytes.NewReader(v2), int64(len(v2)), []byte(fwCustom)); err != nil {
 				t.Fatalf("retry AddTarget: %v", err)
 			}
-			if got, want := versionsOf(f.repo), (versions{1, before[1] + 1, before[2] + 1, before[3] + 1}); got != want {
+			if got, want := versionsOf(f.repo), (versions{1, before[1], before[2] + 1, before[3] + 1}); got != want {
 				t.Fatalf("versions after retry = %v, want %v", got, want)
 			}
 			up := dev.refresh()
@@ -209,6 +219,7 @@ func TestPublishFailureMidwayKeepsPreviousRepository(t *testing.T) {
 	t.Run("write count", func(t *testing.T) {
 		var fstore *failingStore
 		f := newFixture(t, func(s blob.Store) blob.Store { fstore = &failingStore{Store: s}; return fstore })
+		f.add("edge-gw/1.0.0/fw.bin", []byte("release one"), "")
 		fstore.arm(1 << 40)
 		f.add(fwPath, []byte("x"), "")
 		if got := fstore.puts.Load(); got != writes {
@@ -260,8 +271,8 @@ func TestConcurrentAddTargetsAllLand(t *testing.T) {
 			t.Fatalf("AddTarget %d: %v", i, err)
 		}
 	}
-	if got := versionsOf(f.repo); got != (versions{1, 1 + n, 1 + n, 1 + n}) {
-		t.Fatalf("versions = %v, want [1 %d %d %d]", got, 1+n, 1+n, 1+n)
+	if got := versionsOf(f.repo); got != (versions{1, 2, 1 + n, 1 + n}) {
+		t.Fatalf("versions = %v, want [1 2 %d %d]", got, 1+n, 1+n)
 	}
 	ts, _ := f.repo.Targets(t.Context())
 	if len(ts) != n {
@@ -381,8 +392,8 @@ func TestOpenAfterRestartContinuesVersions(t *testing.T) {
 	}
 	f.repo = restarted
 	f.add("edge-gw/1.0.2/fw.bin", []byte("three"), "")
-	if got := versionsOf(restarted); got != (versions{1, 4, 4, 4}) {
-		t.Fatalf("versions after restart + AddTarget = %v, want [1 4 4 4]", got)
+	if got := versionsOf(restarted); got != (versions{1, 2, 4, 4}) {
+		t.Fatalf("versions after restart + AddTarget = %v, want [1 2 4 4]", got)
 	}
 	// A device that saw version 3 accepts 4 (no rollback error) and gets it.
 	up := dev.refresh()

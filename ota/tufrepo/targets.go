@@ -132,83 +132,128 @@ func integersOnly(v any) error {
 	return nil
 }
 
-// AddTarget publishes a new target: it streams body to the store while
-// hashing it (SHA-256 and SHA-512; never buffered whole), stores it at
-// TargetKey(path, sha256) and TargetKey(path, sha512), then publishes targets
-// N+1, snapshot N+1 and timestamp N+1. length is the declared body length,
-// or -1 if unknown; custom is a JSON object or nil.
-//
-// It refuses, publishing nothing: an invalid path or custom metadata, an
-// empty body, a body whose length differs from length (ErrLengthMismatch)
-// or exceeds Options.MaxTargetLength (ErrTooLarge), and a path already
-// published (ErrTargetExists: a release is immutable). If writing fails
-// midway, clients and r keep the previous repository; the call can be retried.
-func (r *Repo) AddTarget(ctx context.Context, targetPath string, body io.Reader, length int64, custom json.RawMessage) (Target, error) {
-	if err := ValidTargetPath(targetPath); err != nil {
-		return Target{}, err
-	}
-	custom, err := normalizeCustom(custom)
-	if err != nil {
-		return Target{}, err
-	}
-	switch {
-	case length == 0:
-		return Target{}, fmt.Errorf("%w: empty body", ErrInvalidTarget)
-	case length > r.opts.MaxTargetLength:
-		return Target{}, fmt.Errorf("%w: target is %d bytes, max %d", ErrTooLarge, length, r.opts.MaxTargetLength)
-	case length < -1:
-		return Target{}, fmt.Errorf("%w: negative length %d", ErrInvalidTarget, length)
-	}
-	if r.keys.Targets == nil || r.keys.Snapshot == nil || r.keys.Timestamp == nil {
-		return Target{}, fmt.Errorf("adding target: targets, snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
-	}
-	if r.isPublished(targetPath) { // cheap early refusal; checked again when publishing
-		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, targetPath)
-	}
-
-	t, err := r.upload(ctx, targetPath, body, length)
-	if err != nil {
-		return Target{}, err
-	}
-	t.Custom = custom
-
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	cur := r.st
-	if _, ok := cur.targets.Signed.Targets[targetPath]; ok {
-		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, targetPath)
-	}
-	tf, err := copyMeta[metadata.TargetsType](cur.targetsRaw)
-	if err != nil {
-		return Target{}, err
-	}
-	if tf.Signed.Targets == nil {
-		tf.Signed.Targets = map[string]*metadata.TargetFiles{}
-	}
-	tf.Signed.Targets[targetPath] = toTargetFiles(t)
-	next, objs, err := r.publishable(ctx, cur, tf, true)
-	if err != nil {
-		return Target{}, fmt.Errorf("publishing %s: %w", targetPath, err)
-	}
-	if err := putAll(ctx, r.store, objs); err != nil {
-		return Target{}, fmt.Errorf("publishing %s: %w", targetPath, err)
-	}
-	r.st = next
-	return t, nil
+// Upload is a target to publish.
+type Upload struct {
+	// Path is the TUF target path, <model>/<version>/<file>.
+	Path string
+	Body io.Reader
+	// Length is the declared body length in bytes, or -1 if unknown.
+	Length int64
+	// SHA256 is the declared SHA-256 (hex) of the body, or "" for none.
+	SHA256 string
+	// Custom is the signed custom metadata: a JSON object, or nil.
+	Custom json.RawMessage
 }
 
-func (r *Repo) isPublished(targetPath string) bool {
+// Pending is an uploaded target, stored under its hash names but not yet
+// published. Commit publishes it; Discard deletes its blobs.
+type Pending struct {
+	t         Target
+	committed bool
+}
+
+// Target is what Commit would publish.
+func (p *Pending) Target() Target { return p.t }
+
+// AddTarget uploads and publishes a target in one step (Upload + Commit;
+// the blobs are removed if publishing is refused). length is the declared
+// body length, or -1 if unknown; custom is a JSON object or nil.
+func (r *Repo) AddTarget(ctx context.Context, targetPath string, body io.Reader, length int64, custom json.RawMessage) (Target, error) {
+	p, err := r.Upload(ctx, Upload{Path: targetPath, Body: body, Length: length, Custom: custom})
+	if err != nil {
+		return Target{}, err
+	}
+	defer r.Discard(ctx, p)
+	return r.Commit(ctx, p)
+}
+
+// Upload streams u.Body to the store while hashing it (SHA-256 and SHA-512;
+// never buffered whole) and stores it at TargetKey(path, sha256) and
+// TargetKey(path, sha512). Nothing is published: clients see nothing until
+// Commit. Uploads run in parallel with each other and with publishing.
+//
+// It refuses, storing nothing: an invalid path (not <model>/<version>/<file>)
+// or custom metadata, an empty body, a body whose length differs from
+// u.Length (ErrLengthMismatch) or exceeds Options.MaxTargetLength
+// (ErrTooLarge), a body whose SHA-256 differs from u.SHA256
+// (ErrHashMismatch), and a path already published (ErrTargetExists: a
+// release is immutable).
+func (r *Repo) Upload(ctx context.Context, u Upload) (*Pending, error) {
+	if _, err := ModelOf(u.Path); err != nil {
+		return nil, err
+	}
+	custom, err := normalizeCustom(u.Custom)
+	if err != nil {
+		return nil, err
+	}
+	switch length := u.Length; {
+	case length == 0:
+		return nil, fmt.Errorf("%w: empty body", ErrInvalidTarget)
+	case length > r.opts.MaxTargetLength:
+		return nil, fmt.Errorf("%w: target is %d bytes, max %d", ErrTooLarge, length, r.opts.MaxTargetLength)
+	case length < -1:
+		return nil, fmt.Errorf("%w: negative length %d", ErrInvalidTarget, length)
+	}
+	if u.SHA256 != "" {
+		if b, err := hex.DecodeString(u.SHA256); err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("%w: declared sha256 %q is not 64 hex digits", ErrInvalidTarget, u.SHA256)
+		}
+	}
+	if r.keys.Snapshot == nil || r.keys.Timestamp == nil {
+		return nil, fmt.Errorf("adding target: snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
+	}
+	if _, _, ok := r.Lookup(u.Path); ok { // cheap early refusal; checked again when publishing
+		return nil, fmt.Errorf("%w: %s", ErrTargetExists, u.Path)
+	}
+	t, err := r.upload(ctx, u.Path, u.Body, u.Length, strings.ToLower(u.SHA256))
+	if err != nil {
+		return nil, err
+	}
+	t.Custom = custom
+	return &Pending{t: t}, nil
+}
+
+// Commit publishes an uploaded target into its model's role (creating the
+// role's delegation first if needed, which takes the targets key), then
+// snapshot and timestamp. If writing fails midway, clients and r keep the
+// previous repository; the call can be retried.
+func (r *Repo) Commit(ctx context.Context, p *Pending) (Target, error) {
+	if p.committed {
+		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, p.t.Path)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	_, ok := r.st.targets.Signed.Targets[targetPath]
-	return ok
+	t := r.begin(ctx)
+	if err := t.addTarget(p.t.Path, toTargetFiles(p.t)); err != nil {
+		return Target{}, err
+	}
+	if err := t.commit(); err != nil {
+		return Target{}, fmt.Errorf("publishing %s: %w", p.t.Path, err)
+	}
+	p.committed = true
+	return p.t, nil
+}
+
+// Discard deletes the blobs of an upload that was not committed. It is a
+// no-op after Commit succeeded.
+func (r *Repo) Discard(ctx context.Context, p *Pending) {
+	if p == nil || p.committed {
+		return
+	}
+	if pub, _, ok := r.Lookup(p.t.Path); ok && pub.SHA256 == p.t.SHA256 {
+		return // published by an earlier, identical upload: the blobs are in use
+	}
+	ctx = context.WithoutCancel(ctx)
+	for _, h := range []string{p.t.SHA256, p.t.SHA512} {
+		r.store.Delete(ctx, TargetKey(p.t.Path, h))
+	}
 }
 
 // upload streams body into a staging object, then copies it (a hard link on
 // the file store) to its two hash-named keys. The blobs are content
 // addressed, so leftovers of a failed publish are harmless and are reused
 // by a retry; nothing references them until timestamp.json is written.
-func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, length int64) (Target, error) {
+func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, length int64, wantSHA256 string) (Target, error) {
 	var rnd [16]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return Target{}, err
@@ -222,7 +267,7 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 	}
 	hr := &hashingReader{
 		r: io.LimitReader(body, limit+1), limit: limit, declared: length,
-		h256: sha256.New(), h512: sha512.New(),
+		h256: sha256.New(), h512: sha512.New(), want256: wantSHA256,
 	}
 	putErr := r.store.Put(ctx, staging, hr, length)
 	if hr.err != nil { // the typed reason wins over the store's wrapping of it
@@ -233,8 +278,11 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 	}
 	if length >= 0 {
 		// A store given the size may stop reading at it without seeing EOF.
-		if n, _ := io.ReadFull(hr, make([]byte, 1)); n > 0 || hr.err != nil {
+		if n, _ := io.ReadFull(hr, make([]byte, 1)); n > 0 || (hr.err != nil && !errors.Is(hr.err, ErrHashMismatch)) {
 			return Target{}, fmt.Errorf("%w: body is longer than the declared %d bytes", ErrLengthMismatch, length)
+		}
+		if hr.err != nil {
+			return Target{}, hr.err
 		}
 	}
 	if hr.n == 0 {
@@ -253,6 +301,9 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 		SHA256: hex.EncodeToString(hr.h256.Sum(nil)),
 		SHA512: hex.EncodeToString(hr.h512.Sum(nil)),
 	}
+	if wantSHA256 != "" && t.SHA256 != wantSHA256 {
+		return Target{}, fmt.Errorf("%w: body has sha256 %s, declared %s", ErrHashMismatch, t.SHA256, wantSHA256)
+	}
 	for _, h := range []string{t.SHA256, t.SHA512} {
 		if err := blob.Copy(ctx, r.store, staging, TargetKey(targetPath, h)); err != nil {
 			return Target{}, fmt.Errorf("storing %s: %w", targetPath, err)
@@ -269,7 +320,8 @@ type hashingReader struct {
 	declared   int64 // -1 if unknown
 	n          int64
 	h256, h512 hash.Hash
-	err        error // why the body was refused
+	want256    string // declared sha256 hex, or ""
+	err        error  // why the body was refused
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {
@@ -296,6 +348,12 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 			h.err = fmt.Errorf("%w: empty body", ErrInvalidTarget)
 		case h.declared >= 0 && h.n != h.declared:
 			h.err = fmt.Errorf("%w: body has %d bytes, declared %d", ErrLengthMismatch, h.n, h.declared)
+		case h.want256 != "":
+			// Fail the store's read, so a multipart upload is aborted rather
+			// than completed with the wrong bytes.
+			if got := hex.EncodeToString(h.h256.Sum(nil)); got != h.want256 {
+				h.err = fmt.Errorf("%w: body has sha256 %s, declared %s", ErrHashMismatch, got, h.want256)
+			}
 		}
 		if h.err != nil {
 			return n, h.err
@@ -332,18 +390,18 @@ func fromTargetFiles(p string, tf *metadata.TargetFiles) Target {
 	return t
 }
 
-// Targets returns the targets in the current signed targets metadata,
-// sorted by path.
+// Targets returns every published target (top-level, model roles and
+// bins), sorted by path.
 func (r *Repo) Targets(ctx context.Context) ([]Target, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	r.mu.Lock()
-	cur := r.st.targets
-	r.mu.Unlock()
-	out := make([]Target, 0, len(cur.Signed.Targets))
-	for p, tf := range cur.Signed.Targets {
-		out = append(out, fromTargetFiles(p, tf))
+	st := r.cur.Load()
+	var out []Target
+	for _, rl := range st.roles {
+		for p, tf := range rl.md.Signed.Targets {
+			out = append(out, fromTargetFiles(p, tf))
+		}
 	}
 	slices.SortFunc(out, func(a, b Target) int { return strings.Compare(a.Path, b.Path) })
 	return out, nil
