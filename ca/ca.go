@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/foster-ota/foster/ca/internal/stepca"
@@ -97,6 +98,7 @@ type CA struct {
 	pool        *x509.CertPool
 	auth        *stepca.Authority
 	opts        Options
+	crlMu       sync.Mutex // one CRL generation at a time, so numbers increase
 }
 
 // Open loads the PKI from dir (ca.pem, intermediate.pem,
@@ -139,11 +141,10 @@ func Open(dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	crl, err := opts.CRL.stepConfig()
-	if err != nil {
+	if err := opts.CRL.check(); err != nil {
 		return nil, err
 	}
-	auth, err := stepca.New(root, inter, signer, crl)
+	auth, err := stepca.New(root, inter, signer)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +153,7 @@ func Open(dir string, opts Options) (*CA, error) {
 	return &CA{root: root, inter: inter, pool: pool, auth: auth, opts: opts}, nil
 }
 
-// Close stops background work (the CRL generator).
+// Close releases the embedded step-ca authority.
 func (c *CA) Close() error { return c.auth.Close() }
 
 // Root returns the root CA certificate (the trust anchor).

@@ -130,6 +130,11 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer unlock()
+	// Renew the certificate first when due (or expired): everything below
+	// authenticates with it. A failure is logged and retried next run.
+	if _, err := a.renew(ctx, false); err != nil {
+		a.log.Warn("certificate renewal failed; will retry on the next run", "err", err)
+	}
 	j, err := journal.Open(a.layout.State())
 	if err != nil {
 		return nil, err

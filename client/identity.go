@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/foster-ota/foster/client/internal/enroll"
@@ -31,6 +32,18 @@ type deviceIdentity struct {
 	key       *ecdsa.PrivateKey
 	chain     []*x509.Certificate
 	roots     *x509.CertPool
+	// tlsCert is what TLS handshakes present; renewal replaces it (renew.go).
+	tlsCert atomic.Pointer[tls.Certificate]
+}
+
+// setChain installs a (renewed) certificate chain for the device key.
+func (id *deviceIdentity) setChain(chain []*x509.Certificate) {
+	raw := make([][]byte, len(chain))
+	for i, c := range chain {
+		raw[i] = c.Raw
+	}
+	id.chain = chain
+	id.tlsCert.Store(&tls.Certificate{Certificate: raw, PrivateKey: id.key, Leaf: chain[0]})
 }
 
 func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
@@ -95,6 +108,7 @@ func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
 		return nil, fmt.Errorf("device key %s does not match certificate %s", l.Key(), l.Cert())
 	}
 	id.key = key
+	id.setChain(chain)
 	return id, nil
 }
 
@@ -102,17 +116,16 @@ func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
 // api has an overall timeout, download relies on the downloader's stall
 // timeout so that slow links can still fetch large images.
 func (id *deviceIdentity) httpClients(requestTimeout time.Duration) (api, download *http.Client) {
-	raw := make([][]byte, len(id.chain))
-	for i, c := range id.chain {
-		raw[i] = c.Raw
-	}
 	tr := &http.Transport{
 		Proxy:       http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig: &tls.Config{
-			RootCAs:      id.roots,
-			Certificates: []tls.Certificate{{Certificate: raw, PrivateKey: id.key, Leaf: id.chain[0]}},
-			MinVersion:   tls.VersionTLS12,
+			RootCAs: id.roots,
+			// The current chain at every handshake: renewal swaps it.
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				return id.tlsCert.Load(), nil
+			},
+			MinVersion: tls.VersionTLS12,
 		},
 		TLSHandshakeTimeout:   15 * time.Second,
 		ResponseHeaderTimeout: requestTimeout,

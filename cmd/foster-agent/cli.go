@@ -33,6 +33,7 @@ Commands:
   enroll   generate the device key and obtain a device certificate with a one-time token
   run      check for a firmware update, download and verify it, install it, attest it
   status   show identity, certificate expiry, installed release and queued attestations
+  renew    renew the device certificate (run does this when due, at ~2/3 of its life)
   help     show help for a command: foster-agent help <command>
 
 Global flags (also accepted after the command):
@@ -78,7 +79,7 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
-func commands() []command { return []command{enrollCmd(), runCmd(), statusCmd()} }
+func commands() []command { return []command{enrollCmd(), runCmd(), statusCmd(), renewCmd()} }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stateDir: defaultStateDir, logLevel: "info"}

@@ -35,9 +35,19 @@ Usage:
   foster [connection] release list [--model M] [--json]
   foster [connection] device list [--json]
   foster [connection] device show SERIAL|URN [--json]
+  foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
+  foster [connection] device reprovision SERIAL|URN
+  foster [connection] station create NAME --quota N [--valid-for 720h] [--models M,...] [--serial-pattern RE] --out NAME.station
+  foster [connection] station list [--json]
+  foster [connection] station revoke NAME
+  foster [connection] admin create NAME --role admin|auditor --out NAME.cred
+  foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
+  foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
 
 Connection (one of):
   --instance DIR                       use DIR's server URL, admin certificate and CA root
+  --cred FILE                          an admin or auditor credential bundle (foster admin create)
+  --station FILE                       a factory station credential bundle (foster station create)
   --server URL --cert FILE --key FILE --ca FILE
 
 Run "foster COMMAND --help" for a command's flags.
@@ -46,6 +56,7 @@ Run "foster COMMAND --help" for a command's flags.
 // conn are the global connection flags.
 type conn struct {
 	instance, server, cert, key, ca string
+	cred, station                   string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -57,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM chain)")
 	fs.StringVar(&c.key, "key", "", "client private key (PEM)")
 	fs.StringVar(&c.ca, "ca", "", "Foster CA root (PEM) to verify the server")
+	fs.StringVar(&c.cred, "cred", "", "admin or auditor credential bundle (written by foster admin create)")
+	fs.StringVar(&c.station, "station", "", "factory station credential bundle (written by foster station create)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage+"\nGlobal flags:\n")
 		fs.PrintDefaults()
@@ -73,6 +86,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := rest[0], rest[1:]
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
+	}
+	if cmd == "token" && c.station != "" && len(rest) > 0 && rest[0] == "create" {
+		// Offline: a station mints tokens with its own key, no server needed.
+		cred, err := loadBundle(c.station)
+		if err != nil {
+			return err
+		}
+		return cmdStationToken(cred, rest[1:], stdout, stderr)
+	}
+	if cmd == "enroll" {
+		rest = append([]string{""}, rest...) // the one command without a subcommand
 	}
 	if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 		fmt.Fprintf(stderr, "foster %s: missing subcommand\n\n", cmd)
@@ -96,6 +120,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdDeviceList
 	case "device show":
 		fn = cmdDeviceShow
+	case "device revoke":
+		fn = cmdDeviceRevoke
+	case "device reprovision":
+		fn = cmdDeviceReprovision
+	case "station create":
+		fn = cmdStationCreate
+	case "station list":
+		fn = cmdStationList
+	case "station revoke":
+		fn = cmdStationRevoke
+	case "admin create":
+		fn = cmdAdminCreate
+	case "enroll ":
+		fn = cmdStationEnroll
 	default:
 		fmt.Fprintf(stderr, "foster: unknown command %q\n\n", cmd+" "+sub)
 		fs.Usage()
@@ -124,11 +162,20 @@ func isHelp(args []string) bool {
 
 // client is an mTLS API client.
 type client struct {
-	base *url.URL
-	http *http.Client
+	base  *url.URL
+	http  *http.Client
+	caPEM []byte
+	// cred is the credential bundle in use (--cred or --station), if any.
+	cred *credential
 }
 
 func (c conn) client() (*client, error) {
+	if c.cred != "" && c.station != "" {
+		return nil, fmt.Errorf("%w: give --cred or --station, not both", errUsage)
+	}
+	if path := c.cred + c.station; path != "" {
+		return c.bundleClient(path)
+	}
 	if c.instance != "" {
 		cfg, err := instance.Load(c.instance)
 		if err != nil {
@@ -164,12 +211,49 @@ func (c conn) client() (*client, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
 	}
+	return newClient(u, cert, pool, caPEM), nil
+}
+
+func newClient(u *url.URL, cert tls.Certificate, pool *x509.CertPool, caPEM []byte) *client {
 	tr := &http.Transport{
 		TLSClientConfig:     &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
 	}
-	return &client{base: u, http: &http.Client{Transport: tr}}, nil
+	return &client{base: u, http: &http.Client{Transport: tr}, caPEM: caPEM}
+}
+
+// bundleClient connects with a credential bundle; --server and --ca override
+// the bundle's.
+func (c conn) bundleClient(path string) (*client, error) {
+	cred, err := loadBundle(path)
+	if err != nil {
+		return nil, err
+	}
+	server := c.server
+	if server == "" {
+		server = cred.Server
+	}
+	caPEM := []byte(cred.CARoot)
+	if c.ca != "" {
+		if caPEM, err = os.ReadFile(c.ca); err != nil {
+			return nil, fmt.Errorf("reading CA root: %w", err)
+		}
+	}
+	if server == "" {
+		return nil, errNoServer
+	}
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("server %q: want an https:// URL", server)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no CA root", path)
+	}
+	cl := newClient(u, cred.pair, pool, caPEM)
+	cl.cred = cred
+	return cl, nil
 }
 
 // do sends a request and decodes a JSON response into out (if non-nil).

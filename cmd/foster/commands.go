@@ -246,18 +246,50 @@ func cmdDeviceShow(ctx context.Context, c *client, args []string, stdout, stderr
 		fs.Usage()
 		return fmt.Errorf("%w: want one SERIAL or device URN", errUsage)
 	}
-	var d store.Device
+	var d struct {
+		store.Device
+		Certificates []store.Certificate `json:"certificates"`
+		Refusals     []store.Refusal     `json:"refusals"`
+	}
 	if err := c.do(ctx, "GET", "/v1/devices/"+url.PathEscape(pos[0]), nil, 0, "", &d); err != nil {
 		return err
 	}
 	if *asJSON {
 		return printJSON(stdout, d)
 	}
-	table(stdout, "FIELD\tVALUE", [][]string{
+	rows := [][]string{
 		{"device", d.ID}, {"serial", d.Serial}, {"model", d.Model}, {"status", d.Status},
 		{"certificate serial", d.CertSerial}, {"certificate expires", fmtTime(d.CertNotAfter)},
+		{"key sha256", orDash(d.KeySHA256)},
 		{"enrolled", fmtTime(d.EnrolledAt)}, {"installed version", orDash(d.InstalledVersion)},
 		{"installed target", orDash(d.InstalledTarget)}, {"last attestation", fmtTime(d.LastAttestationAt)},
-	})
+	}
+	if !d.RevokedAt.IsZero() {
+		rows = append(rows, []string{"revoked", fmtTime(d.RevokedAt) + " (" + d.RevokeReason + ")"})
+	}
+	if !d.ReprovisionAllowedAt.IsZero() {
+		rows = append(rows, []string{"re-provisioning allowed", fmtTime(d.ReprovisionAllowedAt) + " by " + d.ReprovisionBy})
+	}
+	table(stdout, "FIELD\tVALUE", rows)
+	if len(d.Certificates) > 0 {
+		fmt.Fprintln(stdout)
+		var crows [][]string
+		for _, c := range d.Certificates {
+			state := "valid"
+			if !c.RevokedAt.IsZero() {
+				state = "revoked " + fmtTime(c.RevokedAt) + " (" + c.RevokeReason + ")"
+			}
+			crows = append(crows, []string{c.Serial, c.IssuedVia, fmtTime(c.IssuedAt), fmtTime(c.NotAfter), state})
+		}
+		table(stdout, "CERTIFICATE\tISSUED VIA\tISSUED\tEXPIRES\tSTATE", crows)
+	}
+	if len(d.Refusals) > 0 {
+		fmt.Fprintln(stdout)
+		var rrows [][]string
+		for _, r := range d.Refusals {
+			rrows = append(rrows, []string{fmtTime(r.At), r.Reason, r.Via, r.KeySHA256})
+		}
+		table(stdout, "REFUSED AT\tREASON\tVIA\tKEY SHA256", rrows)
+	}
 	return nil
 }

@@ -32,9 +32,9 @@ func (r revocations) CurrentCRL(ctx context.Context) (*ca.CRLInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ca.CRLInfo{Number: c.Number, ExpiresAt: c.ExpiresAt, Duration: c.Duration, DER: c.DER}, nil
+	return &ca.CRLInfo{Number: c.Number, ThisUpdate: c.ThisTime, ExpiresAt: c.ExpiresAt, DER: c.DER}, nil
 }
 
 func (r revocations) StoreCRL(ctx context.Context, c ca.CRLInfo) error {
-	return r.st.StoreCRL(ctx, store.CRL{Number: c.Number, ThisTime: c.ExpiresAt.Add(-c.Duration), ExpiresAt: c.ExpiresAt, Duration: c.Duration, DER: c.DER})
+	return r.st.StoreCRL(ctx, store.CRL{Number: c.Number, ThisTime: c.ThisUpdate, ExpiresAt: c.ExpiresAt, Duration: c.ExpiresAt.Sub(c.ThisUpdate), DER: c.DER})
 }

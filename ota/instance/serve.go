@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -64,7 +63,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	authority, err := ca.Open(dir, ca.Options{
 		Passphrase:     passphrase,
 		DeviceValidity: deviceValidity,
-		CRL:            &ca.CRLOptions{Store: revocations{st}, URL: strings.TrimRight(cfg.ServerURL, "/") + "/crl", Validity: crlValidity},
+		CRL:            &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
 	})
 	if err != nil {
 		st.Close()
@@ -152,6 +151,11 @@ func (in *Instance) refreshLoop(ctx context.Context) {
 	refresh := func() {
 		if err := in.Repo.Refresh(ctx, RefreshMargin); err != nil && ctx.Err() == nil {
 			in.log.Error("refreshing TUF timestamp/snapshot", "err", err)
+		}
+		// A fresh CRL every interval, far within its validity (default 24h);
+		// revocations also regenerate it at once.
+		if err := in.CA.RefreshCRL(ctx); err != nil && ctx.Err() == nil {
+			in.log.Error("refreshing the CRL", "err", err)
 		}
 	}
 	refresh()

@@ -250,8 +250,8 @@ func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-func (s *Server) refreshCRL() {
-	if err := s.cfg.Issuer.RefreshCRL(); err != nil && !errors.Is(err, ca.ErrNoCRL) {
+func (s *Server) refreshCRL(ctx context.Context) {
+	if err := s.cfg.Issuer.RefreshCRL(ctx); err != nil && !errors.Is(err, ca.ErrNoCRL) {
 		// The revocation is in force (mTLS checks the store); the periodic
 		// refresh will publish it.
 		s.log.Error("regenerating CRL after a revocation", "err", err)
@@ -334,7 +334,7 @@ func (s *Server) revokeDevice(w http.ResponseWriter, r *http.Request) error {
 		return s.identityError(err)
 	}
 	s.audit(r, "device.revoke", d.ID+" reason="+reason)
-	s.refreshCRL()
+	s.refreshCRL(r.Context())
 	s.log.Info("device revoked", "device", d.ID, "reason", reason)
 	return writeJSON(w, http.StatusOK, d)
 }
@@ -485,7 +485,7 @@ func (s *Server) revokeStation(w http.ResponseWriter, r *http.Request) error {
 		return s.identityError(err)
 	}
 	s.audit(r, "station.revoke", st.Name+" reason="+reason)
-	s.refreshCRL()
+	s.refreshCRL(r.Context())
 	return writeJSON(w, http.StatusOK, st)
 }
 

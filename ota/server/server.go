@@ -45,7 +45,7 @@ type Issuer interface {
 	VerifyRenewToken(tok string, grace time.Duration) (*ca.RenewToken, error)
 	// RefreshCRL regenerates the CRL; CRL returns it (DER). Both return
 	// ca.ErrNoCRL when CRLs are disabled.
-	RefreshCRL() error
+	RefreshCRL(ctx context.Context) error
 	CRL(ctx context.Context) ([]byte, error)
 }
 

@@ -53,33 +53,25 @@ const (
 type Authority struct {
 	auth   *authority.Authority
 	issuer *x509.Certificate
+	signer crypto.Signer // the intermediate key step-ca signs with; also signs CRLs (crl.go)
 }
 
-// New embeds a step-ca authority with no provisioners (Foster authorises
-// requests before they get here). With crl nil it has no database, so no
-// step-ca revocation at all; with crl it generates CRLs (see crl.go) from
-// the revocations Foster's store records.
-func New(root, intermediate *x509.Certificate, signer crypto.Signer, crl *CRLConfig) (*Authority, error) {
-	opts := []authority.Option{
+// New embeds a step-ca authority with no database (so no step-ca revocation:
+// Foster's store does that) and no provisioners (Foster authorises requests
+// before they get here).
+func New(root, intermediate *x509.Certificate, signer crypto.Signer) (*Authority, error) {
+	auth, err := authority.NewEmbedded(
 		authority.WithX509RootCerts(root),
 		authority.WithX509Signer(intermediate, signer),
 		authority.WithQuietInit(),
-	}
-	if crl != nil {
-		cfg, db, err := crl.stepConfig()
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, authority.WithConfig(cfg), authority.WithDatabase(db))
-	}
-	auth, err := authority.NewEmbedded(opts...)
+	)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded step-ca authority: %w", err)
 	}
-	return &Authority{auth: auth, issuer: intermediate}, nil
+	return &Authority{auth: auth, issuer: intermediate, signer: signer}, nil
 }
 
-// Close stops the authority's CRL generator.
+// Close releases the authority.
 func (a *Authority) Close() error { return a.auth.Shutdown() }
 
 // Leaf is everything Foster decided about a certificate.
