@@ -242,9 +242,11 @@ func (t *txn) commit() error {
 				if cur != nil && final[name].md.VerifyDelegate(child, cur.md) == nil {
 					continue
 				}
-				if _, err := t.edit(child); err != nil {
+				md, err := t.edit(child)
+				if err != nil {
 					return err
 				}
+				syncBinKeys(child, md, final[name].md)
 			}
 		}
 		if level > 64 {
@@ -338,6 +340,25 @@ func (t *txn) commit() error {
 	}
 	t.r.cur.Store(next)
 	return nil
+}
+
+// syncBinKeys makes a re-keyed model role delegate its bins to its own new
+// keys, so a rotated-out model key stops vouching for the bins too.
+func syncBinKeys(name string, md, delegator *metadata.Metadata[metadata.TargetsType]) {
+	d := md.Signed.Delegations
+	if d == nil || d.SuccinctRoles == nil || delegator.Signed.Delegations == nil {
+		return
+	}
+	for _, r := range delegator.Signed.Delegations.Roles {
+		if r.Name != name {
+			continue
+		}
+		d.SuccinctRoles.KeyIDs, d.SuccinctRoles.Threshold = slices.Clone(r.KeyIDs), r.Threshold
+		d.Keys = map[string]*metadata.Key{}
+		for _, id := range r.KeyIDs {
+			d.Keys[id] = delegator.Signed.Delegations.Keys[id]
+		}
+	}
 }
 
 // sameDelegation reports whether before and after give child the same keys
