@@ -46,6 +46,9 @@ type Config struct {
 	Blobs string `json:"blobs"`
 	// TUF key references: file paths (relative to DIR) or KMS URIs.
 	TUFKeys TUFKeyRefs `json:"tuf_keys"`
+	// LogKey is the transparency log key (Ed25519): a file path (relative
+	// to DIR) or a KMS URI. Default DefaultLogKey, created when missing.
+	LogKey string `json:"log_key,omitempty"`
 	// Identity tunes the device CA; zero values mean the defaults.
 	Identity IdentityConfig `json:"identity,omitzero"`
 }
@@ -219,6 +222,11 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 		return nil, fmt.Errorf("initialising TUF repository: %w", err)
 	}
 	if err := atomicfile.WriteFile(p.TUFRoot, rootJSON, 0o644); err != nil {
+		return nil, err
+	}
+	log.Info("creating transparency log key")
+	cfg.LogKey = DefaultLogKey
+	if _, _, err := ensureLogKey(ctx, dir, cfg.LogKey, opts.Passphrase); err != nil {
 		return nil, err
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")

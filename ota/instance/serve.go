@@ -12,6 +12,7 @@ import (
 
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/ota/server"
+	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/store"
 )
@@ -28,6 +29,7 @@ type Instance struct {
 	Store  *store.DB
 	CA     *ca.CA
 	Repo   *tufrepo.Repo
+	Log    *tlog.Log // install-attestation transparency log
 	API    *server.Server
 	TLS    *tls.Config
 	log    *slog.Logger
@@ -87,8 +89,14 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		st.Close()
 		return nil, fmt.Errorf("opening TUF repository: %w", err)
 	}
+	tl, err := openLog(ctx, dir, cfg.LogKey, st, passphrase)
+	if err != nil {
+		authority.Close()
+		st.Close()
+		return nil, err
+	}
 	api, err := server.New(server.Config{
-		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Logger: log, RenewGrace: grace,
+		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
 		IssuerError: func(err error) bool {
 			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
 		},
@@ -105,7 +113,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, fmt.Errorf("loading server certificate: %w", err)
 	}
 	return &Instance{
-		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, API: api,
+		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api,
 		TLS: server.TLSConfig(cert, authority.RootPool()), log: log,
 	}, nil
 }

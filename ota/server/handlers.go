@@ -16,7 +16,6 @@ import (
 
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/pkg/apierr"
-	"github.com/foster-ota/foster/pkg/attest"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/x5ctoken"
@@ -108,57 +107,7 @@ func (s *Server) serveBlob(prefix, param string) func(http.ResponseWriter, *http
 	}
 }
 
-// --- attestations
-
-type attestationResponse struct {
-	ID       int64  `json:"id"`
-	DeviceID string `json:"device_id"`
-	Sequence int64  `json:"sequence"`
-}
-
-func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error {
-	p, cert := principalFrom(r.Context())
-	env, err := readBounded(w, r, attest.MaxEnvelopeSize)
-	if err != nil {
-		return err
-	}
-	in, err := attest.Verify(env, cert.PublicKey)
-	if errors.Is(err, attest.ErrBadSignature) {
-		return apierr.New(http.StatusBadRequest, "bad_signature", "attestation is not signed by this device's key: %v", err)
-	}
-	if err != nil {
-		return badRequest("%v", err)
-	}
-	if in.Device != p.URI() {
-		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "attestation names device %s but was sent by %s", in.Device, p.URI())
-	}
-	rel, err := s.cfg.Store.ReleaseByTarget(r.Context(), in.New.Name)
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.New(http.StatusBadRequest, "unsigned_target", "target %q was never published", in.New.Name)
-	} else if err != nil {
-		return err
-	}
-	if rel.Model != p.Model || rel.SHA256 != in.New.SHA256 || rel.Length != in.New.Length {
-		return apierr.New(http.StatusBadRequest, "unsigned_target", "target %q with sha256 %s and length %d does not match the one signed for model %s", in.New.Name, in.New.SHA256, in.New.Length, p.Model)
-	}
-	a, err := s.cfg.Store.AddAttestation(r.Context(), store.Attestation{
-		DeviceID: p.URI(), Sequence: in.Sequence, Outcome: in.Outcome,
-		TargetPath: rel.TargetPath, SHA256: rel.SHA256, Version: rel.Version, Counter: rel.Counter, Envelope: env,
-	})
-	if errors.Is(err, store.ErrReplay) {
-		// A device that crashed after we accepted but before it filed the
-		// envelope re-sends the identical bytes: acknowledge, change nothing.
-		if prev, perr := s.cfg.Store.GetAttestation(r.Context(), p.URI(), in.Sequence); perr == nil && bytes.Equal(prev.Envelope, env) {
-			return writeJSON(w, http.StatusOK, attestationResponse{ID: prev.ID, DeviceID: prev.DeviceID, Sequence: prev.Sequence})
-		}
-		return apierr.New(http.StatusConflict, "replay", "%v", err)
-	}
-	if err != nil {
-		return err
-	}
-	s.log.Info("attestation accepted", "device", p.URI(), "target", rel.TargetPath, "outcome", in.Outcome, "sequence", in.Sequence)
-	return writeJSON(w, http.StatusCreated, attestationResponse{ID: a.ID, DeviceID: a.DeviceID, Sequence: a.Sequence})
-}
+// --- attestations: ingest in attestations.go
 
 func readBounded(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	var buf bytes.Buffer

@@ -27,6 +27,7 @@ import (
 
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/ota/blob"
+	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
@@ -52,6 +53,8 @@ type Issuer interface {
 // Repo publishes firmware targets (implemented by tufrepo.Repo).
 type Repo interface {
 	AddTarget(ctx context.Context, path string, body io.Reader, length int64, custom json.RawMessage) (tufrepo.Target, error)
+	// Versions returns the current version of each top-level role.
+	Versions() (root, targets, snapshot, timestamp int64)
 }
 
 // Config holds the server's dependencies and limits.
@@ -62,7 +65,9 @@ type Config struct {
 	IssuerError func(error) bool
 	Repo        Repo
 	Blobs       blob.Store
-	Logger      *slog.Logger
+	// Log is the install-attestation transparency log.
+	Log    *tlog.Log
+	Logger *slog.Logger
 	// MaxFirmwareSize bounds an uploaded release. Default 4 GiB.
 	MaxFirmwareSize int64
 	// DefaultTokenTTL is the lifetime of an enrollment token when none is asked. Default 24h.
@@ -81,6 +86,7 @@ type Server struct {
 	log       *slog.Logger
 	metrics   *metrics
 	releaseMu sync.Mutex // serialises release publication so counters stay ordered
+	evidence  *tufEvidence
 }
 
 // New validates cfg and builds a Server.
@@ -94,6 +100,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: Repo is required")
 	case cfg.Blobs == nil:
 		return nil, errors.New("server: Blobs is required")
+	case cfg.Log == nil:
+		return nil, errors.New("server: Log is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -119,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IssuerError == nil {
 		cfg.IssuerError = func(error) bool { return false }
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics()}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), evidence: newTUFEvidence(cfg.Blobs, cfg.Repo)}, nil
 }
 
 // Handler returns the routed API.
@@ -157,6 +165,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/stations/{name}", s.handle(reader, s.getStation))
 	mux.Handle("POST /v1/stations/{name}/revoke", s.handle(admin, s.revokeStation))
 	mux.Handle("POST /v1/admins", s.handle(admin, s.createAdmin))
+	s.logRoutes(mux, reader)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))

@@ -202,11 +202,25 @@ type TUFEvidence struct {
 	// Roots are root metadata versions 2..N (N the root when fosterd
 	// accepted the attestation), each signed by its predecessor and itself.
 	Roots []json.RawMessage `json:"roots"`
-	// Targets is the targets metadata that lists the installed target: the
-	// version the device reports having used when the repository still has
-	// it, else the one current at ingest.
+	// Targets is the top-level targets metadata: of the snapshot the device
+	// reports having used when the repository still has it, else of the
+	// one current at ingest.
 	Targets json.RawMessage `json:"targets"`
+	// Delegations is the chain of delegated targets metadata, of the same
+	// snapshot, from Targets down to the role that lists the installed
+	// target (say models/<model>, then a hashed bin); empty when Targets
+	// lists it itself.
+	Delegations []DelegatedRole `json:"delegations,omitempty"`
 }
+
+// DelegatedRole is one delegated targets role's metadata.
+type DelegatedRole struct {
+	Name     string          `json:"name"`
+	Metadata json.RawMessage `json:"metadata"`
+}
+
+// MaxDelegations bounds the delegation chain a bundle carries.
+const MaxDelegations = 8
 
 // Parse parses a bundle document (at most MaxSize bytes). It checks the
 // shape only; Verifier.Verify checks the evidence.
@@ -242,6 +256,14 @@ func (b *Bundle) validate() error {
 	for i, r := range b.TUF.Roots {
 		if len(r) > MaxRootSize {
 			return fmt.Errorf("%w: root metadata %d exceeds %d bytes", ErrMalformed, i, MaxRootSize)
+		}
+	}
+	if len(b.TUF.Delegations) > MaxDelegations {
+		return fmt.Errorf("%w: more than %d delegated roles", ErrMalformed, MaxDelegations)
+	}
+	for i, d := range b.TUF.Delegations {
+		if d.Name == "" || len(d.Name) > 256 || len(d.Metadata) == 0 || len(d.Metadata) > MaxTargetsSize {
+			return fmt.Errorf("%w: delegated role %d needs a name and 1-%d bytes of metadata", ErrMalformed, i, MaxTargetsSize)
 		}
 	}
 	_, err := b.Entry()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/foster-ota/foster/pkg/attest"
@@ -205,13 +206,15 @@ func TestParseRefusesMalformedBundles(t *testing.T) {
 		return out
 	}
 	tests := map[string][]byte{
-		"not JSON":            []byte("{"),
-		"trailing data":       append(append([]byte{}, good...), []byte(" {}")...),
-		"unknown field":       mutate(func(m map[string]any) { m["admin"] = true }),
-		"wrong media type":    mutate(func(m map[string]any) { m["media_type"] = "application/json" }),
-		"no envelope":         mutate(func(m map[string]any) { delete(m, "envelope") }),
-		"no chain":            mutate(func(m map[string]any) { m["cert_chain"] = "" }),
-		"not a certificate":   mutate(func(m map[string]any) { m["cert_chain"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n" }),
+		"not JSON":         []byte("{"),
+		"trailing data":    append(append([]byte{}, good...), []byte(" {}")...),
+		"unknown field":    mutate(func(m map[string]any) { m["admin"] = true }),
+		"wrong media type": mutate(func(m map[string]any) { m["media_type"] = "application/json" }),
+		"no envelope":      mutate(func(m map[string]any) { delete(m, "envelope") }),
+		"no chain":         mutate(func(m map[string]any) { m["cert_chain"] = "" }),
+		"not a certificate": mutate(func(m map[string]any) {
+			m["cert_chain"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+		}),
 		"garbage after chain": mutate(func(m map[string]any) { m["cert_chain"] = m["cert_chain"].(string) + "junk" }),
 		"negative index":      mutate(func(m map[string]any) { m["log"].(map[string]any)["leaf_index"] = -1 }),
 		"index beyond tree":   mutate(func(m map[string]any) { m["log"].(map[string]any)["leaf_index"] = 99 }),
@@ -277,4 +280,64 @@ func TestParseLogKey(t *testing.T) {
 	if _, err := bundle.ParseLogKey([]byte("nope")); err == nil {
 		t.Fatal("garbage log key accepted")
 	}
+}
+
+// TestVerifyDelegatedTargets: the installed target is signed by a model's
+// delegated role, or by a hashed bin under it; a role signing outside the
+// paths delegated to it is refused.
+func TestVerifyDelegatedTargets(t *testing.T) {
+	w := newWorld(t)
+	b, _, _ := w.good(t)
+	_, modelKey, _ := ed25519.GenerateKey(rand.Reader)
+	_, binKey, _ := ed25519.GenerateKey(rand.Reader)
+	_, otherModelKey, _ := ed25519.GenerateKey(rand.Reader)
+	top := w.signDelegating(t, 2, w.targetsKey, delegation(t, "models/"+model, modelKey, []string{model + "/*/*"}, 0), nil)
+	listing := map[string]targetSpec{w.fw.Name: {w.fw, model}}
+	v := w.verifier(t)
+
+	tests := map[string]struct {
+		top  []byte
+		dels []bundle.DelegatedRole
+		want error
+	}{
+		"model role lists the target": {top, []bundle.DelegatedRole{{"models/" + model, w.signTargets(t, 1, modelKey, listing)}}, nil},
+		"hashed bin under the model role": {top, []bundle.DelegatedRole{
+			{"models/" + model, w.signDelegating(t, 1, modelKey, delegation(t, "models/"+model+"/bins", binKey, nil, 1), nil)},
+			{binName(t, "models/"+model+"/bins", w.fw.Name), w.signTargets(t, 1, binKey, listing)},
+		}, nil},
+		"model role signed by another key": {top, []bundle.DelegatedRole{{"models/" + model, w.signTargets(t, 1, otherModelKey, listing)}}, bundle.ErrTargetNotSigned},
+		"role not delegated this path": {
+			w.signDelegating(t, 2, w.targetsKey, delegation(t, "models/other", modelKey, []string{"other/*/*"}, 0), nil),
+			[]bundle.DelegatedRole{{"models/other", w.signTargets(t, 1, modelKey, listing)}}, bundle.ErrTargetNotSigned},
+		"wrong bin": {top, []bundle.DelegatedRole{
+			{"models/" + model, w.signDelegating(t, 1, modelKey, delegation(t, "models/"+model+"/bins", binKey, nil, 1), nil)},
+			{otherBin(t, "models/"+model+"/bins", w.fw.Name), w.signTargets(t, 1, binKey, listing)},
+		}, bundle.ErrTargetNotSigned},
+		"target not in the chain's last role": {top, []bundle.DelegatedRole{{"models/" + model, w.signTargets(t, 1, modelKey, nil)}}, bundle.ErrTargetNotSigned},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			c := *b
+			c.TUF.Targets, c.TUF.Delegations = tt.top, tt.dels
+			res, err := v.Verify(&c)
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if err == nil && (res.TargetsVersion != 2 || res.TargetsRole != tt.dels[len(tt.dels)-1].Name) {
+				t.Fatalf("result %+v", res)
+			}
+		})
+	}
+}
+
+func binName(t *testing.T, prefix, path string) string {
+	r := (&metadata.SuccinctRoles{BitLength: 1, NamePrefix: prefix}).GetRolesForTarget(path)
+	return r[0].Name
+}
+
+func otherBin(t *testing.T, prefix, path string) string {
+	if binName(t, prefix, path) == prefix+"-0" {
+		return prefix + "-1"
+	}
+	return prefix + "-0"
 }

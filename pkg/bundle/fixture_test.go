@@ -63,7 +63,7 @@ func newWorld(t testing.TB) *world {
 	sum := sha256.Sum256([]byte("firmware 1.0.1"))
 	w.fw = attest.Target{Name: model + "/1.0.1/fw.bin", SHA256: hex.EncodeToString(sum[:]), Length: 14, Version: "1.0.1", ReleaseCounter: 1}
 	w.targetsJSON = w.signTargets(t, 1, w.targetsKey, map[string]targetSpec{
-		w.fw.Name:                {w.fw, model},
+		w.fw.Name:                 {w.fw, model},
 		"other-model/2.0.0/x.bin": {attest.Target{SHA256: hex.EncodeToString(sum[:]), Length: 14, Version: "2.0.0", ReleaseCounter: 1}, "other-model"},
 	})
 
@@ -131,8 +131,31 @@ type targetSpec struct {
 
 func (w *world) signTargets(t testing.TB, v int64, key ed25519.PrivateKey, targets map[string]targetSpec) []byte {
 	t.Helper()
+	return w.signDelegating(t, v, key, nil, targets)
+}
+
+// delegation delegates paths (nil: succinct bins of bitLength) to key.
+func delegation(t testing.TB, name string, key ed25519.PrivateKey, paths []string, bitLength int) *metadata.Delegations {
+	t.Helper()
+	k := tufKey(t, key)
+	id, err := k.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &metadata.Delegations{Keys: map[string]*metadata.Key{id: k}}
+	if paths != nil {
+		d.Roles = []metadata.DelegatedRole{{Name: name, KeyIDs: []string{id}, Threshold: 1, Terminating: true, Paths: paths}}
+	} else {
+		d.SuccinctRoles = &metadata.SuccinctRoles{KeyIDs: []string{id}, Threshold: 1, BitLength: bitLength, NamePrefix: name}
+	}
+	return d
+}
+
+func (w *world) signDelegating(t testing.TB, v int64, key ed25519.PrivateKey, d *metadata.Delegations, targets map[string]targetSpec) []byte {
+	t.Helper()
 	m := metadata.Targets(time.Now().Add(365 * 24 * time.Hour))
 	m.Signed.Version = v
+	m.Signed.Delegations = d
 	for path, spec := range targets {
 		h, _ := hex.DecodeString(spec.t.SHA256)
 		custom, _ := json.Marshal(map[string]any{"model": spec.model, "version": spec.t.Version, "release_counter": spec.t.ReleaseCounter, "hardware_ids": []string{}})

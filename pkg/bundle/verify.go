@@ -64,8 +64,11 @@ type Result struct {
 	LeafIndex int64
 	// Checkpoint is the verified checkpoint the entry is included in.
 	Checkpoint tlogverify.Checkpoint
-	// TargetsVersion and RootVersion name the TUF metadata that signed the target.
-	TargetsVersion, RootVersion int64
+	// RootVersion, TargetsVersion (top-level targets), TargetsRole and
+	// RoleVersion name the TUF metadata that signed the target.
+	RootVersion, TargetsVersion int64
+	TargetsRole                 string
+	RoleVersion                 int64
 }
 
 // Verifier verifies bundles against fixed trust roots. It remembers
@@ -81,9 +84,37 @@ type Verifier struct {
 	checkpoints map[string]tlogverify.Checkpoint
 }
 
+// verifiedTargets is a targets role whose signature chains to the trusted
+// root through parent (nil for the top-level targets role).
 type verifiedTargets struct {
 	meta        *metadata.Metadata[metadata.TargetsType]
+	role        string
+	parent      *verifiedTargets
 	rootVersion int64
+	topVersion  int64 // version of the top-level targets metadata
+}
+
+// delegatedPath reports whether every delegation on vt's chain covers path.
+// Signatures alone do not suffice: a role may only sign the paths its
+// delegator gave it (a model's key must not sign another model's images).
+func (vt *verifiedTargets) delegatedPath(path string) error {
+	for v := vt; v.parent != nil; v = v.parent {
+		d := v.parent.meta.Signed.Delegations
+		if d == nil {
+			return fmt.Errorf("%w: %s delegates nothing", ErrTargetNotSigned, v.parent.role)
+		}
+		if d.SuccinctRoles != nil && (d.SuccinctRoles.BitLength < 1 || d.SuccinctRoles.BitLength > 32) {
+			return fmt.Errorf("%w: %s has succinct roles with bit length %d", ErrTargetNotSigned, v.parent.role, d.SuccinctRoles.BitLength)
+		}
+		ok := false
+		for _, r := range d.GetRolesForTarget(path) {
+			ok = ok || r.Name == v.role
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s does not delegate %q to %s", ErrTargetNotSigned, v.parent.role, path, v.role)
+		}
+	}
+	return nil
 }
 
 // cacheEntries bounds each cache; a full cache is simply emptied.
@@ -177,6 +208,9 @@ func (v *Verifier) Verify(b *Bundle) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := vt.delegatedPath(in.New.Name); err != nil {
+		return nil, err
+	}
 	if err := checkTarget(vt.meta, in.New, p.Model); err != nil {
 		return nil, err
 	}
@@ -199,7 +233,7 @@ func (v *Verifier) Verify(b *Bundle) (*Result, error) {
 	return &Result{
 		Device: p, Statement: in, Certificate: leaf, IntegratedTime: at,
 		LeafIndex: b.Log.LeafIndex, Checkpoint: cp,
-		TargetsVersion: vt.meta.Signed.Version, RootVersion: vt.rootVersion,
+		TargetsVersion: vt.topVersion, TargetsRole: vt.role, RoleVersion: vt.meta.Signed.Version, RootVersion: vt.rootVersion,
 	}, nil
 }
 
@@ -244,6 +278,13 @@ func (v *Verifier) verifyTUF(ev TUFEvidence) (*verifiedTargets, error) {
 	}
 	h.Write([]byte{0xff})
 	h.Write(ev.Targets)
+	for _, d := range ev.Delegations {
+		for _, b := range [][]byte{[]byte(d.Name), d.Metadata} {
+			binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+			h.Write(n[:])
+			h.Write(b)
+		}
+	}
 	var key [32]byte
 	h.Sum(key[:0])
 	v.mu.Lock()
@@ -280,7 +321,17 @@ func (v *Verifier) verifyTUF(ev TUFEvidence) (*verifiedTargets, error) {
 	if err := cur.VerifyDelegate(metadata.TARGETS, tg); err != nil {
 		return nil, fmt.Errorf("%w: targets v%d is not signed by the targets keys of root v%d: %v", ErrTargetNotSigned, tg.Signed.Version, cur.Signed.Version, err)
 	}
-	vt = &verifiedTargets{meta: tg, rootVersion: cur.Signed.Version}
+	vt = &verifiedTargets{meta: tg, rootVersion: cur.Signed.Version, topVersion: tg.Signed.Version, role: metadata.TARGETS}
+	for _, d := range ev.Delegations {
+		next, err := metadata.Targets().FromBytes(d.Metadata)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s metadata: %v", ErrTargetNotSigned, d.Name, err)
+		}
+		if err := vt.meta.VerifyDelegate(d.Name, next); err != nil {
+			return nil, fmt.Errorf("%w: %s is not signed by the keys %s delegates to it: %v", ErrTargetNotSigned, d.Name, vt.role, err)
+		}
+		vt = &verifiedTargets{meta: next, rootVersion: vt.rootVersion, topVersion: vt.topVersion, role: d.Name, parent: vt}
+	}
 	v.mu.Lock()
 	if len(v.targets) >= cacheEntries {
 		clear(v.targets)

@@ -163,7 +163,10 @@ func (d *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("migrating store schema: %w", err)
 		}
 	}
-	return d.migrateIdentity(ctx)
+	if err := d.migrateIdentity(ctx); err != nil {
+		return err
+	}
+	return d.migrateAttestations(ctx)
 }
 
 // q rewrites ? placeholders for PostgreSQL.
@@ -524,87 +527,7 @@ func (d *DB) listReleases(ctx context.Context, where string, args ...any) ([]Rel
 	return out, rows.Err()
 }
 
-// --- attestations
-
-// AddAttestation stores an accepted attestation and, for a committed install,
-// updates the device's installed version. The sequence must be above the last
-// accepted one for the device (ErrReplay otherwise).
-func (d *DB) AddAttestation(ctx context.Context, a Attestation) (Attestation, error) {
-	a.ReceivedAt = d.now()
-	err := d.tx(ctx, func(tx *sql.Tx) error {
-		var last int64
-		err := tx.QueryRowContext(ctx, d.q(`SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate()), a.DeviceID).Scan(&last)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("device %s: %w", a.DeviceID, ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		if a.Sequence <= last {
-			return fmt.Errorf("%w (got %d, last %d)", ErrReplay, a.Sequence, last)
-		}
-		err = tx.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
-			a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt)).Scan(&a.ID)
-		if isUnique(err) {
-			return ErrReplay
-		}
-		if err != nil {
-			return fmt.Errorf("recording attestation: %w", err)
-		}
-		upd := `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
-		args := []any{a.Sequence, ts(a.ReceivedAt), a.DeviceID}
-		if a.Outcome == "committed" {
-			upd = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
-			args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
-		}
-		_, err = tx.ExecContext(ctx, d.q(upd), args...)
-		return err
-	})
-	if err != nil {
-		return Attestation{}, err
-	}
-	return a, nil
-}
-
-// GetAttestation returns a device's attestation with the given sequence.
-func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {
-	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", deviceID, seq)
-	if err != nil {
-		return Attestation{}, err
-	}
-	if len(as) == 0 {
-		return Attestation{}, fmt.Errorf("attestation %s #%d: %w", deviceID, seq, ErrNotFound)
-	}
-	return as[0], nil
-}
-
-// ListAttestations returns a device's attestations, oldest first ("" for all).
-func (d *DB) ListAttestations(ctx context.Context, deviceID string) ([]Attestation, error) {
-	if deviceID != "" {
-		return d.listAttestations(ctx, "WHERE device_id = ?", deviceID)
-	}
-	return d.listAttestations(ctx, "")
-}
-
-func (d *DB) listAttestations(ctx context.Context, where string, args ...any) ([]Attestation, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at FROM attestations `+where+` ORDER BY id`), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing attestations: %w", err)
-	}
-	defer rows.Close()
-	var out []Attestation
-	for rows.Next() {
-		var a Attestation
-		var env string
-		var at int64
-		if err := rows.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at); err != nil {
-			return nil, err
-		}
-		a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
-		out = append(out, a)
-	}
-	return out, rows.Err()
-}
+// --- attestations: attestations.go
 
 // --- audit trail
 

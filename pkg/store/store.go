@@ -101,6 +101,11 @@ type Attestation struct {
 	Counter    int64     `json:"release_counter"`
 	Envelope   []byte    `json:"-"`
 	ReceivedAt time.Time `json:"received_at"`
+	// LeafIndex is the attestation's entry in the transparency log (-1 for
+	// attestations accepted before the log existed).
+	LeafIndex int64 `json:"leaf_index"`
+	// CertSerial is the serial (hex) of the device certificate it was verified with.
+	CertSerial string `json:"cert_serial,omitempty"`
 }
 
 // AuditEvent records an admin action: who, what, when.

@@ -1,0 +1,419 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/foster-ota/foster/ota/blob"
+	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/attest"
+	"github.com/foster-ota/foster/pkg/bundle"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/store"
+)
+
+// Install attestation ingest (docs/ATTESTATIONS.md).
+//
+// An attestation is accepted only if every check passes, and then the
+// store's row and the log's entry are written in one transaction
+// (tlog.AppendWith), so they never disagree: a crash leaves both or neither,
+// and the device, which got no answer, re-sends. The checks:
+//
+//   - the device is enrolled, active, and its certificate unrevoked
+//     (authenticate, on this very request: a revoked device cannot attest,
+//     so everything logged was signed by a device not revoked when fosterd
+//     accepted it);
+//   - the envelope verifies with the key of the TLS client certificate,
+//     whose chain the handshake verified against the Foster root; that
+//     chain (without the root) is what the log records;
+//   - the statement names that device;
+//   - the installed target is in signed TUF targets metadata, for the
+//     device's model, with the stated digest, length, version and counter;
+//   - the sequence is above the device's last accepted one (replay), in the
+//     append transaction itself. Re-sending the identical envelope is
+//     acknowledged with its original bundle, so a device that lost the
+//     answer heals by retrying.
+
+type attestationResponse struct {
+	ID        int64          `json:"id"`
+	DeviceID  string         `json:"device_id"`
+	Sequence  int64          `json:"sequence"`
+	LeafIndex int64          `json:"leaf_index"`
+	Bundle    *bundle.Bundle `json:"bundle,omitempty"`
+}
+
+const codeUnsignedTarget = "unsigned_target"
+
+func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	p, cert := principalFrom(ctx)
+	env, err := readBounded(w, r, attest.MaxEnvelopeSize)
+	if err != nil {
+		return err
+	}
+	in, err := attest.Verify(env, cert.PublicKey)
+	if errors.Is(err, attest.ErrBadSignature) {
+		return apierr.New(http.StatusBadRequest, "bad_signature", "attestation is not signed by this device's key: %v", err)
+	}
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	if in.Device != p.URI() {
+		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "attestation names device %s but was sent by %s", in.Device, p.URI())
+	}
+	rel, err := s.cfg.Store.ReleaseByTarget(ctx, in.New.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q was never published", in.New.Name)
+	} else if err != nil {
+		return err
+	}
+	if rel.Model != p.Model || rel.SHA256 != in.New.SHA256 || rel.Length != in.New.Length ||
+		(in.New.Version != "" && in.New.Version != rel.Version) || (in.New.ReleaseCounter != 0 && in.New.ReleaseCounter != rel.Counter) {
+		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q with sha256 %s, length %d, version %q and counter %d does not match the one signed for model %s",
+			in.New.Name, in.New.SHA256, in.New.Length, in.New.Version, in.New.ReleaseCounter, p.Model)
+	}
+	ev, err := s.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
+	if err != nil {
+		return err
+	}
+
+	at := s.cfg.Now().UTC().Truncate(time.Second)
+	entry := bundle.NewEntry(env, verifiedChain(r), at)
+	leaf, err := entry.Marshal()
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	var rec store.Attestation
+	_, cp, err := s.cfg.Log.AppendWith(ctx, [][]byte{leaf}, func(ctx context.Context, tx *sql.Tx, first int64) error {
+		var err error
+		rec, err = s.cfg.Store.AddAttestationTx(ctx, tx, store.Attestation{
+			DeviceID: p.URI(), Sequence: in.Sequence, Outcome: in.Outcome,
+			TargetPath: rel.TargetPath, SHA256: rel.SHA256, Version: rel.Version, Counter: rel.Counter,
+			Envelope: env, ReceivedAt: at, LeafIndex: first, CertSerial: cert.SerialNumber.Text(16),
+		})
+		return err
+	})
+	if errors.Is(err, store.ErrReplay) {
+		return s.resend(w, r, p, in.Sequence, env, ev, err)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := s.bundleFor(ctx, entry, rec.LeafIndex, cp, ev)
+	if err != nil {
+		return err
+	}
+	s.log.Info("attestation accepted", "device", p.URI(), "target", rel.TargetPath, "outcome", in.Outcome, "sequence", in.Sequence, "leaf_index", rec.LeafIndex)
+	return writeJSON(w, http.StatusCreated, attestationResponse{ID: rec.ID, DeviceID: rec.DeviceID, Sequence: rec.Sequence, LeafIndex: rec.LeafIndex, Bundle: b})
+}
+
+// resend answers an attestation whose sequence is taken: the identical
+// envelope (a device that crashed, or lost the answer, before filing it)
+// gets its original entry's bundle; anything else is a replay.
+func (s *Server) resend(w http.ResponseWriter, r *http.Request, p identity.Principal, seq int64, env []byte, ev bundle.TUFEvidence, replay error) error {
+	prev, err := s.cfg.Store.GetAttestation(r.Context(), p.URI(), seq)
+	if err != nil || !bytes.Equal(prev.Envelope, env) {
+		return apierr.New(http.StatusConflict, "replay", "%v", replay)
+	}
+	b, err := s.storedBundle(r.Context(), prev, &ev)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, attestationResponse{ID: prev.ID, DeviceID: prev.DeviceID, Sequence: prev.Sequence, LeafIndex: prev.LeafIndex, Bundle: b})
+}
+
+// storedBundle rebuilds the bundle of an accepted attestation from its log
+// entry, proven against the latest checkpoint. ev may be nil (it is then
+// recomputed from the entry). Attestations from before the log have none.
+func (s *Server) storedBundle(ctx context.Context, a store.Attestation, ev *bundle.TUFEvidence) (*bundle.Bundle, error) {
+	if a.LeafIndex < 0 {
+		return nil, nil
+	}
+	leaves, err := s.cfg.Log.Entries(ctx, a.LeafIndex, a.LeafIndex+1)
+	if err != nil {
+		return nil, fmt.Errorf("reading log entry %d: %w", a.LeafIndex, err)
+	}
+	entry, err := bundle.ParseEntry(leaves[0])
+	if err != nil {
+		return nil, fmt.Errorf("log entry %d: %w", a.LeafIndex, err)
+	}
+	if ev == nil {
+		certs, err := entry.Certificates()
+		if err != nil {
+			return nil, fmt.Errorf("log entry %d: %w", a.LeafIndex, err)
+		}
+		in, err := attest.Verify(entry.Envelope, certs[0].PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("log entry %d: %w", a.LeafIndex, err)
+		}
+		p, err := identity.ParseURI(in.Device)
+		if err != nil {
+			return nil, fmt.Errorf("log entry %d: %w", a.LeafIndex, err)
+		}
+		e, err := s.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
+		if err != nil {
+			return nil, err
+		}
+		ev = &e
+	}
+	cp, err := s.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.bundleFor(ctx, entry, a.LeafIndex, cp, *ev)
+}
+
+func (s *Server) bundleFor(ctx context.Context, e bundle.Entry, index int64, cp []byte, ev bundle.TUFEvidence) (*bundle.Bundle, error) {
+	size, proof, err := s.cfg.Log.ProveInclusion(ctx, index, cp)
+	if err != nil {
+		return nil, fmt.Errorf("proving log entry %d: %w", index, err)
+	}
+	return &bundle.Bundle{
+		MediaType: bundle.MediaType, Envelope: e.Envelope, CertChain: bundle.ChainPEM(e.CertChain), IntegratedTime: e.IntegratedTime,
+		Log: bundle.LogProof{LeafIndex: index, TreeSize: size, InclusionProof: proof, Checkpoint: string(cp)},
+		TUF: ev,
+	}, nil
+}
+
+// attestationBundle serves the bundle of an accepted attestation to
+// auditors: GET /v1/attestations/{device}/{sequence}/bundle.
+func (s *Server) attestationBundle(w http.ResponseWriter, r *http.Request) error {
+	seq, err := strconv.ParseInt(r.PathValue("sequence"), 10, 64)
+	if err != nil || seq <= 0 {
+		return badRequest("sequence must be a positive integer")
+	}
+	a, err := s.cfg.Store.GetAttestation(r.Context(), r.PathValue("device"), seq)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no attestation %d from %s", seq, r.PathValue("device"))
+	}
+	if err != nil {
+		return err
+	}
+	b, err := s.storedBundle(r.Context(), a, nil)
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "attestation %d from %s predates the transparency log", seq, a.DeviceID)
+	}
+	return writeJSON(w, http.StatusOK, b)
+}
+
+// verifiedChain is the client's chain as the TLS handshake verified it,
+// without the root (the auditor brings their own).
+func verifiedChain(r *http.Request) []*x509.Certificate {
+	chain := r.TLS.VerifiedChains[0]
+	if len(chain) > 1 {
+		chain = chain[:len(chain)-1]
+	}
+	return chain
+}
+
+// tufEvidence finds and caches the signed TUF metadata a bundle carries.
+// Consistent snapshots make every N.<role>.json immutable, so the cache
+// never goes stale. Safe for concurrent use.
+type tufEvidence struct {
+	blobs    blob.Store
+	versions func() (root, targets, snapshot, timestamp int64)
+
+	mu        sync.Mutex
+	roots     map[int64]json.RawMessage
+	snapshots map[int64]*metadata.Metadata[metadata.SnapshotType]
+	targets   map[string]*targetsDoc // by "<version>.<role>"
+}
+
+type targetsDoc struct {
+	raw  json.RawMessage
+	meta *metadata.Metadata[metadata.TargetsType]
+}
+
+const evidenceCache = 256 // entries per map; a full map is emptied
+
+// forTarget returns the evidence that t is signed for model: root versions
+// 2..current, and the targets metadata chain (top-level targets, then the
+// delegated roles down to the one listing t) of snapshot version claimed
+// (the one the device says it used) if the repository has it and it lists
+// t, else of the current snapshot.
+func (e *tufEvidence) forTarget(ctx context.Context, claimed int64, t attest.Target, model string) (bundle.TUFEvidence, error) {
+	rootV, _, snapV, _ := e.versions()
+	candidates := []int64{snapV}
+	if claimed >= 1 && claimed < snapV {
+		candidates = []int64{claimed, snapV}
+	}
+	var ev bundle.TUFEvidence
+	lastErr := fmt.Errorf("%w: %q is not in signed targets metadata", bundle.ErrTargetNotSigned, t.Name)
+	found := false
+	for _, v := range candidates {
+		snap, err := e.snapshotAt(ctx, v)
+		if errors.Is(err, blob.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return ev, err
+		}
+		top, ok := snap.Signed.Meta["targets.json"]
+		if !ok {
+			return ev, fmt.Errorf("snapshot v%d lists no targets.json", v)
+		}
+		doc, err := e.targetsAt(ctx, metadata.TARGETS, top.Version)
+		if err != nil {
+			return ev, err
+		}
+		dels, err := e.walk(ctx, snap, doc, t, model, nil)
+		if err == nil {
+			ev.Targets, ev.Delegations, found = doc.raw, dels, true
+			break
+		}
+		if !errors.Is(err, bundle.ErrTargetNotSigned) {
+			return ev, err
+		}
+		lastErr = err
+	}
+	if !found {
+		return ev, apierr.New(http.StatusBadRequest, codeUnsignedTarget, "%v", lastErr)
+	}
+	ev.Roots = []json.RawMessage{}
+	for v := int64(2); v <= rootV; v++ {
+		raw, err := e.rootAt(ctx, v)
+		if err != nil {
+			return bundle.TUFEvidence{}, err
+		}
+		ev.Roots = append(ev.Roots, raw)
+	}
+	return ev, nil
+}
+
+// walk searches doc and the roles it delegates t's path to (pre-order, as
+// a TUF client does, stopping at terminating roles) for t, and returns the
+// chain of delegated roles below doc that lists it.
+func (e *tufEvidence) walk(ctx context.Context, snap *metadata.Metadata[metadata.SnapshotType], doc *targetsDoc, t attest.Target, model string, chain []bundle.DelegatedRole) ([]bundle.DelegatedRole, error) {
+	if _, ok := doc.meta.Signed.Targets[t.Name]; ok {
+		return chain, bundle.CheckTarget(doc.meta, t, model)
+	}
+	d := doc.meta.Signed.Delegations
+	notFound := fmt.Errorf("%w: %q is not in signed targets metadata", bundle.ErrTargetNotSigned, t.Name)
+	if d == nil || len(chain) >= bundle.MaxDelegations {
+		return nil, notFound
+	}
+	if d.SuccinctRoles != nil && (d.SuccinctRoles.BitLength < 1 || d.SuccinctRoles.BitLength > 32) {
+		return nil, fmt.Errorf("succinct roles with bit length %d", d.SuccinctRoles.BitLength)
+	}
+	for _, r := range d.GetRolesForTarget(t.Name) {
+		mf, ok := snap.Signed.Meta[r.Name+".json"]
+		if !ok {
+			continue
+		}
+		child, err := e.targetsAt(ctx, r.Name, mf.Version)
+		if err != nil {
+			return nil, err
+		}
+		found, err := e.walk(ctx, snap, child, t, model, append(chain[:len(chain):len(chain)], bundle.DelegatedRole{Name: r.Name, Metadata: child.raw}))
+		if err == nil || !errors.Is(err, bundle.ErrTargetNotSigned) {
+			return found, err
+		}
+		notFound = err
+		if r.Terminating {
+			break
+		}
+	}
+	return nil, notFound
+}
+
+func (e *tufEvidence) snapshotAt(ctx context.Context, v int64) (*metadata.Metadata[metadata.SnapshotType], error) {
+	e.mu.Lock()
+	s := e.snapshots[v]
+	e.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	raw, err := e.read(ctx, fmt.Sprintf("tuf/%d.snapshot.json", v), bundle.MaxTargetsSize)
+	if err != nil {
+		return nil, err
+	}
+	if s, err = metadata.Snapshot().FromBytes(raw); err != nil {
+		return nil, fmt.Errorf("parsing tuf/%d.snapshot.json: %w", v, err)
+	}
+	e.mu.Lock()
+	if len(e.snapshots) >= evidenceCache {
+		clear(e.snapshots)
+	}
+	e.snapshots[v] = s
+	e.mu.Unlock()
+	return s, nil
+}
+
+func (e *tufEvidence) targetsAt(ctx context.Context, role string, v int64) (*targetsDoc, error) {
+	key := fmt.Sprintf("tuf/%d.%s.json", v, role)
+	e.mu.Lock()
+	d := e.targets[key]
+	e.mu.Unlock()
+	if d != nil {
+		return d, nil
+	}
+	raw, err := e.read(ctx, key, bundle.MaxTargetsSize)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := metadata.Targets().FromBytes(raw)
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", key, err)
+	}
+	d = &targetsDoc{raw: raw, meta: meta}
+	e.mu.Lock()
+	if len(e.targets) >= evidenceCache {
+		clear(e.targets)
+	}
+	e.targets[key] = d
+	e.mu.Unlock()
+	return d, nil
+}
+func (e *tufEvidence) rootAt(ctx context.Context, v int64) (json.RawMessage, error) {
+	e.mu.Lock()
+	raw := e.roots[v]
+	e.mu.Unlock()
+	if raw != nil {
+		return raw, nil
+	}
+	raw, err := e.read(ctx, fmt.Sprintf("tuf/%d.root.json", v), bundle.MaxRootSize)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if len(e.roots) >= evidenceCache {
+		clear(e.roots)
+	}
+	e.roots[v] = raw
+	e.mu.Unlock()
+	return raw, nil
+}
+
+func (e *tufEvidence) read(ctx context.Context, key string, limit int64) ([]byte, error) {
+	f, _, err := e.blobs.Open(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if int64(len(raw)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", key, limit)
+	}
+	if !json.Valid(raw) {
+		return nil, fmt.Errorf("%s is not JSON", key)
+	}
+	return raw, nil
+}

@@ -1,0 +1,124 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// attestationLogColumns extend the walking skeleton's attestations table
+// for the transparency log. Rows from before the log have leaf_index -1.
+var attestationLogColumns = [][2]string{
+	{"leaf_index", "BIGINT NOT NULL DEFAULT -1"},
+	{"cert_serial", "TEXT NOT NULL DEFAULT ''"},
+}
+
+func (d *DB) migrateAttestations(ctx context.Context) error {
+	for _, c := range attestationLogColumns {
+		if err := d.addColumn(ctx, "attestations", c[0], c[1]); err != nil {
+			return err
+		}
+	}
+	// Time-to-patch and report queries scan committed installs per device.
+	if _, err := d.db.ExecContext(ctx, `CREATE INDEX IF NOT EXISTS attestations_outcome ON attestations (outcome, device_id, counter)`); err != nil {
+		return fmt.Errorf("migrating attestations: %w", err)
+	}
+	return nil
+}
+
+// AddAttestation stores an accepted attestation that is not in the
+// transparency log (LeafIndex -1) and, for a committed install, updates the
+// device's installed version. The sequence must be above the last accepted
+// one for the device (ErrReplay otherwise). fosterd's ingest uses
+// AddAttestationTx instead.
+func (d *DB) AddAttestation(ctx context.Context, a Attestation) (Attestation, error) {
+	a.LeafIndex = -1
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		a, err = d.AddAttestationTx(ctx, tx, a)
+		return err
+	})
+	if err != nil {
+		return Attestation{}, err
+	}
+	return a, nil
+}
+
+// AddAttestationTx is AddAttestation inside the caller's transaction (the
+// transparency log's append, so the row and the log entry commit together).
+// ReceivedAt defaults to now; LeafIndex is recorded as given.
+func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (Attestation, error) {
+	if a.ReceivedAt.IsZero() {
+		a.ReceivedAt = d.now()
+	}
+	var last int64
+	err := tx.QueryRowContext(ctx, d.q(`SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate()), a.DeviceID).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Attestation{}, fmt.Errorf("device %s: %w", a.DeviceID, ErrNotFound)
+	}
+	if err != nil {
+		return Attestation{}, fmt.Errorf("reading device: %w", err)
+	}
+	if a.Sequence <= last {
+		return Attestation{}, fmt.Errorf("%w (got %d, last %d)", ErrReplay, a.Sequence, last)
+	}
+	err = tx.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+		a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt), a.LeafIndex, a.CertSerial).Scan(&a.ID)
+	if isUnique(err) {
+		return Attestation{}, ErrReplay
+	}
+	if err != nil {
+		return Attestation{}, fmt.Errorf("recording attestation: %w", err)
+	}
+	upd := `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
+	args := []any{a.Sequence, ts(a.ReceivedAt), a.DeviceID}
+	if a.Outcome == "committed" {
+		upd = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
+		args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
+	}
+	if _, err := tx.ExecContext(ctx, d.q(upd), args...); err != nil {
+		return Attestation{}, fmt.Errorf("updating device: %w", err)
+	}
+	return a, nil
+}
+
+// GetAttestation returns a device's attestation with the given sequence.
+func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {
+	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", deviceID, seq)
+	if err != nil {
+		return Attestation{}, err
+	}
+	if len(as) == 0 {
+		return Attestation{}, fmt.Errorf("attestation %s #%d: %w", deviceID, seq, ErrNotFound)
+	}
+	return as[0], nil
+}
+
+// ListAttestations returns a device's attestations, oldest first ("" for all).
+func (d *DB) ListAttestations(ctx context.Context, deviceID string) ([]Attestation, error) {
+	if deviceID != "" {
+		return d.listAttestations(ctx, "WHERE device_id = ?", deviceID)
+	}
+	return d.listAttestations(ctx, "")
+}
+
+func (d *DB) listAttestations(ctx context.Context, where string, args ...any) ([]Attestation, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing attestations: %w", err)
+	}
+	defer rows.Close()
+	var out []Attestation
+	for rows.Next() {
+		var a Attestation
+		var env string
+		var at int64
+		if err := rows.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at, &a.LeafIndex, &a.CertSerial); err != nil {
+			return nil, err
+		}
+		a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,211 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// MaxReportDevices bounds each device list in a FleetReport; longer lists
+// are cut and the report marked Truncated (counts stay exact).
+const MaxReportDevices = 10000
+
+// FleetReport is the auditor's view of patch status (`foster audit report`).
+// Revoked devices are left out.
+type FleetReport struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	// Model limits the report to one model ("" for all).
+	Model string `json:"model,omitempty"`
+	// StaleDays is the silence after which a device is an orphan candidate.
+	StaleDays int             `json:"stale_days"`
+	Releases  []ReleaseStatus `json:"releases"`
+	// Behind lists active devices not on their model's latest release.
+	Behind []DeviceStatus `json:"behind"`
+	// Stale lists active devices with no attestation (and no enrollment) for StaleDays.
+	Stale []DeviceStatus `json:"stale"`
+	// Truncated says a device list hit MaxReportDevices.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// ReleaseStatus is one release and the devices on it.
+type ReleaseStatus struct {
+	Model       string    `json:"model"`
+	Version     string    `json:"version"`
+	Counter     int64     `json:"release_counter"`
+	Target      string    `json:"target"`
+	PublishedAt time.Time `json:"published_at"`
+	Latest      bool      `json:"latest"`
+	// Installed counts the active devices whose last committed install is this release.
+	Installed int      `json:"installed"`
+	Devices   []string `json:"devices"`
+	// Committed counts devices that ever attested a committed install of it.
+	Committed int `json:"committed"`
+	// TimeToPatch is the distribution, over those devices, of the time from
+	// publication to their first committed attestation (as logged by fosterd).
+	TimeToPatch *Percentiles `json:"time_to_patch,omitempty"`
+}
+
+// Percentiles of a duration distribution, in seconds (nearest rank).
+type Percentiles struct {
+	P50 float64 `json:"p50_seconds"`
+	P90 float64 `json:"p90_seconds"`
+	P99 float64 `json:"p99_seconds"`
+	Max float64 `json:"max_seconds"`
+}
+
+// DeviceStatus is one device in a report list.
+type DeviceStatus struct {
+	ID                string    `json:"id"`
+	Model             string    `json:"model"`
+	Serial            string    `json:"serial"`
+	InstalledVersion  string    `json:"installed_version,omitempty"`
+	InstalledCounter  int64     `json:"installed_release_counter"`
+	LatestVersion     string    `json:"latest_version,omitempty"`
+	LatestCounter     int64     `json:"latest_release_counter"`
+	ReleasesBehind    int       `json:"releases_behind"`
+	EnrolledAt        time.Time `json:"enrolled_at"`
+	LastAttestationAt time.Time `json:"last_attestation_at,omitzero"`
+}
+
+// FleetReport computes the report for model ("" for all) with orphan
+// candidates silent for staleDays or more.
+func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*FleetReport, error) {
+	if staleDays < 0 {
+		return nil, fmt.Errorf("stale days must not be negative")
+	}
+	now := d.now()
+	rep := &FleetReport{GeneratedAt: now, Model: model, StaleDays: staleDays, Releases: []ReleaseStatus{}, Behind: []DeviceStatus{}, Stale: []DeviceStatus{}}
+	rels, err := d.ListReleases(ctx, model)
+	if err != nil {
+		return nil, err
+	}
+	type key struct {
+		model   string
+		counter int64
+	}
+	byKey := map[key]*ReleaseStatus{}
+	latest := map[string]*ReleaseStatus{}
+	counters := map[string][]int64{} // ascending, per model
+	slices.SortFunc(rels, func(a, b Release) int {
+		if a.Model != b.Model {
+			if a.Model < b.Model {
+				return -1
+			}
+			return 1
+		}
+		return int(a.Counter - b.Counter)
+	})
+	rep.Releases = make([]ReleaseStatus, len(rels))
+	for i, r := range rels {
+		rep.Releases[i] = ReleaseStatus{Model: r.Model, Version: r.Version, Counter: r.Counter, Target: r.TargetPath, PublishedAt: r.CreatedAt, Devices: []string{}}
+		rs := &rep.Releases[i]
+		byKey[key{r.Model, r.Counter}] = rs
+		latest[r.Model] = rs // ascending: the last one wins
+		counters[r.Model] = append(counters[r.Model], r.Counter)
+	}
+	for _, rs := range latest {
+		rs.Latest = true
+	}
+
+	where, args := `WHERE status = ?`, []any{DeviceActive}
+	if model != "" {
+		where, args = where+` AND model = ?`, append(args, model)
+	}
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, serial, model, installed_version, installed_counter, last_attestation_at, enrolled_at FROM devices `+where+` ORDER BY model, serial`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading devices: %w", err)
+	}
+	defer rows.Close()
+	staleBefore := now.Add(-time.Duration(staleDays) * 24 * time.Hour)
+	for rows.Next() {
+		var ds DeviceStatus
+		var last, enrolled int64
+		if err := rows.Scan(&ds.ID, &ds.Serial, &ds.Model, &ds.InstalledVersion, &ds.InstalledCounter, &last, &enrolled); err != nil {
+			return nil, fmt.Errorf("reading devices: %w", err)
+		}
+		ds.LastAttestationAt, ds.EnrolledAt = fromTS(last), fromTS(enrolled)
+		if rs := byKey[key{ds.Model, ds.InstalledCounter}]; rs != nil {
+			rs.Installed++
+			if len(rs.Devices) < MaxReportDevices {
+				rs.Devices = append(rs.Devices, ds.ID)
+			} else {
+				rep.Truncated = true
+			}
+		}
+		if l := latest[ds.Model]; l != nil && ds.InstalledCounter < l.Counter {
+			ds.LatestVersion, ds.LatestCounter = l.Version, l.Counter
+			for _, c := range counters[ds.Model] {
+				if c > ds.InstalledCounter {
+					ds.ReleasesBehind++
+				}
+			}
+			rep.Truncated = appendBounded(&rep.Behind, ds) || rep.Truncated
+		}
+		seen := ds.EnrolledAt
+		if ds.LastAttestationAt.After(seen) {
+			seen = ds.LastAttestationAt
+		}
+		if !seen.After(staleBefore) {
+			rep.Truncated = appendBounded(&rep.Stale, ds) || rep.Truncated
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading devices: %w", err)
+	}
+	rows.Close()
+
+	// Time to patch: first committed attestation of each device per release.
+	where, args = `WHERE a.outcome = ?`, []any{"committed"}
+	if model != "" {
+		where, args = where+` AND d.model = ?`, append(args, model)
+	}
+	trows, err := d.db.QueryContext(ctx, d.q(`SELECT d.model, a.counter, MIN(a.received_at) FROM attestations a JOIN devices d ON d.id = a.device_id `+where+` GROUP BY a.device_id, d.model, a.counter`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading attestations: %w", err)
+	}
+	defer trows.Close()
+	ttp := map[*ReleaseStatus][]float64{}
+	for trows.Next() {
+		var k key
+		var first int64
+		if err := trows.Scan(&k.model, &k.counter, &first); err != nil {
+			return nil, fmt.Errorf("reading attestations: %w", err)
+		}
+		rs := byKey[k]
+		if rs == nil {
+			continue
+		}
+		rs.Committed++
+		ttp[rs] = append(ttp[rs], math.Max(0, fromTS(first).Sub(rs.PublishedAt).Seconds()))
+	}
+	if err := trows.Err(); err != nil {
+		return nil, fmt.Errorf("reading attestations: %w", err)
+	}
+	for rs, ds := range ttp {
+		rs.TimeToPatch = percentiles(ds)
+	}
+	return rep, nil
+}
+
+func appendBounded(list *[]DeviceStatus, ds DeviceStatus) (truncated bool) {
+	if len(*list) >= MaxReportDevices {
+		return true
+	}
+	*list = append(*list, ds)
+	return false
+}
+
+// percentiles uses the nearest-rank method.
+func percentiles(v []float64) *Percentiles {
+	if len(v) == 0 {
+		return nil
+	}
+	slices.Sort(v)
+	rank := func(p float64) float64 {
+		i := int(math.Ceil(p/100*float64(len(v)))) - 1
+		return v[min(max(i, 0), len(v)-1)]
+	}
+	return &Percentiles{P50: rank(50), P90: rank(90), P99: rank(99), Max: v[len(v)-1]}
+}
