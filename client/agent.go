@@ -2,31 +2,32 @@ package client
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
+	"sync/atomic"
 	"time"
 
+	"github.com/foster-ota/foster/client/internal/clock"
 	"github.com/foster-ota/foster/client/internal/fetch"
+	"github.com/foster-ota/foster/client/internal/install"
 	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/client/internal/outbox"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/client/internal/tufclient"
-	"github.com/foster-ota/foster/pkg/attest"
-	"github.com/foster-ota/foster/pkg/signing"
 )
 
 // Defaults.
 const (
 	DefaultRequestTimeout = 60 * time.Second // per API or metadata request
 	DefaultStallTimeout   = fetch.DefaultStallTimeout
-	DefaultInterval       = time.Hour // between checks in Run
-	maxTUFRoot            = 512000    // bytes, go-tuf's RootMaxLength
-	maxReason             = 1024      // bytes, attest's limit
+	DefaultInterval       = time.Hour       // between checks in Run
+	DefaultHealthTimeout  = 5 * time.Minute // per health check run
+	DefaultMaxReboots     = 3               // reboot requests per phase before giving up on them
+	DefaultRebootWait     = 5 * time.Minute // Run waits this long for a requested reboot
+	maxReason             = 1024            // bytes, attest's limit
 )
 
 // Target identifies a firmware target as signed in TUF metadata.
@@ -45,10 +46,34 @@ type Config struct {
 	// StallTimeout aborts a target download when no byte arrives for this
 	// long; default 60s. Downloads have no overall timeout.
 	StallTimeout time.Duration
+	// MinRate (bytes/s), when positive, abandons a download that receives
+	// less than MinRate*RateWindow in a RateWindow (default 60s); the partial
+	// download is resumed by a later run.
+	MinRate    int64
+	RateWindow time.Duration
+	// CheckpointEvery is how many bytes are downloaded between durable
+	// resume points; default 4 MiB.
+	CheckpointEvery int64
+	// HealthCheck is the command that decides whether a new image is
+	// healthy (exit status 0) once it runs; nil: running is healthy enough.
+	// It sees FOSTER_TARGET, FOSTER_VERSION, FOSTER_SLOT in its environment.
+	HealthCheck   []string
+	HealthTimeout time.Duration // default 5m
+	// RebootCommand reboots the device; default ["reboot"].
+	RebootCommand []string
+	// BootIDFile changes on every boot; default /proc/sys/kernel/random/boot_id.
+	BootIDFile string
+	// MaxReboots bounds reboot requests that do not happen; default 3.
+	MaxReboots int
+	// RebootWait is how long Run waits for a requested reboot; default 5m.
+	RebootWait time.Duration
+	// MaxClockLead and TimestampValidity tune the clock rule (client/internal/clock).
+	MaxClockLead      time.Duration
+	TimestampValidity time.Duration
 	// UserAgent is sent with every request; default "foster-agent".
 	UserAgent string
-	// Now is the clock; default time.Now. Only bookkeeping uses it: trust
-	// decisions rest on signed metadata (go-tuf checks expiry itself).
+	// Now is the wall clock; default time.Now. Trust decisions use the
+	// reference time derived from it and signed evidence (docs/AGENT.md).
 	Now func() time.Time
 }
 
@@ -62,6 +87,13 @@ type Agent struct {
 	api    fetch.Doer
 	dl     *fetch.Downloader
 	outbox *outbox.Outbox
+	cmd    install.Command
+	clock  clock.Source
+	// floor is the clock state (journal.Clock) in use; read by TLS handshakes.
+	floor atomic.Pointer[journal.Clock]
+	// serverNotBefore is the newest NotBefore of a verified server certificate (unix seconds).
+	serverNotBefore atomic.Int64
+	warnedClock     bool
 }
 
 // New loads the device identity from cfg.StateDir.
@@ -71,6 +103,21 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = DefaultHealthTimeout
+	}
+	if len(cfg.RebootCommand) == 0 {
+		cfg.RebootCommand = []string{"reboot"}
+	}
+	if cfg.MaxReboots <= 0 {
+		cfg.MaxReboots = DefaultMaxReboots
+	}
+	if cfg.RebootWait <= 0 {
+		cfg.RebootWait = DefaultRebootWait
+	}
+	if cfg.TimestampValidity <= 0 {
+		cfg.TimestampValidity = clock.DefaultTimestampValidity
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "foster-agent"
@@ -84,43 +131,95 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := orDiscard(cfg.Logger).With("device", id.principal.URI())
-	api, dl := id.httpClients(cfg.RequestTimeout)
 	a := &Agent{
 		cfg:    cfg,
 		layout: layout,
 		id:     id,
 		log:    log,
-		api:    userAgent{api, cfg.UserAgent},
-		dl:     &fetch.Downloader{Client: userAgent{dl, cfg.UserAgent}, StallTimeout: cfg.StallTimeout},
 		outbox: &outbox.Outbox{Layout: layout, Log: log},
+	}
+	a.clock = clock.Source{
+		Wall:    cfg.Now,
+		MaxLead: cfg.MaxClockLead,
+		BootID:  a.bootID,
+	}
+	a.floor.Store(&journal.Clock{})
+	api, dl := id.httpClients(cfg.RequestTimeout, a.now, a.sawServerCert)
+	a.api = userAgent{api, cfg.UserAgent}
+	a.dl = &fetch.Downloader{
+		Client:          userAgent{dl, cfg.UserAgent},
+		StallTimeout:    cfg.StallTimeout,
+		MinRate:         cfg.MinRate,
+		RateWindow:      cfg.RateWindow,
+		CheckpointEvery: cfg.CheckpointEvery,
+		Log:             log,
 	}
 	if err := layout.Ensure(); err != nil {
 		return nil, err
 	}
-	if now := cfg.Now(); now.After(id.chain[0].NotAfter) {
+	if now := a.now(); now.After(id.chain[0].NotAfter) {
 		log.Warn("device certificate has expired (or the clock is wrong); the server will refuse it until it is renewed",
 			"not_after", id.chain[0].NotAfter)
 	}
 	return a, nil
 }
 
+// now is the reference time: the wall clock unless signed evidence says it is wrong.
+func (a *Agent) now() time.Time {
+	t, _ := a.clock.Reference(*a.floor.Load())
+	return t
+}
+
+func (a *Agent) bootID() string { return clock.SystemBootID(a.cfg.BootIDFile) }
+
+func (a *Agent) sawServerCert(notBefore time.Time) {
+	for {
+		cur := a.serverNotBefore.Load()
+		if notBefore.Unix() <= cur || a.serverNotBefore.CompareAndSwap(cur, notBefore.Unix()) {
+			return
+		}
+	}
+}
+
+// loadClock starts from the journalled floor plus the evidence at hand.
+func (a *Agent) loadClock(j *journal.Journal) {
+	c := a.clock.Advance(j.State().Clock, a.id.chain[0].NotBefore, time.Unix(a.serverNotBefore.Load(), 0))
+	a.floor.Store(&c)
+	t, basis := a.clock.Reference(c)
+	if basis != clock.BasisWall && !a.warnedClock {
+		a.warnedClock = true
+		a.log.Warn("not trusting the wall clock", "wall", a.cfg.Now().UTC(), "using", t, "basis", string(basis))
+	}
+}
+
 // Report says what one RunOnce did.
 type Report struct {
 	// UpToDate is true when no newer target for this device was found.
 	UpToDate bool `json:"up_to_date"`
-	// Installed is the target this run installed (or finished installing after a restart).
+	// Installed is the target this run committed (or finished committing after a restart).
 	Installed *Target `json:"installed,omitempty"`
+	// RolledBack is the target this run rolled back.
+	RolledBack *Target `json:"rolled_back,omitempty"`
 	// Previous is what was installed before.
 	Previous *Target `json:"previous,omitempty"`
+	// Rebooting is true when the run requested a reboot to continue.
+	Rebooting bool `json:"rebooting,omitempty"`
+	// Phase is the journal's phase when the run ended.
+	Phase string `json:"phase"`
 	// AttestationsSent counts envelopes the server accepted during this run.
 	AttestationsSent int `json:"attestations_sent"`
 	// AttestationsQueued counts envelopes still waiting in the outbox.
 	AttestationsQueued int `json:"attestations_queued"`
 }
 
-// RunOnce finishes whatever a previous run left half-done, sends queued
-// attestations, checks for an update and installs it. An install succeeds
-// even when its attestation cannot be delivered yet (it stays queued).
+// ErrRolledBack is returned by RunOnce when the install it drove was rolled back.
+var ErrRolledBack = errors.New("install rolled back")
+
+// RunOnce finishes whatever a previous run (or boot) left in flight, sends
+// queued attestations, checks for an update and installs it. It returns with
+// Report.Rebooting when the install continues after a reboot. An install
+// succeeds even when its attestation cannot be delivered yet (it stays
+// queued).
 func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	if a.cfg.Installer == nil {
 		return nil, errors.New("no installer configured")
@@ -139,11 +238,22 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	j.SetClock(a.now)
+	a.loadClock(j)
 	rep := &Report{}
-	defer func() { rep.AttestationsQueued = a.queuedCount() }()
+	defer func() {
+		rep.AttestationsQueued = a.queuedCount()
+		rep.Phase = string(j.State().Phase)
+	}()
 
-	if err := a.resume(ctx, j, rep); err != nil {
+	if err := a.queueAttestations(j); err != nil {
 		return rep, a.recordError(j, err)
+	}
+	// Everything in flight past the download is driven to rest first: it
+	// needs no network, and the device may be running a trial image.
+	if err := a.drive(ctx, j, rep, true); err != nil || rep.Rebooting || rep.RolledBack != nil {
+		a.flush(ctx, rep)
+		return rep, a.recordError(j, rolledBack(rep, err))
 	}
 	a.flush(ctx, rep)
 
@@ -152,20 +262,30 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 		return rep, a.recordError(j, err)
 	}
 	if sel == nil {
+		if st := j.State(); st.Phase == journal.PhaseDownloading {
+			a.log.Info("the target being downloaded is no longer offered; abandoning it", "target", st.Pending.Target.Name)
+			if err := a.abandon(j, errors.New("target withdrawn")); err != nil {
+				return rep, err
+			}
+		}
 		rep.UpToDate = true
-		inst := j.State().Installed
-		if inst != nil {
+		if inst := j.State().Installed; inst != nil {
 			a.log.Info("up to date", "version", inst.Version, "release_counter", inst.ReleaseCounter)
 		} else {
 			a.log.Info("up to date", "installed", "none")
 		}
 		return rep, nil
 	}
-	if err := a.update(ctx, j, sel, rep); err != nil {
-		return rep, a.recordError(j, err)
-	}
+	err = a.update(ctx, j, sel, rep)
 	a.flush(ctx, rep)
-	return rep, nil
+	return rep, a.recordError(j, rolledBack(rep, err))
+}
+
+func rolledBack(rep *Report, err error) error {
+	if err == nil && rep.RolledBack != nil {
+		return fmt.Errorf("%w: %s", ErrRolledBack, rep.RolledBack.Name)
+	}
+	return err
 }
 
 // Run checks for updates now and then every interval (±10% jitter, so a
@@ -177,13 +297,17 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 	}
 	backoff := 30 * time.Second
 	for {
-		_, err := a.RunOnce(ctx)
+		rep, err := a.RunOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		wait := jitter(interval)
 		switch {
-		case err == nil:
+		case rep != nil && rep.Rebooting:
+			// The reboot should end this process; if it does not, look again.
+			wait = a.cfg.RebootWait
+			a.log.Info("waiting for the reboot", "timeout", wait)
+		case err == nil || errors.Is(err, ErrRolledBack):
 			backoff = 30 * time.Second
 		case IsTransient(err):
 			wait = min(jitter(backoff), wait)
@@ -216,277 +340,55 @@ type selection struct {
 
 // check refreshes TUF metadata and selects a target, or nil when up to date.
 func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, error) {
-	root, err := statedir.ReadBounded(a.layout.TUFRoot(), maxTUFRoot)
-	if err != nil {
-		return nil, fmt.Errorf("reading trusted TUF root: %w", err)
-	}
+	st := j.State()
 	tc, err := tufclient.New(ctx, tufclient.Config{
-		Server:      a.id.cfg.Server,
-		MetadataDir: a.layout.TUFDir(),
-		Root:        root,
-		HTTP:        a.api,
-		UserAgent:   a.cfg.UserAgent,
+		MetadataURL:    a.id.cfg.Server + "/tuf/",
+		TargetsURL:     a.id.cfg.Server + "/targets/",
+		MetadataDir:    a.layout.TUFDir(),
+		KeepRootBackup: true,
+		HTTP:           a.api,
+		UserAgent:      a.cfg.UserAgent,
+		RefTime:        a.now(),
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := tc.Refresh(); err != nil {
+	seen, err := tc.Refresh(st.Seen)
+	if err != nil {
 		return nil, err
 	}
+	// A verified timestamp proves the time is past its signing, which is no
+	// earlier than its expiry minus the longest validity the repository uses.
+	evidence := tc.TimestampExpires().Add(-a.cfg.TimestampValidity)
+	floor := a.clock.Advance(*a.floor.Load(), evidence, time.Unix(a.serverNotBefore.Load(), 0))
+	a.floor.Store(&floor)
 	if err := j.Update(func(s *journal.State) {
-		s.LastCheck = a.cfg.Now().UTC()
+		s.LastCheck = a.now()
 		s.LastError, s.LastErrorAt = "", time.Time{}
+		s.Seen = seen
+		s.Clock = floor
 	}); err != nil {
 		return nil, err
 	}
 	var counter int64
-	if inst := j.State().Installed; inst != nil {
+	if inst := st.Installed; inst != nil {
 		counter = inst.ReleaseCounter
 	}
 	cand, err := tc.Latest(tufclient.Criteria{
 		Model:             a.id.cfg.Model,
 		HardwareID:        a.id.cfg.HardwareID,
 		MinReleaseCounter: counter,
+		Refused:           st.Failed,
 	})
 	if err != nil || cand == nil {
 		return nil, err
 	}
-	sel := &selection{target: targetOf(cand), url: tc.TargetURL(cand)}
+	sel := &selection{target: targetOf(cand), url: tc.TargetURL(cand.Name, cand.Info)}
 	sel.targetsVersion, sel.snapshotVersion = tc.Versions()
 	a.log.Info("update available", "target", sel.target.Name, "version", sel.target.Version,
 		"release_counter", sel.target.ReleaseCounter, "length", sel.target.Length,
 		"targets_version", sel.targetsVersion, "snapshot_version", sel.snapshotVersion)
 	return sel, nil
-}
-
-func targetOf(c *tufclient.Candidate) Target {
-	t := Target{
-		Name:           c.Name,
-		SHA256:         hex.EncodeToString(c.SHA256),
-		Length:         c.Info.Length,
-		Version:        c.Custom.Version,
-		ReleaseCounter: c.Custom.ReleaseCounter,
-	}
-	if c.SHA512 != nil {
-		t.SHA512 = hex.EncodeToString(c.SHA512)
-	}
-	return t
-}
-
-func expected(t Target) (Expected, error) {
-	e := Expected{Name: t.Name, Length: t.Length}
-	var err error
-	if e.SHA256, err = hex.DecodeString(t.SHA256); err != nil {
-		return e, fmt.Errorf("target %q: bad sha256 in journal: %w", t.Name, err)
-	}
-	if t.SHA512 != "" {
-		if e.SHA512, err = hex.DecodeString(t.SHA512); err != nil {
-			return e, fmt.Errorf("target %q: bad sha512 in journal: %w", t.Name, err)
-		}
-	}
-	return e, nil
-}
-
-// update downloads, verifies, installs and attests sel.
-func (a *Agent) update(ctx context.Context, j *journal.Journal, sel *selection, rep *Report) error {
-	inst := a.cfg.Installer
-	target := sel.target
-	want, err := expected(target)
-	if err != nil {
-		return err
-	}
-	p := &journal.Pending{
-		Target:          target,
-		TargetsVersion:  sel.targetsVersion,
-		SnapshotVersion: sel.snapshotVersion,
-		Installer:       inst.Name(),
-		Staged:          inst.StagingPath(),
-		Since:           a.cfg.Now().UTC(),
-	}
-	if err := j.Transition(journal.PhaseDownloading, func(s *journal.State) { s.Pending = p }); err != nil {
-		return err
-	}
-	a.log.Info("downloading", "target", target.Name, "to", p.Staged)
-	if err := a.dl.Download(ctx, sel.url, p.Staged, want); err != nil {
-		// Download removed the partial file; the installed image was never touched.
-		return a.abandon(j, err)
-	}
-	if err := j.Transition(journal.PhaseVerified, nil); err != nil {
-		return err
-	}
-	a.log.Info("verified", "target", target.Name, "sha256", target.SHA256)
-	return a.install(ctx, j, rep)
-}
-
-// install runs the installer on the verified staged image (from verified or,
-// when resuming, installing) and records the outcome.
-func (a *Agent) install(ctx context.Context, j *journal.Journal, rep *Report) error {
-	st := j.State()
-	if st.Phase != journal.PhaseInstalling {
-		if err := j.Transition(journal.PhaseInstalling, nil); err != nil {
-			return err
-		}
-	}
-	p := st.Pending
-	if err := a.cfg.Installer.Install(ctx, p.Staged); err != nil {
-		os.Remove(p.Staged)
-		ierr := fmt.Errorf("installing %q: %w", p.Target.Name, err)
-		if ferr := a.finish(j, attest.OutcomeFailed, ierr.Error()); ferr != nil {
-			return errors.Join(ierr, ferr)
-		}
-		return ierr
-	}
-	a.log.Info("installed", "target", p.Target.Name, "version", p.Target.Version,
-		"release_counter", p.Target.ReleaseCounter, "installer", a.cfg.Installer.Name())
-	if err := a.finish(j, attest.OutcomeCommitted, ""); err != nil {
-		return err
-	}
-	rep.Installed, rep.Previous = &p.Target, st.Installed
-	return nil
-}
-
-// finish records an install outcome and reserves its attestation sequence
-// number in the same journal write, then signs and queues the attestation.
-func (a *Agent) finish(j *journal.Journal, outcome, reason string) error {
-	st := j.State()
-	p := st.Pending
-	if len(reason) > maxReason {
-		reason = reason[:maxReason]
-	}
-	rec := journal.Attestation{
-		Sequence:        st.AttestSequence + 1,
-		Previous:        st.Installed,
-		New:             p.Target,
-		TargetsVersion:  p.TargetsVersion,
-		SnapshotVersion: p.SnapshotVersion,
-		Outcome:         outcome,
-		Reason:          reason,
-		Time:            a.cfg.Now().UTC(),
-	}
-	to := journal.PhaseIdle
-	if outcome == attest.OutcomeCommitted {
-		to = journal.PhaseCommitted
-	}
-	err := j.Transition(to, func(s *journal.State) {
-		if outcome == attest.OutcomeCommitted {
-			t := p.Target
-			s.Installed = &t
-			s.LastError = ""
-		} else {
-			s.LastError, s.LastErrorAt = reason, rec.Time
-		}
-		s.Pending = nil
-		s.AttestSequence = rec.Sequence
-		s.Unqueued = append(s.Unqueued, rec)
-	})
-	if err != nil {
-		return err
-	}
-	return a.queueAttestations(j)
-}
-
-// queueAttestations signs journalled outcomes into the outbox.
-func (a *Agent) queueAttestations(j *journal.Journal) error {
-	recs := j.State().Unqueued
-	if len(recs) == 0 {
-		return nil
-	}
-	signer, err := signing.FromPrivateKey(a.id.key)
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		env, err := attest.Sign(signer, attest.Install{
-			Device:          a.id.principal.URI(),
-			Previous:        attestTarget(r.Previous),
-			New:             *attestTarget(&r.New),
-			TargetsVersion:  r.TargetsVersion,
-			SnapshotVersion: r.SnapshotVersion,
-			Outcome:         r.Outcome,
-			Reason:          r.Reason,
-			Sequence:        r.Sequence,
-			Time:            r.Time,
-		})
-		if err != nil {
-			return fmt.Errorf("attestation %d: %w", r.Sequence, err)
-		}
-		if err := a.outbox.Put(r.Sequence, env); err != nil {
-			return err
-		}
-		a.log.Info("attestation queued", "sequence", r.Sequence, "outcome", r.Outcome, "target", r.New.Name)
-	}
-	return j.Update(func(s *journal.State) { s.Unqueued = nil })
-}
-
-func attestTarget(t *Target) *attest.Target {
-	if t == nil {
-		return nil
-	}
-	return &attest.Target{Name: t.Name, SHA256: t.SHA256, Length: t.Length, Version: t.Version, ReleaseCounter: t.ReleaseCounter}
-}
-
-// abandon returns to idle after a failure before anything was installed.
-func (a *Agent) abandon(j *journal.Journal, cause error) error {
-	if p := j.State().Pending; p != nil {
-		os.Remove(p.Staged)
-	}
-	now := a.cfg.Now().UTC()
-	if err := j.Transition(journal.PhaseIdle, func(s *journal.State) {
-		s.Pending = nil
-		s.LastError, s.LastErrorAt = cause.Error(), now
-	}); err != nil {
-		return errors.Join(cause, err)
-	}
-	return cause
-}
-
-// resume finishes or abandons the work a crashed or killed run left.
-func (a *Agent) resume(ctx context.Context, j *journal.Journal, rep *Report) error {
-	st := j.State()
-	inst := a.cfg.Installer
-	switch st.Phase {
-	case journal.PhaseDownloading:
-		a.log.Warn("previous download was interrupted; discarding it", "target", st.Pending.Target.Name)
-		_ = a.abandon(j, errors.New("download interrupted"))
-	case journal.PhaseVerified, journal.PhaseInstalling:
-		p := st.Pending
-		if p.Installer != inst.Name() || p.Staged != inst.StagingPath() {
-			a.log.Warn("abandoning an interrupted install made with another installer configuration",
-				"target", p.Target.Name, "installer", p.Installer, "staged", p.Staged)
-			_ = a.abandon(j, errors.New("interrupted install abandoned: installer configuration changed"))
-			break
-		}
-		want, err := expected(p.Target)
-		if err != nil {
-			_ = a.abandon(j, err)
-			break
-		}
-		if _, err := os.Stat(p.Staged); errors.Is(err, os.ErrNotExist) && st.Phase == journal.PhaseInstalling {
-			ok, err := inst.Installed(ctx, want)
-			if err != nil {
-				return err
-			}
-			if ok {
-				a.log.Info("previous install had completed; recording it", "target", p.Target.Name)
-				if err := a.finish(j, attest.OutcomeCommitted, ""); err != nil {
-					return err
-				}
-				rep.Installed, rep.Previous = &p.Target, st.Installed
-				break
-			}
-		}
-		// Re-verify: the staged file sat on disk across a crash.
-		if err := fetch.VerifyFile(p.Staged, want); err != nil {
-			a.log.Warn("staged image no longer verifies; discarding it", "target", p.Target.Name, "err", err)
-			_ = a.abandon(j, fmt.Errorf("interrupted install abandoned: %w", err))
-			break
-		}
-		a.log.Info("resuming interrupted install", "target", p.Target.Name, "phase", st.Phase)
-		if err := a.install(ctx, j, rep); err != nil {
-			return err
-		}
-	}
-	return a.queueAttestations(j)
 }
 
 // flush sends queued attestations; failures leave them queued for next time.
@@ -505,7 +407,10 @@ func (a *Agent) queuedCount() int {
 
 // recordError notes err in the journal (for status) and returns it.
 func (a *Agent) recordError(j *journal.Journal, err error) error {
-	now := a.cfg.Now().UTC()
+	if err == nil || errors.Is(err, ErrRolledBack) {
+		return err
+	}
+	now := a.now()
 	msg := err.Error()
 	_ = j.Update(func(s *journal.State) {
 		if s.LastError != msg {
@@ -524,4 +429,12 @@ type userAgent struct {
 func (u userAgent) Do(req *http.Request) (*http.Response, error) {
 	req.Header.Set("User-Agent", u.ua)
 	return u.d.Do(req)
+}
+
+func reasonOf(format string, args ...any) string {
+	r := fmt.Sprintf(format, args...)
+	if len(r) > maxReason {
+		r = r[:maxReason]
+	}
+	return r
 }

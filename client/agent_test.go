@@ -33,12 +33,14 @@ const (
 
 // device is an enrolled state dir plus the file the file installer replaces.
 type device struct {
-	t        *testing.T
-	dir      string
-	target   string
-	srv      *clienttest.Server
-	logs     *bytes.Buffer
-	hardware string
+	t          *testing.T
+	dir        string
+	target     string
+	srv        *clienttest.Server
+	logs       *bytes.Buffer
+	hardware   string
+	checkpoint int64
+	now        func() time.Time
 }
 
 func newEnv(t *testing.T, delegate bool) *clienttest.Server {
@@ -85,10 +87,12 @@ func (d *device) agent() *client.Agent {
 		d.t.Fatal(err)
 	}
 	a, err := client.New(client.Config{
-		StateDir:     d.dir,
-		Installer:    inst,
-		Logger:       slog.New(slog.NewTextHandler(d.logs, nil)),
-		StallTimeout: 2 * time.Second,
+		StateDir:        d.dir,
+		Installer:       inst,
+		Logger:          slog.New(slog.NewTextHandler(d.logs, nil)),
+		StallTimeout:    2 * time.Second,
+		CheckpointEvery: d.checkpoint,
+		Now:             d.now,
 	})
 	if err != nil {
 		d.t.Fatal(err)
@@ -185,7 +189,7 @@ func TestRunOnceInstallsVerifiesAndAttests(t *testing.T) {
 				t.Errorf("target requests %v, want [%s]", reqs, wantURL)
 			}
 			st := d.state()
-			if st.Phase != journal.PhaseCommitted || st.Installed == nil || st.Installed.ReleaseCounter != 1 ||
+			if st.Phase != journal.PhaseAttested || st.Installed == nil || st.Installed.ReleaseCounter != 1 ||
 				st.Installed.Version != "1.0.1" || st.AttestSequence != 1 || st.Pending != nil || st.LastCheck.IsZero() {
 				t.Fatalf("state %+v", st)
 			}
@@ -228,34 +232,27 @@ func TestRunOnceInstallsVerifiesAndAttests(t *testing.T) {
 	}
 }
 
-// Tampered, truncated, oversized and endless bodies must never reach the
-// installed file, and must leave no unverified bytes behind.
+// Tampered (arbitrary software), oversized and endless bodies must never
+// reach the installed file, and must leave no unverified bytes behind.
 func TestRunOnceRefusesBadTargetBytes(t *testing.T) {
 	tests := []struct {
 		name string
 		hook func(w http.ResponseWriter, r *http.Request, body []byte)
 		want string
 	}{
-		{"tampered", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+		{"tampered blob", func(w http.ResponseWriter, _ *http.Request, b []byte) {
 			bad := bytes.Clone(b)
 			bad[len(bad)/2] ^= 0xff
 			w.Write(bad)
 		}, "hash mismatch"},
-		{"truncated", func(w http.ResponseWriter, _ *http.Request, b []byte) {
-			w.Header().Set("Content-Length", fmt.Sprint(len(b)-10))
-			w.Write(b[:len(b)-10])
-		}, "length mismatch"},
-		{"connection cut", func(w http.ResponseWriter, _ *http.Request, b []byte) {
-			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-			w.Write(b[:len(b)/2])
-			w.(http.Flusher).Flush()
-			clienttest.DropConnection(w)
-		}, "length mismatch"},
-		{"oversized announced", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+		{"arbitrary software", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+			w.Write(bytes.Repeat([]byte("evil"), len(b)/4))
+		}, "hash mismatch"},
+		{"endless data announced", func(w http.ResponseWriter, _ *http.Request, b []byte) {
 			w.Header().Set("Content-Length", fmt.Sprint(len(b)+1))
 			w.Write(append(b, 'x'))
 		}, "length mismatch"},
-		{"endless", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+		{"endless data", func(w http.ResponseWriter, _ *http.Request, b []byte) {
 			w.Write(b) // chunked, no Content-Length
 			for i := 0; i < 1000; i++ {
 				if _, err := w.Write(bytes.Repeat([]byte("A"), 4096)); err != nil {
@@ -297,6 +294,65 @@ func TestRunOnceRefusesBadTargetBytes(t *testing.T) {
 			}
 			if d.targetContent() == "old firmware" {
 				t.Fatal("not installed after the fault cleared")
+			}
+		})
+	}
+}
+
+// Truncated download: a body cut short (by the network or on purpose) is
+// kept up to its last durable checkpoint and resumed with an HTTP Range
+// request; nothing is installed until every byte verifies.
+func TestRunOnceResumesTruncatedDownload(t *testing.T) {
+	tests := []struct {
+		name string
+		hook func(w http.ResponseWriter, r *http.Request, body []byte)
+	}{
+		{"short body", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)-100000))
+			w.Write(b[:len(b)-100000])
+		}},
+		{"connection cut", func(w http.ResponseWriter, _ *http.Request, b []byte) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+			w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			clienttest.DropConnection(w)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newEnv(t, false)
+			d := newDevice(t, srv)
+			d.checkpoint = 64 << 10
+			fw := bytes.Repeat([]byte("0123456789abcdef"), 40000) // 640 KB
+			name := publish(t, srv, model, "1.0.1", 1, fw)
+			srv.Lock(func() { srv.TargetHook = tt.hook })
+
+			_, err := d.runOnce()
+			if err == nil || !strings.Contains(err.Error(), "truncated download") || !client.IsTransient(err) {
+				t.Fatalf("err = %v, want a transient truncated download", err)
+			}
+			st := d.state()
+			if st.Phase != journal.PhaseDownloading || st.Pending.Downloaded == 0 || st.Pending.Target.Name != name {
+				t.Fatalf("state %+v", st)
+			}
+			if d.targetContent() != "old firmware" {
+				t.Fatal("partial image installed")
+			}
+			durable := st.Pending.Downloaded
+
+			srv.Lock(func() { srv.TargetHook = nil })
+			rep, err := d.runOnce()
+			if err != nil || rep.Installed == nil {
+				t.Fatalf("resume: %+v %v\n%s", rep, err, d.logs)
+			}
+			if d.targetContent() != string(fw) {
+				t.Fatal("resumed image differs")
+			}
+			if want := fmt.Sprintf("bytes=%d-", durable); len(srv.TargetRanges) != 2 || srv.TargetRanges[1] != want {
+				t.Fatalf("ranges %q, want second %q", srv.TargetRanges, want)
+			}
+			if got := srv.Received(); len(got) != 1 || got[0].Install.Outcome != attest.OutcomeCommitted {
+				t.Fatalf("attestations %d", len(got))
 			}
 		})
 	}
@@ -521,7 +577,7 @@ func TestStatusReportsIdentityAndInstall(t *testing.T) {
 		}
 	}
 	if st.Device != "urn:foster:device:edge-gw:SN-0001" || st.DeviceID != "dev-SN-0001" || st.Server != srv.URL ||
-		!st.CertNotAfter.Equal(leaf.NotAfter) || st.CertExpired || st.Phase != "committed" ||
+		!st.CertNotAfter.Equal(leaf.NotAfter) || st.CertExpired || st.Phase != "attested" ||
 		st.Installed == nil || st.Installed.Version != "1.0.1" || st.LastCheck.IsZero() ||
 		st.SentAttestations != 1 || len(st.QueuedAttestations) != 0 || st.AttestationSequence != 1 {
 		t.Fatalf("status %+v", st)

@@ -14,7 +14,7 @@ import (
 )
 
 // IsTransient reports whether retrying soon may help: network trouble,
-// server overload or 5xx, a stalled or cut-off download. Verification
+// server overload or 5xx, a stalled, slow or cut-off download (resumed). Verification
 // failures (bad signatures, hash or length mismatches of complete bodies,
 // certificate errors) and local problems are not transient: retrying them
 // hammers the server and the answer will not change until someone acts.
@@ -31,7 +31,8 @@ func IsTransient(err error) bool {
 	if errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &tlsVerify) {
 		return false
 	}
-	if errors.Is(err, fetch.ErrStalled) || errors.Is(err, io.ErrUnexpectedEOF) {
+	if errors.Is(err, fetch.ErrStalled) || errors.Is(err, fetch.ErrTruncated) || errors.Is(err, fetch.ErrSlowRetrieval) ||
+		errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
 	var dl *metadata.ErrDownloadHTTP

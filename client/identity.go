@@ -115,17 +115,28 @@ func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
 // httpClients builds the agent's mTLS clients. They share one transport;
 // api has an overall timeout, download relies on the downloader's stall
 // timeout so that slow links can still fetch large images.
-func (id *deviceIdentity) httpClients(requestTimeout time.Duration) (api, download *http.Client) {
+//
+// The server certificate is verified in VerifyConnection rather than by
+// crypto/tls so that validity is judged at the agent's reference time
+// (now), not the raw wall clock, and "not yet valid" is not held against a
+// device whose clock is behind the CA's signature (a dead RTC must not cut
+// the device off). Chain, key usage, host name and expiry are all checked;
+// sawServer receives the verified leaf's NotBefore as signed time evidence.
+func (id *deviceIdentity) httpClients(requestTimeout time.Duration, now func() time.Time, sawServer func(time.Time)) (api, download *http.Client) {
 	tr := &http.Transport{
 		Proxy:       http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig: &tls.Config{
 			RootCAs: id.roots,
-			// The current chain at every handshake: renewal swaps it.
+			// The current chain at every handshake: renewal swaps it (renew.go).
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				return id.tlsCert.Load(), nil
 			},
-			MinVersion: tls.VersionTLS12,
+			MinVersion:         tls.VersionTLS12,
+			InsecureSkipVerify: true, // verified below, at the trusted reference time
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return verifyServer(cs, id.roots, now(), sawServer)
+			},
 		},
 		TLSHandshakeTimeout:   15 * time.Second,
 		ResponseHeaderTimeout: requestTimeout,
@@ -134,4 +145,35 @@ func (id *deviceIdentity) httpClients(requestTimeout time.Duration) (api, downlo
 		ForceAttemptHTTP2:     true,
 	}
 	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: tr}
+}
+
+// verifyServer does what crypto/tls would, with CurrentTime the reference
+// time raised to the leaf's NotBefore.
+func verifyServer(cs tls.ConnectionState, roots *x509.CertPool, now time.Time, sawServer func(time.Time)) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("tls: server presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	at := now
+	if at.Before(leaf.NotBefore) {
+		at = leaf.NotBefore
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		DNSName:       cs.ServerName,
+		CurrentTime:   at,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+	}
+	if sawServer != nil {
+		sawServer(leaf.NotBefore)
+	}
+	return nil
 }

@@ -1,9 +1,6 @@
 package client
 
 import (
-	"context"
-	"fmt"
-
 	"github.com/foster-ota/foster/client/internal/fetch"
 	"github.com/foster-ota/foster/client/internal/install"
 )
@@ -11,34 +8,27 @@ import (
 // Expected is what signed metadata says a target is: name, length, hashes.
 type Expected = fetch.Expected
 
-// Installer puts a verified image in place. The agent downloads into
-// StagingPath, verifies it, journals that, and only then calls Install.
-type Installer interface {
-	// Name identifies the installer in the journal ("file").
-	Name() string
-	// StagingPath is where the image is downloaded to before verification.
-	StagingPath() string
-	// Install promotes the verified image at staged. It must be atomic: after
-	// a power cut either the old or the new image is in place.
-	Install(ctx context.Context, staged string) error
-	// Installed reports whether want is already in place; used to resume
-	// after a crash between Install and the journal recording it.
-	Installed(ctx context.Context, want Expected) (bool, error)
-}
+// Installer puts a verified image in place (see client/internal/install:
+// file, ab, rauc, swupdate, script). The agent streams the download into
+// the Dest that Prepare returns, verifies it, journals that, and only then
+// calls Install; every later step is idempotent and repeated after a crash.
+type Installer = install.Installer
 
-// InstallerNames lists the installers NewInstaller knows.
-var InstallerNames = []string{"file"}
+// InstallPlan is what an installer is told about one install.
+type InstallPlan = install.Plan
 
-// NewInstaller returns the named installer. target is the file the "file"
-// installer replaces.
-func NewInstaller(name, target string) (Installer, error) {
-	switch name {
-	case "file":
-		if target == "" {
-			return nil, fmt.Errorf("installer %q needs a target path (--target)", name)
-		}
-		return install.NewFile(target)
-	default:
-		return nil, fmt.Errorf("unknown installer %q (available: %v)", name, InstallerNames)
-	}
-}
+// InstallDest is where an installer wants an image streamed.
+type InstallDest = install.Dest
+
+// Running says which image runs (for custom installers).
+type Running = install.Running
+
+// BootStatus is a bootloader's trial state (for custom installers).
+type BootStatus = install.BootStatus
+
+// Values of Running.
+const (
+	RunningUnknown = install.RunningUnknown
+	RunningOld     = install.RunningOld
+	RunningNew     = install.RunningNew
+)

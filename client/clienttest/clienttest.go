@@ -6,6 +6,7 @@
 package clienttest
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -104,8 +105,13 @@ type Repo struct {
 // NewRepo creates a repository; when delegateModel is set, targets for that
 // model live in a delegated role models/<model> (paths <model>/*/*).
 func NewRepo(t testing.TB, delegateModel string) *Repo {
+	return NewRepoExpiring(t, delegateModel, time.Now().Add(7*24*time.Hour))
+}
+
+// NewRepoExpiring is NewRepo with every role expiring at exp.
+func NewRepoExpiring(t testing.TB, delegateModel string, exp time.Time) *Repo {
 	t.Helper()
-	exp := time.Now().Add(7 * 24 * time.Hour)
+	exp = exp.UTC().Truncate(time.Second)
 	r := &Repo{
 		keys:      map[string]ed25519.PrivateKey{},
 		root:      metadata.Root(exp),
@@ -196,6 +202,72 @@ func (r *Repo) AddTarget(t testing.TB, name string, data []byte, c Custom) *meta
 	return tf
 }
 
+// SetExpiry sets the expiry of targets, snapshot and timestamp (and the
+// delegated role) for the next Publish.
+func (r *Repo) SetExpiry(exp time.Time) {
+	exp = exp.UTC().Truncate(time.Second)
+	r.targets.Signed.Expires, r.snapshot.Signed.Expires, r.timestamp.Signed.Expires = exp, exp, exp
+	if r.delegated != nil {
+		r.delegated.Signed.Expires = exp
+	}
+}
+
+// Timestamp returns the current signed timestamp metadata.
+func (r *Repo) Timestamp() *metadata.Metadata[metadata.TimestampType] { return r.timestamp }
+
+// RotateRoot publishes the next root version (same keys, new expiry),
+// signed by the current root key: a device offline across many rotations
+// walks the chain on its next refresh.
+func (r *Repo) RotateRoot(t testing.TB, exp time.Time) {
+	t.Helper()
+	r.root.Signed.Version++
+	r.root.Signed.Expires = exp.UTC().Truncate(time.Second)
+	sign(t, r.root, r.keys[metadata.ROOT])
+	b, err := r.root.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Meta[fmt.Sprintf("%d.root.json", r.root.Signed.Version)] = b
+}
+
+// SignTimestampWith re-signs the current timestamp with a key the root does
+// not trust (arbitrary-software attacks on metadata).
+func (r *Repo) SignTimestampWith(t testing.TB, key ed25519.PrivateKey) {
+	t.Helper()
+	sign(t, r.timestamp, key)
+	b, err := r.timestamp.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Meta["timestamp.json"] = b
+}
+
+// Handler serves the repository without authentication, as a plain TUF
+// repository: /metadata/<file> and /targets/<path>. Requests are appended to
+// log (if not nil) as "metadata/<file>" or "targets/<path>".
+func (r *Repo) Handler(mu *sync.Mutex, log *[]string) http.Handler {
+	mux := http.NewServeMux()
+	serve := func(kind string, get func(string) ([]byte, bool)) http.HandlerFunc {
+		return func(w http.ResponseWriter, req *http.Request) {
+			name := req.PathValue("file")
+			mu.Lock()
+			if log != nil {
+				*log = append(*log, kind+"/"+name)
+			}
+			b, ok := get(name)
+			mu.Unlock()
+			if !ok {
+				http.NotFound(w, req)
+				return
+			}
+			http.ServeContent(w, req, "", time.Time{}, bytes.NewReader(b))
+		}
+	}
+	mux.HandleFunc("GET /metadata/{file...}", serve("metadata", func(n string) ([]byte, bool) { b, ok := r.Meta[n]; return b, ok }))
+	mux.HandleFunc("GET /targets/{file...}", serve("targets", func(n string) ([]byte, bool) { b, ok := r.Blobs[n]; return b, ok }))
+	return mux
+}
+
 // Publish re-signs targets, snapshot and timestamp with bumped versions.
 func (r *Repo) Publish(t testing.TB) {
 	t.Helper()
@@ -266,18 +338,29 @@ type Server struct {
 	tokens       map[string]*token
 	Enrolls      []EnrollRequest
 	Attestations []Received
+	// Resends counts attestations re-sent with identical bytes (accepted
+	// idempotently, as fosterd does, and not appended again).
+	Resends int
 	// TargetHook, when set, serves /targets/ instead of the repository
-	// (fault injection). body is what the repository would have served.
+	// (fault injection). body is what the repository would have served;
+	// ServeRange serves it honouring Range.
 	TargetHook func(w http.ResponseWriter, r *http.Request, body []byte)
+	// MetaHook, when set, may serve /tuf/ instead of the repository (return
+	// true when it did). body is nil for files the repository lacks.
+	MetaHook func(w http.ResponseWriter, r *http.Request, file string, body []byte) bool
 	// AttestationHook, when set, handles /v1/attestations (fault injection).
 	AttestationHook func(w http.ResponseWriter, r *http.Request) bool
 	TargetRequests  []string
+	// TargetRanges holds the Range header of each target request ("" for none).
+	TargetRanges []string
+	MetaRequests []string
+	lastSeq      map[string]int64
 }
 
 // NewServer starts a server with a fresh PKI and repository.
 func NewServer(t testing.TB, repo *Repo) *Server {
 	t.Helper()
-	s := &Server{PKI: NewPKI(t), Repo: repo, tokens: map[string]*token{}}
+	s := &Server{PKI: NewPKI(t), Repo: repo, tokens: map[string]*token{}, lastSeq: map[string]int64{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/enroll", s.enroll)
 	mux.HandleFunc("GET /tuf/{file...}", s.device(s.tuf))
@@ -383,8 +466,14 @@ func (s *Server) device(h http.HandlerFunc) http.HandlerFunc {
 
 func (s *Server) tuf(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	b, ok := s.Repo.Meta[r.PathValue("file")]
+	file := r.PathValue("file")
+	s.MetaRequests = append(s.MetaRequests, file)
+	b, ok := s.Repo.Meta[file]
+	hook := s.MetaHook
 	s.mu.Unlock()
+	if hook != nil && hook(w, r, file, b) {
+		return
+	}
 	if !ok {
 		apierr.Write(w, apierr.New(404, apierr.CodeNotFound, "no such metadata"))
 		return
@@ -396,6 +485,7 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	p := r.PathValue("path")
 	s.TargetRequests = append(s.TargetRequests, p)
+	s.TargetRanges = append(s.TargetRanges, r.Header.Get("Range"))
 	b, ok := s.Repo.Blobs[p]
 	hook := s.TargetHook
 	s.mu.Unlock()
@@ -407,8 +497,12 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request) {
 		hook(w, r, b)
 		return
 	}
-	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-	w.Write(b)
+	ServeRange(w, r, b)
+}
+
+// ServeRange serves body honouring Range, as fosterd does.
+func ServeRange(w http.ResponseWriter, r *http.Request, body []byte) {
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
 }
 
 func (s *Server) attestation(w http.ResponseWriter, r *http.Request) {
@@ -438,13 +532,31 @@ func (s *Server) attestation(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(403, apierr.CodeForbidden, "attestation is for another device"))
 		return
 	}
+	// Replay rules of fosterd: sequence numbers only go up; re-sending the
+	// identical envelope (an answer lost on the way back) is accepted again.
 	s.mu.Lock()
-	s.Attestations = append(s.Attestations, Received{Envelope: env, Install: in})
-	n := len(s.Attestations)
+	status, id := http.StatusCreated, 0
+	if in.Sequence <= s.lastSeq[in.Device] {
+		for i, prev := range s.Attestations {
+			if prev.Install.Device == in.Device && prev.Install.Sequence == in.Sequence && bytes.Equal(prev.Envelope, env) {
+				status, id = http.StatusOK, i+1
+			}
+		}
+		if status != http.StatusOK {
+			s.mu.Unlock()
+			apierr.Write(w, apierr.New(409, "replay", "sequence %d is not above %d", in.Sequence, s.lastSeq[in.Device]))
+			return
+		}
+		s.Resends++
+	} else {
+		s.lastSeq[in.Device] = in.Sequence
+		s.Attestations = append(s.Attestations, Received{Envelope: env, Install: in})
+		id = len(s.Attestations)
+	}
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
-	json.NewEncoder(w).Encode(map[string]string{"id": fmt.Sprint(n), "device_id": "dev-" + p.Serial()})
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"id": fmt.Sprint(id), "device_id": "dev-" + p.Serial()})
 }
 
 // DropConnection is an AttestationHook/TargetHook helper simulating a

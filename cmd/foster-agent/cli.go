@@ -31,9 +31,11 @@ Usage:
 
 Commands:
   enroll   generate the device key and obtain a device certificate with a one-time token
+           (an admin's token, or a factory station's offline token)
   run      check for a firmware update, download and verify it, install it, attest it
   status   show identity, certificate expiry, installed release and queued attestations
   renew    renew the device certificate (run does this when due, at ~2/3 of its life)
+  tuf      TUF client conformance mode: init, refresh, download (tuf-conformance client CLI)
   help     show help for a command: foster-agent help <command>
 
 Global flags (also accepted after the command):
@@ -63,6 +65,10 @@ type command struct {
 	name, summary, usage string
 	// flags registers the command's flags and returns the function that runs it.
 	flags func(fs *flag.FlagSet, g *globals) func(ctx context.Context, env *env) error
+	// args: the command takes positional arguments (env.args).
+	args bool
+	// failCode replaces exitUsage for usage errors (tuf: 1 on any failure).
+	failCode int
 }
 
 // env is what a command runs with.
@@ -70,6 +76,7 @@ type env struct {
 	g              *globals
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	args           []string
 }
 
 // usageError is a command-line mistake: exit code 2 and a pointer to --help.
@@ -79,7 +86,9 @@ func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
-func commands() []command { return []command{enrollCmd(), runCmd(), statusCmd(), renewCmd()} }
+func commands() []command {
+	return []command{enrollCmd(), runCmd(), statusCmd(), renewCmd(), tufCmd()}
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := &globals{stateDir: defaultStateDir, logLevel: "info"}
@@ -135,6 +144,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(w, "foster-agent %s: %s\n\nUsage:\n  %s\n\nFlags:\n", cmd.name, cmd.summary, cmd.usage)
 		printFlags(w, fs)
 	}
+	usageCode := exitUsage
+	if cmd.failCode != 0 {
+		usageCode = cmd.failCode
+	}
 	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printCmd(stdout)
@@ -142,23 +155,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "foster-agent %s: %v\n\n", cmd.name, err)
 		printCmd(stderr)
-		return exitUsage
+		return usageCode
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && !cmd.args {
 		fmt.Fprintf(stderr, "foster-agent %s: unexpected argument %q\n\n", cmd.name, fs.Arg(0))
 		printCmd(stderr)
-		return exitUsage
+		return usageCode
 	}
 	log, err := g.logger(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "foster-agent: %v\n", err)
-		return exitUsage
+		return usageCode
 	}
 	if g.stateDir == "" {
 		fmt.Fprintf(stderr, "foster-agent %s: --state-dir must not be empty\n", cmd.name)
-		return exitUsage
+		return usageCode
 	}
-	err = exec(ctx, &env{g: g, stdout: stdout, stderr: stderr, log: log})
+	err = exec(ctx, &env{g: g, stdout: stdout, stderr: stderr, log: log, args: fs.Args()})
 	var ue usageError
 	switch {
 	case err == nil:
@@ -166,7 +179,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "foster-agent %s: %v\n\n", cmd.name, err)
 		printCmd(stderr)
-		return exitUsage
+		return usageCode
 	default:
 		fmt.Fprintf(stderr, "foster-agent %s: %v\n", cmd.name, err)
 		return exitError
@@ -252,42 +265,102 @@ func enrollCmd() command {
 func runCmd() command {
 	return command{
 		name:    "run",
-		summary: "check for, download, verify, install and attest firmware updates",
-		usage:   "foster-agent --state-dir DIR run [--once] [--interval 1h] --installer file --target PATH",
+		summary: "check for, download, verify, install, health-check, commit or roll back, and attest firmware updates",
+		usage: "foster-agent --state-dir DIR run [--once] [--config FILE] [--installer NAME] [--target PATH] [flags]\n" +
+			"  (the installer and its settings come from the config file, default " + client.DefaultConfigPath + " when it exists;\n" +
+			"   flags override it; docs/AGENT.md documents the file)",
 		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
 			var (
-				once                  bool
-				interval              time.Duration
-				installer, target     string
-				reqTimeout, stallTime time.Duration
+				once                   bool
+				configPath             string
+				interval               time.Duration
+				installer, target      string
+				reqTimeout, stallTime  time.Duration
+				minRate                int64
+				healthCheck            string
+				healthTimeout          time.Duration
+				rebootCommand, bootIDs string
 			)
-			fs.BoolVar(&once, "once", false, "check once, install if needed, and exit (default: loop until SIGINT/SIGTERM)")
+			fs.BoolVar(&once, "once", false, "check once, install if needed, and exit (default: loop until SIGINT/SIGTERM); "+
+				"after a reboot request the process exits and the next run continues the install")
+			fs.StringVar(&configPath, "config", "", "agent config `FILE` (JSON; default "+client.DefaultConfigPath+" if it exists)")
 			fs.DurationVar(&interval, "interval", client.DefaultInterval, "time between checks when looping (jittered by ±10%)")
-			fs.StringVar(&installer, "installer", "file", "installer `NAME`, one of: "+strings.Join(client.InstallerNames, ", ")+
-				" (file atomically replaces --target)")
-			fs.StringVar(&target, "target", "", "`PATH` of the file the file installer replaces (required for --installer file)")
+			fs.StringVar(&installer, "installer", "", "installer `NAME`, one of: "+strings.Join(client.InstallerNames, ", ")+
+				" (default file; ab, rauc, swupdate and script are configured in the config file)")
+			fs.StringVar(&target, "target", "", "`PATH` of the file the file installer replaces")
 			fs.DurationVar(&reqTimeout, "request-timeout", client.DefaultRequestTimeout, "timeout of each API and metadata request")
 			fs.DurationVar(&stallTime, "stall-timeout", client.DefaultStallTimeout, "abort a download when no data arrives for this long")
+			fs.Int64Var(&minRate, "min-rate", 0, "abandon (and later resume) a download slower than `BYTES` per second over the rate window; 0 disables")
+			fs.StringVar(&healthCheck, "health-check", "", "shell `COMMAND` that must exit 0 once the new image runs, or the install is rolled back")
+			fs.DurationVar(&healthTimeout, "health-timeout", client.DefaultHealthTimeout, "timeout of the health check")
+			fs.StringVar(&rebootCommand, "reboot-command", "", "shell `COMMAND` that reboots the device (default: reboot)")
+			fs.StringVar(&bootIDs, "boot-id-file", "", "`FILE` whose content changes on every boot (default /proc/sys/kernel/random/boot_id)")
 			return func(ctx context.Context, e *env) error {
-				if installer == "file" {
-					if err := required([2]string{"target", target}); err != nil {
+				set := map[string]bool{}
+				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+				fc := &client.FileConfig{}
+				path := configPath
+				if path == "" {
+					if _, err := os.Stat(client.DefaultConfigPath); err == nil {
+						path = client.DefaultConfigPath
+					}
+				}
+				if path != "" {
+					var err error
+					if fc, err = client.LoadFileConfig(path); err != nil {
 						return err
 					}
 				}
-				if interval <= 0 || reqTimeout <= 0 || stallTime <= 0 {
-					return usagef("--interval, --request-timeout and --stall-timeout must be positive")
+				if set["installer"] {
+					fc.Installer = installer
 				}
-				inst, err := client.NewInstaller(installer, target)
-				if err != nil {
+				if fc.Installer == "" {
+					fc.Installer = "file"
+				}
+				if set["target"] {
+					fc.File.Path = target
+				}
+				if fc.Installer == "file" && fc.File.Path == "" {
+					return required([2]string{"target", ""})
+				}
+				if interval <= 0 || reqTimeout <= 0 || stallTime <= 0 || healthTimeout <= 0 || minRate < 0 {
+					return usagef("--interval, --request-timeout, --stall-timeout and --health-timeout must be positive, --min-rate not negative")
+				}
+				if err := fc.Validate(); err != nil {
 					return usagef("%v", err)
 				}
-				a, err := client.New(client.Config{
-					StateDir:       e.g.stateDir,
-					Installer:      inst,
-					Logger:         e.log,
-					RequestTimeout: reqTimeout,
-					StallTimeout:   stallTime,
-				})
+				inst, err := fc.BuildInstaller(e.g.stateDir)
+				if err != nil {
+					if errors.Is(err, client.ErrInstallerConfig) || !set["config"] && path == "" {
+						return usagef("%v", err)
+					}
+					return err
+				}
+				cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log}
+				if set["request-timeout"] {
+					cfg.RequestTimeout = reqTimeout
+				}
+				if set["stall-timeout"] {
+					cfg.StallTimeout = stallTime
+				}
+				if set["min-rate"] {
+					cfg.MinRate = minRate
+				}
+				if healthCheck != "" {
+					cfg.HealthCheck = []string{"/bin/sh", "-c", healthCheck}
+				}
+				if set["health-timeout"] {
+					cfg.HealthTimeout = healthTimeout
+				}
+				if rebootCommand != "" {
+					cfg.RebootCommand = []string{"/bin/sh", "-c", rebootCommand}
+				}
+				cfg.BootIDFile = bootIDs
+				fc.Apply(&cfg)
+				if !set["interval"] && fc.Interval > 0 {
+					interval = time.Duration(fc.Interval)
+				}
+				a, err := client.New(cfg)
 				if err != nil {
 					return err
 				}
@@ -301,13 +374,63 @@ func runCmd() command {
 				if err != nil {
 					return err
 				}
-				attrs := []any{"up_to_date", rep.UpToDate, "attestations_sent", rep.AttestationsSent,
+				attrs := []any{"up_to_date", rep.UpToDate, "phase", rep.Phase, "attestations_sent", rep.AttestationsSent,
 					"attestations_queued", rep.AttestationsQueued}
 				if rep.Installed != nil {
 					attrs = append(attrs, "installed", rep.Installed.Name, "version", rep.Installed.Version)
 				}
+				if rep.Rebooting {
+					attrs = append(attrs, "rebooting", true)
+				}
 				e.log.Info("run complete", attrs...)
 				return nil
+			}
+		},
+	}
+}
+
+// repeated is a flag that may be given several times.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+func tufCmd() command {
+	return command{
+		name:    "tuf",
+		summary: "TUF client conformance mode over the agent's updater (exit 0 on success, 1 on any failure)",
+		usage: "foster-agent tuf --metadata-dir D init ROOT.json\n" +
+			"  foster-agent tuf --metadata-dir D --metadata-url URL refresh\n" +
+			"  foster-agent tuf --metadata-dir D --metadata-url URL --target-name P [--target-name P2 ...] \\\n" +
+			"      --target-base-url TURL --target-dir TD download",
+		args:     true,
+		failCode: exitError,
+		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
+			var o client.TUFOptions
+			var names repeated
+			fs.StringVar(&o.MetadataDir, "metadata-dir", "", "`DIR` of trusted metadata (unversioned names: root.json, timestamp.json, ...)")
+			fs.StringVar(&o.MetadataURL, "metadata-url", "", "repository metadata base `URL`")
+			fs.Var(&names, "target-name", "target `PATH` to download (repeatable; fetched in order)")
+			fs.StringVar(&o.TargetBaseURL, "target-base-url", "", "repository targets base `URL`")
+			fs.StringVar(&o.TargetDir, "target-dir", "", "`DIR` that receives downloaded targets")
+			return func(ctx context.Context, e *env) error {
+				o.TargetNames = names
+				if len(e.args) == 0 {
+					return usagef("missing subcommand: init, refresh or download")
+				}
+				sub, args := e.args[0], e.args[1:]
+				switch {
+				case sub == "init" && len(args) == 1:
+					if o.MetadataDir == "" {
+						return usagef("--metadata-dir is required")
+					}
+					return client.TUFInit(o.MetadataDir, args[0])
+				case sub == "refresh" && len(args) == 0:
+					return client.TUFRefresh(ctx, o)
+				case sub == "download" && len(args) == 0:
+					return client.TUFDownload(ctx, o)
+				}
+				return usagef("unknown or malformed subcommand %q (want: init ROOT.json, refresh, download)", strings.Join(e.args, " "))
 			}
 		},
 	}

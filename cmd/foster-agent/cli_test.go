@@ -49,7 +49,13 @@ func TestHelpAndUsageErrors(t *testing.T) {
 		{"enroll missing flags", []string{"--state-dir", t.TempDir(), "enroll", "--server", "https://x"}, 2, "",
 			"missing required flag(s): --token, --serial, --model, --ca-root, --tuf-root"},
 		{"run missing target", []string{"--state-dir", t.TempDir(), "run", "--once"}, 2, "", "missing required flag(s): --target"},
-		{"unknown installer", []string{"--state-dir", t.TempDir(), "run", "--installer", "rauc"}, 2, "", `unknown installer "rauc"`},
+		{"unknown installer", []string{"--state-dir", t.TempDir(), "run", "--installer", "flash"}, 2, "", `unknown installer "flash"`},
+		{"ab without config", []string{"--state-dir", t.TempDir(), "run", "--installer", "ab"}, 2, "", "ab installer needs exactly two slots"},
+		{"tuf without subcommand", []string{"tuf", "--metadata-dir", t.TempDir()}, 1, "", "missing subcommand"},
+		{"tuf bad subcommand", []string{"tuf", "--metadata-dir", t.TempDir(), "frobnicate"}, 1, "", "unknown or malformed subcommand"},
+		{"tuf bad flag", []string{"tuf", "--frobnicate", "refresh"}, 1, "", "flag provided but not defined"},
+		{"tuf refresh without url", []string{"tuf", "--metadata-dir", t.TempDir(), "refresh"}, 1, "", "--metadata-url"},
+		{"tuf help", []string{"help", "tuf"}, 0, "--target-name", ""},
 		{"bad log level", []string{"--log-level", "loud", "status"}, 2, "", "--log-level"},
 		{"stray argument", []string{"status", "extra"}, 2, "", `unexpected argument "extra"`},
 		{"not enrolled", []string{"--state-dir", t.TempDir(), "status"}, 1, "", "not enrolled"},
@@ -148,7 +154,7 @@ func TestEnrollRunStatus(t *testing.T) {
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil {
 		t.Fatalf("status --json: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	if st.Device != "urn:foster:device:edge-gw:SN-0001" || st.Phase != "committed" || st.Installed.Version != "1.0.1" ||
+	if st.Device != "urn:foster:device:edge-gw:SN-0001" || st.Phase != "attested" || st.Installed.Version != "1.0.1" ||
 		len(st.QueuedAttestations) != 0 || st.SentAttestations != 1 {
 		t.Fatalf("status %+v", st)
 	}

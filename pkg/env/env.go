@@ -24,6 +24,10 @@ var (
 		Description: "passphrase that encrypts (at init) and decrypts the CA and TUF keys of an instance; unset: keys are unencrypted (development only)"})
 	LogLevel = register(Var{Name: "FOSTER_LOG_LEVEL",
 		Description: "log level: debug, info, warn or error (default info)"})
+	AgentKillAt = register(Var{Name: "FOSTER_AGENT_KILL_AT",
+		Description: "tests only: foster-agent SIGKILLs itself at this kill point (NAME or NAME#N for the N-th hit) to simulate a power cut"})
+	AgentKillTrace = register(Var{Name: "FOSTER_AGENT_KILL_TRACE",
+		Description: "tests only: foster-agent appends the name of every kill point it passes to this file"})
 	TestPostgres = register(Var{Name: "FOSTER_TEST_POSTGRES",
 		Description: "tests: PostgreSQL URL for the store suite (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable)"})
 )

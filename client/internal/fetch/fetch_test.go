@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,23 +24,45 @@ func expect(data []byte) Expected {
 	return Expected{Name: "m/1.0.0/fw.bin", Length: int64(len(data)), SHA256: s256[:], SHA512: s512[:]}
 }
 
+func get(d *Downloader, url, dst string, want Expected) error {
+	return d.Download(context.Background(), Request{URL: url, Dest: dst, Want: want})
+}
+
 func TestDownload(t *testing.T) {
-	data := bytes.Repeat([]byte("0123456789"), 10000)
+	data := bytes.Repeat([]byte("0123456789"), 100000)
 	tests := []struct {
-		name    string
-		handler http.HandlerFunc
-		want    func(Expected) Expected
-		wantErr error
-		msg     string
+		name     string
+		handler  http.HandlerFunc
+		want     func(Expected) Expected
+		wantErr  error
+		msg      string
+		keepPart bool // a resumable failure keeps the partial file
 	}{
 		{name: "ok", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) }},
+		{name: "sha256 only signed", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) },
+			want: func(e Expected) Expected { e.SHA512 = nil; return e }},
 		{name: "sha512 only differs", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) },
 			want: func(e Expected) Expected { e.SHA512 = bytes.Repeat([]byte{1}, 64); return e }, wantErr: ErrHashMismatch, msg: "sha512"},
+		{name: "tampered", handler: func(w http.ResponseWriter, r *http.Request) {
+			bad := bytes.Clone(data)
+			bad[len(bad)-1] ^= 1
+			w.Write(bad)
+		}, wantErr: ErrHashMismatch, msg: "sha256"},
+		{name: "endless", handler: func(w http.ResponseWriter, r *http.Request) {
+			w.Write(data)
+			for range 100 {
+				w.Write(data[:4096])
+			}
+		}, wantErr: ErrLengthMismatch, msg: "endless data"},
+		{name: "oversized announced", handler: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(data)+1))
+			w.Write(append(bytes.Clone(data), 'x'))
+		}, wantErr: ErrLengthMismatch, msg: "server announces"},
 		{name: "short body", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data[:10]) },
-			wantErr: ErrLengthMismatch, msg: "got 10 bytes"},
+			wantErr: ErrTruncated, msg: "got 10 bytes", keepPart: true},
 		{name: "not found", handler: func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error":"no such target","code":"not_found"}`, 404)
-		}, msg: "no such target"},
+		}, msg: "no such target", keepPart: true},
 		{name: "stalled", handler: func(w http.ResponseWriter, r *http.Request) {
 			w.Write(data[:100])
 			w.(http.Flusher).Flush()
@@ -45,9 +70,13 @@ func TestDownload(t *testing.T) {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
-		}, wantErr: ErrStalled},
-		{name: "no sha256 signed", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) },
-			want: func(e Expected) Expected { e.SHA256 = nil; return e }, msg: "no sha256"},
+		}, wantErr: ErrStalled, keepPart: true},
+		{name: "sha512 only signed", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) },
+			want: func(e Expected) Expected { e.SHA256 = nil; return e }},
+		{name: "sha512 only signed, tampered", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(append(bytes.Clone(data[1:]), 0)) },
+			want: func(e Expected) Expected { e.SHA256 = nil; return e }, wantErr: ErrHashMismatch, msg: "sha512"},
+		{name: "no hash signed", handler: func(w http.ResponseWriter, r *http.Request) { w.Write(data) },
+			want: func(e Expected) Expected { e.SHA256, e.SHA512 = nil, nil; return e }, wantErr: ErrBadExpectation, msg: "no sha256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +88,7 @@ func TestDownload(t *testing.T) {
 				want = tt.want(want)
 			}
 			d := &Downloader{Client: srv.Client(), StallTimeout: 300 * time.Millisecond}
-			err := d.Download(context.Background(), srv.URL+"/x", dst, want)
+			err := get(d, srv.URL+"/x", dst, want)
 			if tt.wantErr == nil && tt.msg == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -74,10 +103,179 @@ func TestDownload(t *testing.T) {
 			if err == nil || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) || !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("err = %v, want %v containing %q", err, tt.wantErr, tt.msg)
 			}
-			if _, serr := os.Stat(dst); !errors.Is(serr, os.ErrNotExist) {
-				t.Fatalf("partial file left: %v", serr)
+			if Resumable(err) != tt.keepPart {
+				t.Fatalf("Resumable(%v) = %v", err, !tt.keepPart)
+			}
+			_, serr := os.Stat(dst)
+			if tt.keepPart != (serr == nil) && !errors.Is(err, ErrBadExpectation) {
+				t.Fatalf("partial file kept = %v, want %v", serr == nil, tt.keepPart)
 			}
 		})
+	}
+}
+
+// rangeServer serves data with Range support and can cut the first
+// response after cut bytes; it records the Range headers it saw.
+type rangeServer struct {
+	mu      sync.Mutex
+	data    []byte
+	cut     int
+	ranges  []string
+	noRange bool
+}
+
+func (s *rangeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.ranges = append(s.ranges, r.Header.Get("Range"))
+	cut := s.cut
+	s.cut = 0
+	s.mu.Unlock()
+	if cut > 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(len(s.data)))
+		w.Write(s.data[:cut])
+		w.(http.Flusher).Flush()
+		hj, _ := w.(http.Hijacker)
+		c, _, _ := hj.Hijack()
+		c.Close()
+		return
+	}
+	if s.noRange {
+		r.Header.Del("Range")
+	}
+	http.ServeContent(w, r, "fw", time.Time{}, bytes.NewReader(s.data))
+}
+
+func TestDownloadResumesWithRange(t *testing.T) {
+	data := bytes.Repeat([]byte("resumable firmware "), 20000) // 380 KB
+	for _, noRange := range []bool{false, true} {
+		t.Run(fmt.Sprintf("server ignores range=%v", noRange), func(t *testing.T) {
+			rs := &rangeServer{data: data, cut: 200000, noRange: noRange}
+			srv := httptest.NewServer(rs)
+			defer srv.Close()
+			dst := filepath.Join(t.TempDir(), "fw.unverified")
+			d := &Downloader{Client: srv.Client(), CheckpointEvery: 64 << 10}
+			var durable int64
+			req := Request{URL: srv.URL, Dest: dst, Want: expect(data), Checkpoint: func(n int64) error { durable = n; return nil }}
+			err := d.Download(context.Background(), req)
+			if !errors.Is(err, ErrTruncated) || !Resumable(err) {
+				t.Fatalf("first attempt: %v", err)
+			}
+			if durable == 0 || durable > 200000 {
+				t.Fatalf("durable = %d", durable)
+			}
+			// Bytes past the last checkpoint are not trusted: scribble on them.
+			f, _ := os.OpenFile(dst, os.O_WRONLY|os.O_APPEND, 0)
+			f.Write([]byte("garbage past the checkpoint"))
+			f.Close()
+
+			req.Offset = durable
+			wantRange := fmt.Sprintf("bytes=%d-", durable)
+			if err := d.Download(context.Background(), req); err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := os.ReadFile(dst); !bytes.Equal(b, data) {
+				t.Fatal("resumed content differs")
+			}
+			if len(rs.ranges) != 2 || rs.ranges[0] != "" || rs.ranges[1] != wantRange {
+				t.Fatalf("ranges %q, want [\"\" %q]", rs.ranges, wantRange)
+			}
+		})
+	}
+}
+
+// A resumed download whose first part was tampered with fails the final
+// hash and is discarded whole.
+func TestDownloadResumedTamperedPrefixIsDiscarded(t *testing.T) {
+	data := bytes.Repeat([]byte("x"), 300000)
+	srv := httptest.NewServer(&rangeServer{data: data})
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "fw.unverified")
+	os.WriteFile(dst, bytes.Repeat([]byte("y"), 100000), 0o600)
+	d := &Downloader{Client: srv.Client()}
+	err := d.Download(context.Background(), Request{URL: srv.URL, Dest: dst, Want: expect(data), Offset: 100000})
+	if !errors.Is(err, ErrHashMismatch) || Resumable(err) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("tampered partial kept")
+	}
+}
+
+func TestDownloadRefusesContentRangeContradictingSignedLength(t *testing.T) {
+	data := bytes.Repeat([]byte("z"), 1000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Range", "bytes 500-1999/2000")
+		w.WriteHeader(http.StatusPartialContent)
+		w.Write(bytes.Repeat([]byte("z"), 1500))
+	}))
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "fw.unverified")
+	os.WriteFile(dst, data[:500], 0o600)
+	err := (&Downloader{Client: srv.Client()}).Download(context.Background(), Request{URL: srv.URL, Dest: dst, Want: expect(data), Offset: 500})
+	if !errors.Is(err, ErrLengthMismatch) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// Slow retrieval: a server dripping bytes below the minimum rate is
+// abandoned, and what arrived stays for a later attempt.
+func TestDownloadAbandonsSlowRetrieval(t *testing.T) {
+	data := bytes.Repeat([]byte("s"), 100000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < len(data); i += 10 {
+			if _, err := w.Write(data[i : i+10]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}))
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "fw.unverified")
+	d := &Downloader{Client: srv.Client(), MinRate: 10000, RateWindow: 200 * time.Millisecond, StallTimeout: 5 * time.Second}
+	start := time.Now()
+	err := get(d, srv.URL, dst, expect(data))
+	if !errors.Is(err, ErrSlowRetrieval) || !Resumable(err) {
+		t.Fatalf("err = %v", err)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Fatalf("took %v to give up", time.Since(start))
+	}
+	t.Logf("abandoned: %v", err)
+}
+
+// An A/B slot is written in place: the existing file is overwritten (and,
+// being a regular file, truncated to the image), never replaced.
+func TestDownloadInPlace(t *testing.T) {
+	data := []byte("new image")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(data) }))
+	defer srv.Close()
+	slot := filepath.Join(t.TempDir(), "slot-b")
+	os.WriteFile(slot, bytes.Repeat([]byte("old"), 100), 0o640)
+	before, _ := os.Stat(slot)
+	if err := (&Downloader{Client: srv.Client()}).Download(context.Background(), Request{URL: srv.URL, Dest: slot, Want: expect(data), InPlace: true}); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Stat(slot)
+	if b, _ := os.ReadFile(slot); !bytes.Equal(b, data) || !os.SameFile(before, after) || after.Mode().Perm() != 0o640 {
+		t.Fatalf("slot = %q, same file %v, mode %v", b, os.SameFile(before, after), after.Mode())
+	}
+	if err := VerifyPrefix(slot, expect(data)); err != nil {
+		t.Fatal(err)
+	}
+	// A bad body leaves the slot in place (it is never booted: the bootloader points at the other one).
+	srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("bad image")) }))
+	defer srv2.Close()
+	err := (&Downloader{Client: srv2.Client()}).Download(context.Background(), Request{URL: srv2.URL, Dest: slot, Want: expect(data), InPlace: true})
+	if !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(slot); err != nil {
+		t.Fatal("slot removed")
 	}
 }
 
@@ -93,8 +291,7 @@ func TestDownloadDoesNotFollowPlantedSymlink(t *testing.T) {
 	if err := os.Symlink(victim, dst); err != nil {
 		t.Skip(err)
 	}
-	d := &Downloader{Client: srv.Client()}
-	if err := d.Download(context.Background(), srv.URL, dst, expect(data)); err != nil {
+	if err := get(&Downloader{Client: srv.Client()}, srv.URL, dst, expect(data)); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "precious" {
@@ -111,7 +308,101 @@ func TestVerifyFile(t *testing.T) {
 	if err := VerifyFile(p, expect([]byte("abd"))); !errors.Is(err, ErrHashMismatch) {
 		t.Fatalf("err = %v", err)
 	}
-	if err := VerifyFile(p, expect([]byte("abcd"))); !errors.Is(err, ErrLengthMismatch) {
+	if err := VerifyFile(p, expect([]byte("abcd"))); !errors.Is(err, ErrTruncated) {
 		t.Fatalf("err = %v", err)
+	}
+	if err := VerifyFile(p, expect([]byte("ab"))); !errors.Is(err, ErrLengthMismatch) {
+		t.Fatalf("err = %v", err)
+	}
+	if err := VerifyPrefix(p, expect([]byte("ab"))); err != nil {
+		t.Fatalf("prefix: %v", err)
+	}
+}
+
+// Verify throughput against raw SHA-256 of the same image file, read from
+// the page cache by both (docs/BENCHMARKS.md):
+//
+//	go test ./client/internal/fetch -run '^$' -bench 'SHA256Raw|Verify' -benchtime 2s -count 5
+const benchSize = 64 << 20 // bytes
+
+var (
+	benchOnce sync.Once
+	benchFile string
+	benchWant Expected
+)
+
+func benchImage(b *testing.B) (string, Expected) {
+	benchOnce.Do(func() {
+		data := make([]byte, benchSize)
+		for i := range data {
+			data[i] = byte(i*7 + i>>11)
+		}
+		dir, err := os.MkdirTemp("", "foster-bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchFile = filepath.Join(dir, "image")
+		if err := os.WriteFile(benchFile, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		benchWant = expect(data)
+	})
+	return benchFile, benchWant
+}
+
+func BenchmarkSHA256Raw(b *testing.B) {
+	path, _ := benchImage(b)
+	b.SetBytes(benchSize)
+	for b.Loop() {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			b.Fatal(err)
+		}
+		h.Sum(nil)
+		f.Close()
+	}
+}
+
+// The signed length and SHA-256 (the hash every Foster target carries).
+func BenchmarkVerifySHA256(b *testing.B) {
+	path, want := benchImage(b)
+	want.SHA512 = nil
+	b.SetBytes(benchSize)
+	for b.Loop() {
+		if err := VerifyFile(path, want); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Length, SHA-256 and SHA-512, as fosterd signs targets (SHA-512 on a second goroutine).
+func BenchmarkVerifySHA256AndSHA512(b *testing.B) {
+	path, want := benchImage(b)
+	b.SetBytes(benchSize)
+	for b.Loop() {
+		if err := VerifyFile(path, want); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSHA512Raw(b *testing.B) {
+	path, _ := benchImage(b)
+	b.SetBytes(benchSize)
+	for b.Loop() {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := sha512.New()
+		if _, err := io.Copy(h, f); err != nil {
+			b.Fatal(err)
+		}
+		h.Sum(nil)
+		f.Close()
 	}
 }

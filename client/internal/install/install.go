@@ -1,7 +1,20 @@
 // Package install holds the device agent's installers: what happens to a
 // verified image. An installer never sees an unverified byte: the agent
-// downloads into StagingPath, verifies, records that in the journal, and only
-// then calls Install.
+// streams the download into the Dest the installer chose, verifies it,
+// journals that, and only then calls Install.
+//
+// Every method that changes the device is idempotent, because after a power
+// cut the agent repeats the step it journalled but cannot know whether the
+// step finished:
+//
+//	Prepare   choose where the image goes and make that safe (A/B: the slot being
+//	          overwritten can never be booted while it is written)
+//	Install   activate the verified image (A/B: arm a one-time trial boot of the new slot)
+//	Running   which image runs now: the old one, the new one, or unknown
+//	Commit    keep the new image for good
+//	Rollback  return to the old image (a reboot follows when Reboots() and the new one runs)
+//
+// Installers are not safe for concurrent use; the agent runs one at a time.
 package install
 
 import (
@@ -9,69 +22,127 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+	"strings"
 
 	"github.com/foster-ota/foster/client/internal/fetch"
-	"github.com/foster-ota/foster/pkg/atomicfile"
 )
 
-// File replaces one file (an application binary, a firmware image consumed by
-// something else) atomically: the staged image lives next to the destination,
-// so promotion is a rename, and a power cut leaves either the old or the new
-// file. Safe for concurrent use only on distinct paths.
-type File struct {
-	// Path is the file to replace.
+// Dest is where a download is streamed.
+type Dest struct {
+	// Path receives the streamed bytes.
 	Path string
+	// Final, when set, is where the verified image is renamed to (a bundle
+	// tool may insist on a file name); otherwise the image stays at Path.
+	Final string
+	// InPlace marks Path as a slot (a partition) that is overwritten in place:
+	// never created, truncated or removed.
+	InPlace bool
+	// From and To name what runs now and what will run (A/B slots).
+	From, To string
 }
 
-// NewFile returns a file installer for path.
-func NewFile(path string) (*File, error) {
-	if path == "" {
-		return nil, errors.New("file installer: target path is empty")
+// Image returns where the verified image is.
+func (d Dest) Image() string {
+	if d.Final != "" {
+		return d.Final
 	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, fmt.Errorf("file installer: %w", err)
-	}
-	if fi, err := os.Stat(abs); err == nil && !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("file installer: %s exists and is not a regular file", abs)
-	}
-	if fi, err := os.Stat(filepath.Dir(abs)); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("file installer: directory of %s does not exist", abs)
-	}
-	return &File{Path: abs}, nil
+	return d.Path
 }
 
-// Name is "file".
-func (f *File) Name() string { return "file" }
-
-// StagingPath is <target>.unverified, in the same directory so that Install is a rename.
-func (f *File) StagingPath() string { return f.Path + ".unverified" }
-
-// Install promotes staged to Path, keeping the old file's permissions (so an
-// executable stays executable), and fsyncs the directory.
-func (f *File) Install(_ context.Context, staged string) error {
-	mode := os.FileMode(0o644)
-	if fi, err := os.Stat(f.Path); err == nil {
-		mode = fi.Mode().Perm()
-	}
-	if err := os.Chmod(staged, mode); err != nil {
-		return fmt.Errorf("file installer: %w", err)
-	}
-	if err := atomicfile.Rename(staged, f.Path); err != nil {
-		return fmt.Errorf("file installer: replacing %s: %w", f.Path, err)
-	}
-	return nil
+// Plan is what the journal remembers of one install.
+type Plan struct {
+	// Image is the verified image (a file, or the slot it was written to).
+	Image string
+	// Name and Version describe the target (passed to commands).
+	Name, Version string
+	Want          fetch.Expected
+	// From and To are Dest.From and Dest.To.
+	From, To string
 }
 
-// Installed reports whether Path already holds want (a crash after the rename
-// but before the journal recorded the commit).
-func (f *File) Installed(_ context.Context, want fetch.Expected) (bool, error) {
-	err := fetch.VerifyFile(f.Path, want)
+// Running says which image runs.
+type Running int
+
+const (
+	RunningUnknown Running = iota
+	RunningOld
+	RunningNew
+)
+
+func (r Running) String() string {
+	return [...]string{"unknown", "old", "new"}[r]
+}
+
+// BootStatus is what a bootloader says about a trial boot.
+type BootStatus struct {
+	// Trial is true while the bootloader counts boots of an uncommitted slot.
+	Trial bool
+	// BootCount and BootLimit are the bootloader's counters (0 when unknown).
+	BootCount, BootLimit int64
+}
+
+// Overflow reports whether the trial exceeded its boot limit: the new image
+// kept failing to come up (the bootloader should have fallen back already).
+func (b BootStatus) Overflow() bool {
+	return b.Trial && b.BootLimit > 0 && b.BootCount > b.BootLimit
+}
+
+// Installer puts verified images in place.
+type Installer interface {
+	// Name identifies the installer in the journal ("file", "ab", ...).
+	Name() string
+	// Prepare returns where to stream the next image.
+	Prepare(ctx context.Context) (Dest, error)
+	// Install activates the verified image.
+	Install(ctx context.Context, p Plan) error
+	// Reboots reports whether the new image runs only after a reboot.
+	Reboots() bool
+	// Running reports which image runs now.
+	Running(ctx context.Context, p Plan) (Running, error)
+	// Status reports the bootloader's trial state (zero if it has none).
+	Status(ctx context.Context) (BootStatus, error)
+	// Commit keeps the new image.
+	Commit(ctx context.Context, p Plan) error
+	// Rollback returns to the old image.
+	Rollback(ctx context.Context, p Plan) error
+	// Cleanup removes what the install left behind (downloaded bundles).
+	Cleanup(p Plan)
+}
+
+// ErrConfig marks an installer configuration mistake.
+var ErrConfig = errors.New("installer configuration")
+
+func configErrorf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+}
+
+// expand replaces {image}, {target}, {version} and {slot} in argv.
+func expand(argv []string, p Plan) []string {
+	r := strings.NewReplacer("{image}", p.Image, "{target}", p.Name, "{version}", p.Version, "{slot}", p.To)
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		out[i] = r.Replace(a)
+	}
+	return out
+}
+
+// planEnv is the environment commands see.
+func planEnv(p Plan) []string {
+	return []string{
+		"FOSTER_IMAGE=" + p.Image,
+		"FOSTER_TARGET=" + p.Name,
+		"FOSTER_VERSION=" + p.Version,
+		"FOSTER_SLOT=" + p.To,
+		"FOSTER_PREVIOUS_SLOT=" + p.From,
+	}
+}
+
+func exists(path string) (bool, error) {
+	_, err := os.Lstat(path)
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.Is(err, os.ErrNotExist), errors.Is(err, fetch.ErrHashMismatch), errors.Is(err, fetch.ErrLengthMismatch):
+	case errors.Is(err, os.ErrNotExist):
 		return false, nil
 	default:
 		return false, err

@@ -3,6 +3,7 @@ package journal
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,11 +22,19 @@ func TestTransitionTable(t *testing.T) {
 		path    []Phase
 		wantErr bool
 	}{
-		{"happy path", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseCommitted, PhaseDownloading}, false},
+		{"file install", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseHealthCheck, PhaseCommitted, PhaseAttested, PhaseDownloading}, false},
+		{"a/b install", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseRebooting, PhaseHealthCheck, PhaseCommitted, PhaseAttested}, false},
+		{"health check fails", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseRebooting, PhaseHealthCheck, PhaseRolledBack, PhaseAttested}, false},
+		{"bootloader fell back", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseRebooting, PhaseRolledBack, PhaseAttested}, false},
+		{"fell back before commit applied", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseHealthCheck, PhaseCommitted, PhaseRolledBack, PhaseAttested}, false},
+		{"install fails", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseRolledBack, PhaseAttested}, false},
 		{"download fails", []Phase{PhaseDownloading, PhaseIdle}, false},
-		{"install fails", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseIdle}, false},
+		{"staged image rots", []Phase{PhaseDownloading, PhaseVerified, PhaseIdle}, false},
 		{"install unverified", []Phase{PhaseDownloading, PhaseInstalling}, true},
-		{"commit without install", []Phase{PhaseDownloading, PhaseVerified, PhaseCommitted}, true},
+		{"commit without health check", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseCommitted}, true},
+		{"forget an install", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseIdle}, true},
+		{"un-roll-back", []Phase{PhaseDownloading, PhaseVerified, PhaseInstalling, PhaseRolledBack, PhaseCommitted}, true},
+		{"attest without outcome", []Phase{PhaseDownloading, PhaseVerified, PhaseAttested}, true},
 		{"skip download", []Phase{PhaseVerified}, true},
 	}
 	for _, tt := range tests {
@@ -41,7 +50,7 @@ func TestTransitionTable(t *testing.T) {
 					switch p {
 					case PhaseDownloading:
 						s.Pending = pending()
-					case PhaseIdle, PhaseCommitted:
+					case PhaseIdle, PhaseAttested:
 						s.Pending = nil
 					}
 				})
@@ -138,10 +147,12 @@ func TestStateFileIsWrittenAtomically(t *testing.T) {
 
 func TestReadRejectsCorruptState(t *testing.T) {
 	tests := map[string]string{
-		"not json":         `{"format":1,"phase":"idle"`,
-		"unknown phase":    `{"format":1,"phase":"flashing"}`,
-		"future format":    `{"format":2,"phase":"idle"}`,
-		"pending mismatch": `{"format":1,"phase":"installing"}`,
+		"not json":         `{"format":2,"phase":"idle"`,
+		"unknown phase":    `{"format":2,"phase":"flashing"}`,
+		"future format":    `{"format":3,"phase":"idle"}`,
+		"pending mismatch": `{"format":2,"phase":"installing"}`,
+		"pending at rest":  `{"format":2,"phase":"attested","pending":{"installer":"file"}}`,
+		"too many failed":  `{"format":2,"phase":"idle","failed":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}`,
 	}
 	for name, content := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -151,5 +162,33 @@ func TestReadRejectsCorruptState(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// The walking skeleton's state.json (format 1, resting in "committed") is
+// read as format 2 (resting in "attested").
+func TestReadUpgradesFormat1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(path, []byte(`{"format":1,"phase":"committed","installed":{"name":"m/1/fw","sha256":"ab","length":1,"release_counter":3},"attest_sequence":4}`), 0o600)
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := j.State()
+	if st.Phase != PhaseAttested || st.Installed.ReleaseCounter != 3 || st.AttestSequence != 4 {
+		t.Fatalf("%+v", st)
+	}
+	if err := j.Transition(PhaseDownloading, func(s *State) { s.Pending = pending() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAddFailedIsBounded(t *testing.T) {
+	var f []string
+	for i := range 40 {
+		f = AddFailed(f, fmt.Sprint(i%20))
+	}
+	if len(f) != MaxFailed || f[len(f)-1] != "19" {
+		t.Fatalf("%v", f)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/foster-ota/foster/client/internal/killpoint"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/atomicfile"
@@ -47,6 +48,16 @@ func (o *Outbox) Put(seq int64, envelope []byte) error {
 		return fmt.Errorf("attestation %d: envelope of %d bytes exceeds %d", seq, len(envelope), attest.MaxEnvelopeSize)
 	}
 	return atomicfile.WriteFile(filepath.Join(o.Layout.Outbox(), name(seq)), envelope, 0o600)
+}
+
+// Has reports whether an envelope for seq is queued, sent or rejected.
+func (o *Outbox) Has(seq int64) bool {
+	for _, dir := range []string{o.Layout.Outbox(), o.Layout.Sent(), o.Layout.Rejected()} {
+		if _, err := os.Lstat(filepath.Join(dir, name(seq))); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Queued returns the sequence numbers waiting in the outbox, ascending.
@@ -105,6 +116,7 @@ func (o *Outbox) Flush(ctx context.Context, client Doer, url string) (FlushResul
 		status, err := post(ctx, client, url, env)
 		switch {
 		case err == nil:
+			killpoint.Hit("outbox-accepted")
 			if err := atomicfile.Rename(path, filepath.Join(o.Layout.Sent(), name(seq))); err != nil {
 				return res, fmt.Errorf("moving attestation %d to sent: %w", seq, err)
 			}

@@ -1,14 +1,24 @@
-// Package tufclient wraps go-tuf's updater for the device agent: it refreshes
-// metadata over the agent's mTLS client and picks the target to install from
+// Package tufclient wraps go-tuf's updater for the device agent (and for the
+// `foster-agent tuf` conformance CLI): it refreshes metadata over the agent's
+// HTTP client, walks delegations, and picks the target to install from
 // signed custom metadata. It never downloads targets (go-tuf's DownloadTarget
 // buffers them in memory); client/internal/fetch streams them instead.
 //
 // Threat model: everything here is decided on TUF-verified metadata only.
 // go-tuf provides freeze, rollback, mix-and-match and endless-data defences
-// for metadata and keeps the newest trusted metadata in the state dir; this
-// package adds the Foster rules on top: the model must be ours, the release
-// counter must be above the installed one (no downgrades, even to a signed
-// older image), and the hardware id must match when both sides name one.
+// for top-level metadata and keeps the newest trusted metadata in the
+// metadata dir; this package adds:
+//   - its own delegation walk, which verifies every delegated role against
+//     the delegator on the current path (go-tuf caches roles by name, so in a
+//     diamond a role verified through one delegator would be trusted through
+//     another whose keys never signed it);
+//   - a second rollback floor (Seen) kept by the agent's journal, so a lost or
+//     corrupted metadata cache cannot let older signed metadata back in;
+//   - a durable copy of the newest trusted root (go-tuf writes its cache
+//     without fsync; a torn root.json must not orphan the device);
+//   - the Foster rules: the model must be ours, the release counter above the
+//     installed one (no downgrades, even to a signed older image), the
+//     hardware id must match when both sides name one.
 package tufclient
 
 import (
@@ -20,55 +30,91 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/foster-ota/foster/client/internal/journal"
+	"github.com/foster-ota/foster/client/internal/statedir"
+	"github.com/foster-ota/foster/pkg/atomicfile"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
+	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 )
+
+// ErrTargetNotFound is returned when no role on a valid delegation path lists a target.
+var ErrTargetNotFound = errors.New("target not found")
+
+// ErrRollback is returned when verified metadata is older than metadata the device trusted before.
+var ErrRollback = errors.New("rollback")
 
 // Doer sends HTTP requests; *http.Client satisfies it.
 type Doer interface {
 	Do(*http.Request) (*http.Response, error)
 }
 
+// BackupRootFile is the durable copy of the newest trusted root, next to go-tuf's cache.
+const BackupRootFile = "trusted-root.json"
+
 // Config configures a Client.
 type Config struct {
-	// Server is the fosterd base URL (https://host:port).
-	Server string
-	// MetadataDir holds the trusted root.json and go-tuf's metadata cache.
+	// MetadataURL and TargetsURL are the base URLs of metadata and targets.
+	MetadataURL, TargetsURL string
+	// MetadataDir holds root.json and go-tuf's metadata cache (unversioned names).
 	MetadataDir string
-	// Root is the trusted root metadata (the newest root.json the device has).
+	// Root is the trusted root metadata; nil: read MetadataDir/root.json
+	// (or its durable backup when KeepRootBackup).
 	Root []byte
+	// KeepRootBackup keeps a durable copy of the newest root in MetadataDir.
+	KeepRootBackup bool
 	// HTTP fetches metadata; its requests are bound to the context given to New.
 	HTTP Doer
 	// UserAgent is sent with metadata requests.
 	UserAgent string
+	// RefTime is the reference time for expiry checks; zero: the wall clock.
+	RefTime time.Time
 }
 
 // Client is one refresh cycle: go-tuf's updater can Refresh only once, so
 // make a new Client per check. Not safe for concurrent use.
 type Client struct {
-	server string
-	up     *updater.Updater
+	cfg     Config
+	up      *updater.Updater
+	ucfg    *config.UpdaterConfig
+	fetcher fetcher.Fetcher
+	// raw holds delegated role bytes fetched or read in this session, so a
+	// role reached through several delegators is fetched once and verified
+	// against each.
+	raw      map[string][]byte
+	verified map[[2]string]*metadata.Metadata[metadata.TargetsType]
 }
 
 // New builds an updater whose fetches carry ctx (cancellation on shutdown).
 func New(ctx context.Context, cfg Config) (*Client, error) {
-	if cfg.HTTP == nil || cfg.Server == "" || cfg.MetadataDir == "" || len(cfg.Root) == 0 {
-		return nil, errors.New("tufclient: Server, MetadataDir, Root and HTTP are required")
+	if cfg.HTTP == nil || cfg.MetadataURL == "" || cfg.MetadataDir == "" {
+		return nil, errors.New("tufclient: MetadataURL, MetadataDir and HTTP are required")
 	}
-	ucfg, err := config.New(cfg.Server+"/tuf/", cfg.Root)
+	if len(cfg.Root) == 0 {
+		root, err := LoadRoot(cfg.MetadataDir, cfg.KeepRootBackup)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Root = root
+	}
+	ucfg, err := config.New(cfg.MetadataURL, cfg.Root)
 	if err != nil {
 		return nil, fmt.Errorf("tuf config: %w", err)
 	}
 	ucfg.LocalMetadataDir = cfg.MetadataDir
 	// Never used (targets are streamed by fetch), but go-tuf creates it.
 	ucfg.LocalTargetsDir = cfg.MetadataDir
-	ucfg.RemoteTargetsURL = cfg.Server + "/targets/"
+	ucfg.RemoteTargetsURL = cfg.TargetsURL
 	// cfg.SetDefaultFetcherHTTPClient wants an *http.Client, whose requests
 	// would carry no context; the fetcher only needs Do, so give it one that
 	// binds ctx (shutdown cancels metadata downloads). go-tuf's length limits
@@ -83,42 +129,260 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading trusted TUF root: %w", err)
 	}
-	return &Client{server: cfg.Server, up: up}, nil
-}
-
-// Refresh runs the TUF client workflow (root, timestamp, snapshot, targets).
-func (c *Client) Refresh() error {
-	if err := c.up.Refresh(); err != nil {
-		return fmt.Errorf("refreshing TUF metadata: %s%w", attack(err), err)
+	if !cfg.RefTime.IsZero() {
+		up.UnsafeSetRefTime(cfg.RefTime.UTC())
 	}
-	return nil
+	return &Client{cfg: cfg, up: up, ucfg: ucfg, fetcher: df, raw: map[string][]byte{},
+		verified: map[[2]string]*metadata.Metadata[metadata.TargetsType]{}}, nil
 }
 
-// attack names what a metadata verification failure may be defending against.
-func attack(err error) string {
+// LoadRoot reads the newest trusted root from dir: root.json, or the durable
+// backup when root.json is torn or older.
+func LoadRoot(dir string, withBackup bool) ([]byte, error) {
+	main, mainErr := readRoot(filepath.Join(dir, "root.json"))
+	if !withBackup {
+		if mainErr != nil {
+			return nil, fmt.Errorf("reading trusted TUF root: %w", mainErr)
+		}
+		return main.raw, nil
+	}
+	backup, backupErr := readRoot(filepath.Join(dir, BackupRootFile))
+	switch {
+	case mainErr != nil && backupErr != nil:
+		return nil, fmt.Errorf("reading trusted TUF root: %w", mainErr)
+	case mainErr != nil:
+		return backup.raw, nil
+	case backupErr == nil && backup.version > main.version:
+		return backup.raw, nil
+	}
+	return main.raw, nil
+}
+
+type rootFile struct {
+	raw     []byte
+	version int64
+}
+
+func readRoot(p string) (rootFile, error) {
+	raw, err := statedir.ReadBounded(p, maxRootLength)
+	if err != nil {
+		return rootFile{}, err
+	}
+	md, err := metadata.Root().FromBytes(raw)
+	if err != nil {
+		return rootFile{}, fmt.Errorf("%s: %w", p, err)
+	}
+	return rootFile{raw: raw, version: md.Signed.Version}, nil
+}
+
+// maxRootLength is go-tuf's RootMaxLength.
+const maxRootLength = 512000 // bytes
+
+// UnsafeSetRefTime overrides the reference time (tests of the clock rule).
+func (c *Client) UnsafeSetRefTime(t time.Time) { c.up.UnsafeSetRefTime(t) }
+
+// Refresh runs the TUF client workflow (root, timestamp, snapshot, targets),
+// then makes the cache durable and checks it against seen. It returns the
+// new rollback floor.
+func (c *Client) Refresh(seen journal.Seen) (journal.Seen, error) {
+	if err := c.up.Refresh(); err != nil {
+		return seen, fmt.Errorf("refreshing TUF metadata: %s%w", Attack(err), err)
+	}
+	v := c.Seen()
+	for _, r := range []struct {
+		role      string
+		got, seen int64
+	}{{"root", v.Root, seen.Root}, {"timestamp", v.Timestamp, seen.Timestamp}, {"snapshot", v.Snapshot, seen.Snapshot}, {"targets", v.Targets, seen.Targets}} {
+		if r.got < r.seen {
+			return seen, fmt.Errorf("%w: %s metadata version %d is older than version %d trusted before", ErrRollback, r.role, r.got, r.seen)
+		}
+	}
+	if err := c.syncCache(); err != nil {
+		return seen, err
+	}
+	return v, nil
+}
+
+// syncCache makes go-tuf's cache durable (it renames without fsync) and
+// keeps the durable root backup.
+func (c *Client) syncCache() error {
+	dir := c.cfg.MetadataDir
+	for _, name := range []string{"root.json", "timestamp.json", "snapshot.json", "targets.json"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			continue
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("syncing TUF cache: %w", err)
+		}
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return err
+	}
+	if !c.cfg.KeepRootBackup {
+		return nil
+	}
+	root := c.up.GetTrustedMetadataSet().Root
+	if b, err := readRoot(filepath.Join(dir, BackupRootFile)); err == nil && b.version >= root.Signed.Version {
+		return nil
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "root.json"))
+	if err != nil {
+		return err
+	}
+	if md, err := metadata.Root().FromBytes(raw); err != nil || md.Signed.Version != root.Signed.Version {
+		return fmt.Errorf("TUF cache root.json does not hold the trusted root version %d", root.Signed.Version)
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, BackupRootFile), raw, 0o644)
+}
+
+// Attack names what a metadata verification failure may be defending against.
+func Attack(err error) string {
 	switch {
 	case errors.Is(err, &metadata.ErrBadVersionNumber{}):
 		return "rollback (metadata older than already trusted): "
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
 		return "freeze (expired metadata, or a wrong device clock): "
 	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
-		return "untrusted signature: "
-	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}), errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
-		return "mix-and-match or endless data: "
+		return "arbitrary software (untrusted signature): "
+	case errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
+		return "endless data (metadata larger than allowed): "
+	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
+		return "mix-and-match (metadata does not match its signed description): "
 	}
 	return ""
 }
 
-// Versions returns the trusted targets and snapshot versions.
-func (c *Client) Versions() (targets, snapshot int64) {
+// Seen returns the trusted versions.
+func (c *Client) Seen() journal.Seen {
 	t := c.up.GetTrustedMetadataSet()
+	var s journal.Seen
+	if t.Root != nil {
+		s.Root = t.Root.Signed.Version
+	}
+	if t.Timestamp != nil {
+		s.Timestamp = t.Timestamp.Signed.Version
+	}
 	if t.Snapshot != nil {
-		snapshot = t.Snapshot.Signed.Version
+		s.Snapshot = t.Snapshot.Signed.Version
 	}
 	if top := t.Targets[metadata.TARGETS]; top != nil {
-		targets = top.Signed.Version
+		s.Targets = top.Signed.Version
 	}
-	return targets, snapshot
+	return s
+}
+
+// TimestampExpires returns the trusted timestamp's expiry (zero before Refresh).
+func (c *Client) TimestampExpires() time.Time {
+	if ts := c.up.GetTrustedMetadataSet().Timestamp; ts != nil {
+		return ts.Signed.Expires
+	}
+	return time.Time{}
+}
+
+// Versions returns the trusted targets and snapshot versions.
+func (c *Client) Versions() (targets, snapshot int64) {
+	s := c.Seen()
+	return s.Targets, s.Snapshot
+}
+
+// TargetInfo finds targetPath by a pre-order depth-first walk of the
+// delegation graph (TUF client workflow 5.7), loading each delegated role
+// verified against the delegator on the current path.
+func (c *Client) TargetInfo(targetPath string) (*metadata.TargetFiles, error) {
+	ts := c.up.GetTrustedMetadataSet()
+	if ts.Targets[metadata.TARGETS] == nil {
+		return nil, errors.New("TUF metadata not refreshed")
+	}
+	type visit struct{ role, parent string }
+	stack := []visit{{metadata.TARGETS, metadata.ROOT}}
+	visited := map[string]bool{}
+	for len(stack) > 0 && len(visited) <= c.ucfg.MaxDelegations {
+		v := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if visited[v.role] {
+			continue
+		}
+		md, err := c.loadRole(&ts, v.role, v.parent)
+		if err != nil {
+			return nil, err
+		}
+		if tf, ok := md.Signed.Targets[targetPath]; ok {
+			return tf, nil
+		}
+		visited[v.role] = true
+		if md.Signed.Delegations == nil {
+			continue
+		}
+		var children []visit
+		for _, r := range md.Signed.Delegations.GetRolesForTarget(targetPath) {
+			children = append(children, visit{r.Name, v.role})
+			if r.Terminating {
+				stack = nil
+				break
+			}
+		}
+		slices.Reverse(children)
+		stack = append(stack, children...)
+	}
+	return nil, fmt.Errorf("%w: %s", ErrTargetNotFound, targetPath)
+}
+
+// loadRole returns role verified against parent: from this session, the
+// local cache, or the repository (in that order, so nothing is fetched twice).
+func (c *Client) loadRole(ts *trustedmetadata.TrustedMetadata, role, parent string) (*metadata.Metadata[metadata.TargetsType], error) {
+	if role == metadata.TARGETS {
+		return ts.Targets[metadata.TARGETS], nil
+	}
+	key := [2]string{parent, role}
+	if md, ok := c.verified[key]; ok {
+		return md, nil
+	}
+	data, fromSession := c.raw[role]
+	if !fromSession {
+		if local, err := os.ReadFile(c.rolePath(role)); err == nil && int64(len(local)) <= c.ucfg.TargetsMaxLength {
+			if md, err := ts.UpdateDelegatedTargets(local, role, parent); err == nil {
+				c.raw[role], c.verified[key] = local, md
+				return md, nil
+			} else if !errors.Is(err, &metadata.ErrRepository{}) {
+				return nil, err
+			}
+		}
+		meta, ok := ts.Snapshot.Signed.Meta[role+".json"]
+		if !ok {
+			return nil, fmt.Errorf("role %s not found in snapshot", role)
+		}
+		length := meta.Length
+		if length == 0 {
+			length = c.ucfg.TargetsMaxLength
+		}
+		name := url.PathEscape(role) + ".json"
+		if ts.Root.Signed.ConsistentSnapshot {
+			name = strconv.FormatInt(meta.Version, 10) + "." + name
+		}
+		remote, err := c.fetcher.DownloadFile(strings.TrimSuffix(c.cfg.MetadataURL, "/")+"/"+name, length, 0)
+		if err != nil {
+			return nil, fmt.Errorf("downloading role %s: %s%w", role, Attack(err), err)
+		}
+		data = remote
+	}
+	md, err := ts.UpdateDelegatedTargets(data, role, parent)
+	if err != nil {
+		return nil, fmt.Errorf("role %s delegated by %s: %s%w", role, parent, Attack(err), err)
+	}
+	if !fromSession {
+		if err := atomicfile.WriteFile(c.rolePath(role), data, 0o644); err != nil {
+			return nil, fmt.Errorf("caching role %s: %w", role, err)
+		}
+	}
+	c.raw[role], c.verified[key] = data, md
+	return md, nil
+}
+
+func (c *Client) rolePath(role string) string {
+	return filepath.Join(c.cfg.MetadataDir, url.PathEscape(role)+".json")
 }
 
 // Custom is Foster's target custom metadata (docs/CONTRACTS.md).
@@ -144,6 +408,8 @@ type Criteria struct {
 	HardwareID string // optional
 	// MinReleaseCounter: only targets with a strictly greater counter qualify.
 	MinReleaseCounter int64
+	// Refused lists sha256 (hex) of images not to try again (rolled back before).
+	Refused []string
 }
 
 func parseCustom(tf *metadata.TargetFiles) (Custom, error) {
@@ -157,24 +423,28 @@ func parseCustom(tf *metadata.TargetFiles) (Custom, error) {
 	return c, nil
 }
 
-// qualifies applies the Foster rules; reason is empty when the target qualifies.
-func (cr Criteria) qualifies(c Custom) (reason string) {
+// Qualifies applies the Foster rules; reason is empty when the target qualifies.
+func (cr Criteria) Qualifies(c Custom) (reason string) {
 	switch {
 	case c.Model != cr.Model:
 		return "other model"
 	case c.ReleaseCounter <= cr.MinReleaseCounter:
-		return "release counter not above installed"
+		return "rollback: release counter not above installed"
 	case cr.HardwareID != "" && len(c.HardwareIDs) > 0 && !slices.Contains(c.HardwareIDs, cr.HardwareID):
-		return "other hardware"
+		return "wrong hardware"
 	}
 	return ""
+}
+
+func sha256Of(tf *metadata.TargetFiles) string {
+	return hex.EncodeToString(tf.Hashes["sha256"])
 }
 
 // Latest returns the qualifying target with the highest release counter, or
 // nil when the device is up to date. Call Refresh first.
 //
 // Every loaded role is searched to discover candidates, but a candidate is
-// judged on the entry go-tuf's delegation walk returns for its path: a role
+// judged on the entry the delegation walk returns for its path: a role
 // listing a path it is not delegated for cannot smuggle a target in.
 func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 	if err := c.loadModelRoles(cr.Model); err != nil {
@@ -183,7 +453,7 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 	counters := map[string]int64{}
 	for _, role := range c.up.GetTrustedMetadataSet().Targets {
 		for name, tf := range role.Signed.Targets {
-			if cu, err := parseCustom(tf); err == nil && cr.qualifies(cu) == "" {
+			if cu, err := parseCustom(tf); err == nil && cr.Qualifies(cu) == "" && !slices.Contains(cr.Refused, sha256Of(tf)) {
 				counters[name] = max(counters[name], cu.ReleaseCounter)
 			}
 		}
@@ -200,18 +470,18 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 		return strings.Compare(b, a)
 	})
 	for _, name := range names {
-		tf, err := c.up.GetTargetInfo(name)
+		tf, err := c.TargetInfo(name)
+		if errors.Is(err, ErrTargetNotFound) {
+			continue // listed by a role not delegated for this path
+		}
 		if err != nil {
-			if err.Error() == fmt.Sprintf("target %s not found", name) {
-				continue // listed by a role not delegated for this path
-			}
 			return nil, fmt.Errorf("target %q: %w", name, err)
 		}
 		cu, err := parseCustom(tf)
-		if err != nil || cr.qualifies(cu) != "" {
+		if err != nil || cr.Qualifies(cu) != "" || slices.Contains(cr.Refused, sha256Of(tf)) {
 			continue
 		}
-		if err := checkTargetName(name); err != nil {
+		if err := CheckTargetName(name); err != nil {
 			return nil, err
 		}
 		cand := &Candidate{Name: name, Info: tf, Custom: cu}
@@ -231,24 +501,30 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 	return nil, nil
 }
 
-// loadModelRoles makes go-tuf fetch and verify the delegated roles that may
-// hold targets for model, by asking for a path shaped like a Foster target
-// (<model>/<version>/<file>). Only the top-level targets are loaded by Refresh.
+// loadModelRoles loads the roles the top-level targets delegates model's
+// paths (<model>/<version>/<file>) to, verified against it. Refresh loads
+// only top-level targets. Deeper roles (fosterd's hashed bins of older
+// releases) are not fetched to discover candidates: the newest releases are
+// listed by the model's own role.
 func (c *Client) loadModelRoles(model string) error {
-	top := c.up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
+	ts := c.up.GetTrustedMetadataSet()
+	top := ts.Targets[metadata.TARGETS]
 	if top == nil || top.Signed.Delegations == nil {
 		return nil
 	}
-	probe := model + "/0/probe"
-	_, err := c.up.GetTargetInfo(probe)
-	if err != nil && err.Error() != fmt.Sprintf("target %s not found", probe) {
-		return fmt.Errorf("loading delegated targets for model %s: %w", model, err)
+	for _, r := range top.Signed.Delegations.GetRolesForTarget(model + "/0/probe") {
+		if _, err := c.loadRole(&ts, r.Name, metadata.TARGETS); err != nil {
+			return fmt.Errorf("loading delegated targets for model %s: %w", model, err)
+		}
+		if r.Terminating {
+			break
+		}
 	}
 	return nil
 }
 
-// checkTargetName refuses paths that could escape the targets URL space.
-func checkTargetName(name string) error {
+// CheckTargetName refuses paths that could escape the targets URL space or a directory.
+func CheckTargetName(name string) error {
 	if name == "" || strings.HasPrefix(name, "/") || path.Clean(name) != name {
 		return fmt.Errorf("target name %q is not a clean relative path", name)
 	}
@@ -260,15 +536,27 @@ func checkTargetName(name string) error {
 	return nil
 }
 
-// TargetURL is where the server serves cand: with consistent snapshots
-// <server>/targets/<dir>/<sha256hex>.<base> (docs/CONTRACTS.md).
-func (c *Client) TargetURL(cand *Candidate) string {
-	dir, base := path.Split(cand.Name)
+// TargetURL is where the repository serves the target: with consistent
+// snapshots <base>/<dir>/<hash>.<base name> (docs/CONTRACTS.md), SHA-256
+// when signed.
+func (c *Client) TargetURL(name string, tf *metadata.TargetFiles) string {
+	dir, base := path.Split(name)
 	if c.up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot {
-		base = hex.EncodeToString(cand.SHA256) + "." + base
+		h := tf.Hashes["sha256"]
+		if h == nil {
+			algs := make([]string, 0, len(tf.Hashes))
+			for a := range tf.Hashes {
+				algs = append(algs, a)
+			}
+			slices.Sort(algs)
+			if len(algs) > 0 {
+				h = tf.Hashes[algs[0]]
+			}
+		}
+		base = hex.EncodeToString(h) + "." + base
 	}
 	var b strings.Builder
-	b.WriteString(c.server + "/targets/")
+	b.WriteString(strings.TrimSuffix(c.cfg.TargetsURL, "/") + "/")
 	for _, seg := range strings.Split(strings.TrimSuffix(dir, "/"), "/") {
 		if seg != "" {
 			b.WriteString(url.PathEscape(seg) + "/")

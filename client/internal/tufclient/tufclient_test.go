@@ -17,12 +17,12 @@ func TestCriteria(t *testing.T) {
 		{"other hardware", Custom{Model: "edge-gw", ReleaseCounter: 9, HardwareIDs: []string{"rev-b"}}, false},
 	}
 	for _, tt := range tests {
-		if got := cr.qualifies(tt.c) == ""; got != tt.ok {
+		if got := cr.Qualifies(tt.c) == ""; got != tt.ok {
 			t.Errorf("%s: qualifies = %v, want %v", tt.name, got, tt.ok)
 		}
 	}
 	// A device that does not know its hardware id accepts hardware-specific images of its model.
-	if why := (Criteria{Model: "edge-gw"}).qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{"x"}}); why != "" {
+	if why := (Criteria{Model: "edge-gw"}).Qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{"x"}}); why != "" {
 		t.Errorf("unexpected refusal: %s", why)
 	}
 }
@@ -37,7 +37,7 @@ func TestCheckTargetName(t *testing.T) {
 		"edge-gw/./fw":         false,
 		"":                     false,
 	} {
-		if got := checkTargetName(name) == nil; got != ok {
+		if got := CheckTargetName(name) == nil; got != ok {
 			t.Errorf("%q: ok = %v, want %v", name, got, ok)
 		}
 	}
