@@ -61,12 +61,12 @@ func SimBehaviour(img []byte) (version, behaviour string) {
 // concurrent use by one test and the agent processes it runs (state is on
 // disk; the mutex guards the in-memory record).
 type SimDevice struct {
-	Dir                  string
-	Slots                map[string]string
-	EnvFile, Cmdline     string
-	BootIDFile           string
-	RebootFlag           string
-	BootLimit            int
+	Dir              string
+	Slots            map[string]string
+	EnvFile, Cmdline string
+	BootIDFile       string
+	RebootFlag       string
+	BootLimit        int
 	// NoFallback simulates a bootloader without altbootcmd (the agent must
 	// notice the overflow itself).
 	NoFallback bool
