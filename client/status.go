@@ -36,6 +36,15 @@ type Status struct {
 	// QueuedAttestations are the sequence numbers waiting in the outbox.
 	QueuedAttestations []int64 `json:"queued_attestations"`
 	SentAttestations   int     `json:"sent_attestations"`
+	// UnsignedAttestations counts outcomes recorded but not yet signed into
+	// the outbox (the next run does it).
+	UnsignedAttestations int `json:"unsigned_attestations,omitempty"`
+	// RolledBack lists the sha256 of images that were rolled back (not retried).
+	RolledBack []string `json:"rolled_back,omitempty"`
+	// SeenMetadata are the newest TUF versions trusted (root, timestamp, snapshot, targets).
+	SeenMetadata journal.Seen `json:"seen_metadata"`
+	// ClockFloor is the newest time the device has signed evidence for.
+	ClockFloor time.Time `json:"clock_floor,omitzero"`
 }
 
 // ReadStatus reads a state dir without network access, locks or writes.
@@ -74,6 +83,10 @@ func ReadStatus(stateDir string, now time.Time) (*Status, error) {
 		}
 		s.LastCheck, s.LastError, s.LastErrorAt = st.LastCheck, st.LastError, st.LastErrorAt
 		s.AttestationSequence = st.AttestSequence
+		s.UnsignedAttestations = len(st.Unqueued)
+		s.RolledBack = st.Failed
+		s.SeenMetadata = st.Seen
+		s.ClockFloor = st.Clock.Floor
 	}
 	ob := &outbox.Outbox{Layout: l}
 	if s.QueuedAttestations, err = ob.Queued(); err != nil {

@@ -489,6 +489,15 @@ func printStatus(w io.Writer, s *client.Status, now time.Time) {
 	if s.Pending != nil {
 		line("pending", "%s", target(s.Pending))
 	}
+	if n := len(s.RolledBack); n > 0 {
+		line("rolled back", "%d image(s), not retried (newest sha256 %s)", n, s.RolledBack[n-1])
+	}
+	if sm := s.SeenMetadata; sm.Timestamp > 0 {
+		line("metadata", "root v%d, timestamp v%d, snapshot v%d, targets v%d", sm.Root, sm.Timestamp, sm.Snapshot, sm.Targets)
+	}
+	if !s.ClockFloor.IsZero() {
+		line("time floor", "%s (newest signed time evidence; the clock is not trusted before it)", s.ClockFloor.UTC().Format(time.RFC3339))
+	}
 	if s.LastCheck.IsZero() {
 		line("last check", "never")
 	} else {
@@ -504,6 +513,9 @@ func printStatus(w io.Writer, s *client.Status, now time.Time) {
 			seqs[i] = fmt.Sprint(v)
 		}
 		q = fmt.Sprintf("%d queued (sequence %s)", n, strings.Join(seqs, ", "))
+	}
+	if s.UnsignedAttestations > 0 {
+		q += fmt.Sprintf(", %d to sign", s.UnsignedAttestations)
 	}
 	line("attestations", "%s, %d sent, last sequence %d", q, s.SentAttestations, s.AttestationSequence)
 }
