@@ -99,6 +99,7 @@ type CA struct {
 	auth        *stepca.Authority
 	opts        Options
 	crlMu       sync.Mutex // one CRL generation at a time, so numbers increase
+	chains      chainCache // verified station chains (token.go)
 }
 
 // Open loads the PKI from dir (ca.pem, intermediate.pem,

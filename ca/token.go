@@ -2,9 +2,11 @@ package ca
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/foster-ota/foster/pkg/identity"
@@ -161,24 +163,30 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	if len(t.Headers) != 1 {
 		return fail("want exactly one signature")
 	}
-	chains, err := t.Headers[0].Certificates(x509.VerifyOptions{
-		Roots:       c.pool,
-		CurrentTime: at(unverified[0]),
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
-		return fail("certificate chain does not verify against this Foster root: %v", err)
-	}
-	leaf := chains[0][0]
-	if !bytes.Equal(leaf.Raw, unverified[0].Raw) {
-		return fail("x5c leaf mismatch")
-	}
-	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		return fail("certificate may not sign")
-	}
-	p, err := identity.FromCertificate(leaf)
-	if err != nil {
-		return fail("signing certificate: %v", err)
+	now := at(unverified[0])
+	leaf, p, ok := c.chains.get(unverified, now)
+	if !ok {
+		chains, err := t.Headers[0].Certificates(x509.VerifyOptions{
+			Roots:       c.pool,
+			CurrentTime: now,
+			KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err != nil {
+			return fail("certificate chain does not verify against this Foster root: %v", err)
+		}
+		leaf = chains[0][0]
+		if !bytes.Equal(leaf.Raw, unverified[0].Raw) {
+			return fail("x5c leaf mismatch")
+		}
+		if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+			return fail("certificate may not sign")
+		}
+		if p, err = identity.FromCertificate(leaf); err != nil {
+			return fail("signing certificate: %v", err)
+		}
+		if p.Role == identity.RoleStation {
+			c.chains.put(unverified, chains[0], leaf, p)
+		}
 	}
 	var claims tokenClaims
 	if err := t.Claims(leaf.PublicKey, &claims.std, &claims.foster); err != nil {
@@ -209,4 +217,61 @@ func checkClaims(cl jose.Claims, signer identity.Principal, aud string, now time
 	default:
 		return fmt.Errorf("%w: %v", ErrBadToken, jose.TrimPrefix(err))
 	}
+}
+
+// chainCache remembers station chains that verified, so the thousands of
+// tokens a station mints cost one signature check each instead of three.
+// An entry is used only within the validity window of every certificate in
+// the verified chain; revocation is the store's job (checked per request).
+// Device chains (renew tokens, one per device) are not cached. Safe for
+// concurrent use.
+type chainCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]cachedChain
+}
+
+type cachedChain struct {
+	leaf        *x509.Certificate
+	p           identity.Principal
+	from, until time.Time // intersection of the chain's validity windows
+}
+
+const maxCachedChains = 1024
+
+func chainKey(x5c []*x509.Certificate) [32]byte {
+	h := sha256.New()
+	for _, c := range x5c {
+		h.Write(c.Raw)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+func (cc *chainCache) get(x5c []*x509.Certificate, at time.Time) (*x509.Certificate, identity.Principal, bool) {
+	cc.mu.Lock()
+	e, ok := cc.m[chainKey(x5c)]
+	cc.mu.Unlock()
+	if !ok || at.Before(e.from) || at.After(e.until) {
+		return nil, identity.Principal{}, false
+	}
+	return e.leaf, e.p, true
+}
+
+func (cc *chainCache) put(x5c, verified []*x509.Certificate, leaf *x509.Certificate, p identity.Principal) {
+	e := cachedChain{leaf: leaf, p: p, from: leaf.NotBefore, until: leaf.NotAfter}
+	for _, c := range verified {
+		if c.NotBefore.After(e.from) {
+			e.from = c.NotBefore
+		}
+		if c.NotAfter.Before(e.until) {
+			e.until = c.NotAfter
+		}
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.m == nil || len(cc.m) >= maxCachedChains {
+		cc.m = map[[32]byte]cachedChain{}
+	}
+	cc.m[chainKey(x5c)] = e
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -245,4 +246,35 @@ func FuzzVerifyTokens(f *testing.F) {
 			t.Fatalf("untyped renew token error: %v", err)
 		}
 	})
+}
+
+// TestCachedStationChainStillExpires: a station chain that verified once is
+// cached, but the cache never outlives the certificates' validity.
+func TestCachedStationChainStillExpires(t *testing.T) {
+	var mu sync.Mutex
+	clock := time.Now()
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	c, _ := newTestCA(t, Options{Now: now})
+	station := identity.Principal{Role: identity.RoleStation, Name: "line-1"}
+	st := clientCred(t, c, station, WithValidity(time.Hour))
+	mintAt := func(at time.Time) string {
+		return mint(t, st, x5ctoken.Claims{Issuer: station.URI(), Subject: identity.Device(testModel, testSerial).URI(),
+			Audience: x5ctoken.EnrollAudience, IssuedAt: at, Expiry: at.Add(time.Hour)})
+	}
+	for range 2 { // miss, then hit
+		if _, err := c.VerifyStationToken(mintAt(now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	clock = clock.Add(2 * time.Hour)
+	mu.Unlock()
+	if _, err := c.VerifyStationToken(mintAt(now())); !errors.Is(err, ErrBadToken) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired station chain served from the cache: %v", err)
+	}
+	// A cached chain does not vouch for a token signed by another key.
+	if _, err := c.VerifyStationToken(forge(t, st.chain, p256(t), x5ctoken.Claims{Issuer: station.URI(), Subject: identity.Device(testModel, testSerial).URI(),
+		Audience: x5ctoken.EnrollAudience, IssuedAt: time.Now(), Expiry: time.Now().Add(time.Hour)})); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("forged token: %v", err)
+	}
 }

@@ -33,9 +33,14 @@ const (
 	maxRenewBody           = 32 << 10 // bytes: a CSR and a token
 )
 
-// issueEnrollment checks the CSR, then lets the store authorise (token,
-// station policy and quota, clone detection) and record the issuance in one
-// transaction.
+// issueEnrollment checks the CSR and (read-only) everything the store will
+// check, signs, and then lets the store authorise again (token or station
+// policy, quota, single use, clone detection) and record the device and its
+// certificate in one transaction. Signing before that transaction keeps
+// the CPU-heavy part out of the store's write lock (SQLite has one writer);
+// a certificate signed for a request the transaction then refuses (a race
+// lost to another request with the same token) is dropped: it is never
+// recorded nor returned, so it was never issued.
 func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, csr []byte) error {
 	ctx := r.Context()
 	if _, err := s.cfg.Store.GetModel(ctx, auth.Model); errors.Is(err, store.ErrNotFound) {
@@ -48,13 +53,18 @@ func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth st
 		return s.csrError(err)
 	}
 	auth.KeySHA256 = dr.KeySHA256
-	dev, err := s.cfg.Store.EnrollDevice(ctx, auth, func() (store.Issued, error) {
-		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
-		if err != nil {
-			return store.Issued{}, err
-		}
-		return issued(chain)
-	})
+	if err := s.cfg.Store.CheckEnroll(ctx, auth); err != nil {
+		return s.identityError(err)
+	}
+	chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
+	if err != nil {
+		return s.csrError(err)
+	}
+	is, err := issued(chain)
+	if err != nil {
+		return err
+	}
+	dev, err := s.cfg.Store.EnrollDevice(ctx, auth, func() (store.Issued, error) { return is, nil })
 	if err != nil {
 		return s.identityError(err)
 	}

@@ -227,30 +227,16 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 	if (r.TokenHash == "") == (r.Station == "") {
 		return Device{}, errors.New("enrollment needs exactly one of a token and a station")
 	}
-	id := "urn:foster:device:" + r.Model + ":" + r.Serial
+	id := r.deviceID()
 	var dev Device
 	err := d.tx(ctx, func(tx *sql.Tx) error {
 		now := d.now()
-		if r.TokenHash != "" {
-			if err := d.checkToken(ctx, tx, r, now); err != nil {
-				return err
-			}
-		} else if err := d.checkStation(ctx, tx, r, now); err != nil {
+		useJTI := func() error {
+			return d.useTokenID(ctx, tx, r.JTI, "urn:foster:station:"+r.Station, r.JTIExpiresAt, now)
+		}
+		old, exists, err := d.authorize(ctx, tx, r, now, d.forUpdate(), useJTI)
+		if err != nil {
 			return err
-		}
-		old, err := scanDevice(tx.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+d.forUpdate()), id))
-		exists := err == nil
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("reading device: %w", err)
-		}
-		reprovision := exists && !old.ReprovisionAllowedAt.IsZero()
-		if exists && !reprovision {
-			switch {
-			case old.Status == DeviceRevoked:
-				return fmt.Errorf("device %s: %w (an admin must run `device reprovision` before it can enroll again)", id, ErrDeviceRevoked)
-			case old.KeySHA256 == "" || old.KeySHA256 != r.KeySHA256:
-				return fmt.Errorf("device %s: %w", id, ErrClone)
-			}
 		}
 		is, err := issue()
 		if err != nil {
@@ -260,6 +246,7 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			return err
 		}
 		via := r.via()
+		reprovision := exists && !old.ReprovisionAllowedAt.IsZero()
 		if reprovision {
 			if err := d.revokeSubject(ctx, tx, old, 4, "superseded by re-provisioning", now); err != nil {
 				return err
@@ -288,25 +275,96 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: id, KeySHA256: is.KeySHA256,
 			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via})
 	})
-	if errors.Is(err, ErrClone) || errors.Is(err, ErrDeviceRevoked) {
-		reason := "clone: enrollment with a different key"
-		if errors.Is(err, ErrDeviceRevoked) {
-			reason = "enrollment of a revoked device"
-		}
-		if rerr := d.recordRefusal(ctx, id, reason, r.KeySHA256, r.via()); rerr != nil {
-			return Device{}, errors.Join(err, rerr)
-		}
-	}
-	if err != nil {
+	if err := d.noteRefusal(ctx, r, err); err != nil {
 		return Device{}, err
 	}
 	return dev, nil
 }
 
-func (d *DB) checkToken(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
+// CheckEnroll runs every check EnrollDevice runs, without locking or
+// writing (except recording a refused clone or revoked device), so callers
+// can refuse early and sign only what will very likely be accepted.
+// EnrollDevice checks again, authoritatively, in its transaction.
+func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
+	if (r.TokenHash == "") == (r.Station == "") {
+		return errors.New("enrollment needs exactly one of a token and a station")
+	}
+	jtiUnused := func() error {
+		var one int
+		err := d.db.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE jti = ?`), r.JTI).Scan(&one)
+		switch {
+		case err == nil:
+			return ErrTokenUsed
+		case errors.Is(err, sql.ErrNoRows):
+			return nil
+		}
+		return fmt.Errorf("reading token ids: %w", err)
+	}
+	_, _, err := d.authorize(ctx, d.db, r, d.now(), "", jtiUnused)
+	return d.noteRefusal(ctx, r, err)
+}
+
+func (r EnrollRequest) deviceID() string { return "urn:foster:device:" + r.Model + ":" + r.Serial }
+
+// noteRefusal records clone attempts and enrollments of revoked devices,
+// and passes err through.
+func (d *DB) noteRefusal(ctx context.Context, r EnrollRequest, err error) error {
+	if !errors.Is(err, ErrClone) && !errors.Is(err, ErrDeviceRevoked) {
+		return err
+	}
+	reason := "clone: enrollment with a different key"
+	if errors.Is(err, ErrDeviceRevoked) {
+		reason = "enrollment of a revoked device"
+	}
+	if rerr := d.recordRefusal(ctx, r.deviceID(), reason, r.KeySHA256, r.via()); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// authorize checks the token or station, then (stations) the token id
+// with jti, then the device (clone, revoked), reading with lock ("" or
+// " FOR UPDATE"). It returns the existing device.
+func (d *DB) authorize(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string, jti func() error) (Device, bool, error) {
+	if r.TokenHash != "" {
+		if err := d.checkToken(ctx, q, r, now, lock); err != nil {
+			return Device{}, false, err
+		}
+	} else if err := d.checkStation(ctx, q, r, now, lock); err != nil {
+		return Device{}, false, err
+	}
+	if r.JTI != "" {
+		if err := jti(); err != nil {
+			return Device{}, false, err
+		}
+	}
+	id := r.deviceID()
+	old, err := scanDevice(q.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+lock), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, false, nil
+	}
+	if err != nil {
+		return Device{}, false, fmt.Errorf("reading device: %w", err)
+	}
+	if old.ReprovisionAllowedAt.IsZero() {
+		switch {
+		case old.Status == DeviceRevoked:
+			return Device{}, false, fmt.Errorf("device %s: %w (an admin must run `device reprovision` before it can enroll again)", id, ErrDeviceRevoked)
+		case old.KeySHA256 == "" || old.KeySHA256 != r.KeySHA256:
+			return Device{}, false, fmt.Errorf("device %s: %w", id, ErrClone)
+		}
+	}
+	return old, true, nil
+}
+
+func (d *DB) checkToken(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string) error {
 	var serial, model string
 	var exp, used int64
-	err := tx.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+d.forUpdate()), r.TokenHash).
+	err := q.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+lock), r.TokenHash).
 		Scan(&serial, &model, &exp, &used)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrTokenInvalid
@@ -325,23 +383,15 @@ func (d *DB) checkToken(ctx context.Context, tx *sql.Tx, r EnrollRequest, now ti
 	return nil
 }
 
-func (d *DB) checkStation(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
-	st, err := scanStation(tx.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`+d.forUpdate()), r.Station))
+func (d *DB) checkStation(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string) error {
+	st, err := scanStation(q.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`+lock), r.Station))
 	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("station %q: %w", r.Station, ErrStationRevoked)
+		return fmt.Errorf("station %q is not registered: %w", r.Station, ErrStationRevoked)
 	}
 	if err != nil {
 		return fmt.Errorf("reading station: %w", err)
 	}
-	if err := st.Permits(r.Serial, r.Model, now); err != nil {
-		return err
-	}
-	if r.JTI != "" {
-		if err := d.useTokenID(ctx, tx, r.JTI, "urn:foster:station:"+r.Station, r.JTIExpiresAt, now); err != nil {
-			return err
-		}
-	}
-	return nil
+	return st.Permits(r.Serial, r.Model, now)
 }
 
 // useTokenID records a token id; a second use is ErrTokenUsed.
@@ -588,11 +638,7 @@ func (d *DB) insertCert(ctx context.Context, tx *sql.Tx, c Certificate) error {
 	return nil
 }
 
-type queryer interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func getCert(ctx context.Context, q queryer, d *DB, serial string) (Certificate, error) {
+func getCert(ctx context.Context, q querier, d *DB, serial string) (Certificate, error) {
 	c, err := scanCert(q.QueryRowContext(ctx, d.q(`SELECT `+certCols+` FROM certificates WHERE serial = ?`), serial))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Certificate{}, fmt.Errorf("certificate %s: %w", serial, ErrNotFound)

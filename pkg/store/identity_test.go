@@ -289,3 +289,42 @@ func TestCRLIsMonotonic(t *testing.T) {
 		}
 	})
 }
+
+// TestCheckEnrollAgreesWithEnrollDevice: the read-only pre-check refuses
+// what EnrollDevice would refuse, records clone attempts, and writes nothing
+// else.
+func TestCheckEnrollAgreesWithEnrollDevice(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		newStation(t, d, "line-1", 2)
+		ok := store.EnrollRequest{Serial: "SN-0001", Model: "edge-gw", KeySHA256: "kA", Station: "line-1", JTI: "j1"}
+		if err := d.CheckEnroll(ctx, ok); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.EnrollDevice(ctx, ok, issuer("kA")); err != nil {
+			t.Fatal(err)
+		}
+		for _, tt := range []struct {
+			name    string
+			req     store.EnrollRequest
+			wantErr error
+		}{
+			{"used token id", store.EnrollRequest{Serial: "SN-0002", Model: "edge-gw", KeySHA256: "kB", Station: "line-1", JTI: "j1"}, store.ErrTokenUsed},
+			{"clone", store.EnrollRequest{Serial: "SN-0001", Model: "edge-gw", KeySHA256: "kZ", Station: "line-1", JTI: "j2"}, store.ErrClone},
+			{"serial off pattern", store.EnrollRequest{Serial: "X", Model: "edge-gw", KeySHA256: "kB", Station: "line-1", JTI: "j3"}, store.ErrStationPolicy},
+			{"unknown admin token", store.EnrollRequest{Serial: "SN-0002", Model: "edge-gw", KeySHA256: "kB", TokenHash: "nope"}, store.ErrTokenInvalid},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				if err := d.CheckEnroll(ctx, tt.req); !errors.Is(err, tt.wantErr) {
+					t.Fatalf("got %v, want %v", err, tt.wantErr)
+				}
+			})
+		}
+		if st, _ := d.GetStation(ctx, "line-1"); st.Used != 1 {
+			t.Fatalf("pre-checks charged the quota: %+v", st)
+		}
+		if rs, _ := d.ListRefusals(ctx, "urn:foster:device:edge-gw:SN-0001"); len(rs) != 1 || rs[0].KeySHA256 != "kZ" {
+			t.Fatalf("clone pre-check not recorded: %+v", rs)
+		}
+	})
+}
