@@ -43,6 +43,9 @@ Usage:
   foster [connection] admin create NAME --role admin|auditor --out NAME.cred
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
+  foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
+  foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
+  foster [connection] audit monitor --state FILE [--log-key log.pub]   (needs only --server URL --ca FILE)
 
 Connection (one of):
   --instance DIR                       use DIR's server URL, admin certificate and CA root
@@ -94,6 +97,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdStationToken(cred, rest[1:], stdout, stderr)
+	}
+	if cmd == "audit" {
+		return runAudit(ctx, c, rest, stdout, stderr) // verify is offline, monitor needs no credential
 	}
 	if cmd == "enroll" {
 		rest = append([]string{""}, rest...) // the one command without a subcommand

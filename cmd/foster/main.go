@@ -16,8 +16,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var ee *exitError
 	switch {
 	case err == nil:
+	case errors.As(err, &ee):
+		fmt.Fprintf(os.Stderr, "foster: %v\n", ee.err)
+		os.Exit(ee.code)
 	case errors.Is(err, flag.ErrHelp):
 	case errors.Is(err, errUsage):
 		os.Exit(2)

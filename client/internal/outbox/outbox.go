@@ -5,6 +5,7 @@
 //
 //	outbox/<seq>.json    signed DSSE envelopes waiting to be sent, sent in sequence order
 //	sent/<seq>.json      accepted by the server (2xx)
+//	bundles/<seq>.json   the server's proof of acceptance (transparency log bundle, bundles.go)
 //	rejected/<seq>.json  refused by the server as invalid (4xx other than auth/rate limits): resending cannot help
 package outbox
 
@@ -113,10 +114,15 @@ func (o *Outbox) Flush(ctx context.Context, client Doer, url string) (FlushResul
 		if err != nil {
 			return res, fmt.Errorf("reading attestation %d: %w", seq, err)
 		}
-		status, err := post(ctx, client, url, env)
+		status, body, err := post(ctx, client, url, env)
 		switch {
 		case err == nil:
 			killpoint.Hit("outbox-accepted")
+			// The bundle first: if we stop before the move, the re-send
+			// gets the same bundle back.
+			if err := o.saveBundle(seq, body); err != nil {
+				return res, err
+			}
 			if err := atomicfile.Rename(path, filepath.Join(o.Layout.Sent(), name(seq))); err != nil {
 				return res, fmt.Errorf("moving attestation %d to sent: %w", seq, err)
 			}
@@ -146,20 +152,23 @@ func permanent(status int) bool {
 	return status >= 400 && status < 500
 }
 
-func post(ctx context.Context, client Doer, url string, env []byte) (int, error) {
+func post(ctx context.Context, client Doer, url string, env []byte) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(env))
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return resp.StatusCode, apierr.FromResponse(resp)
+		return resp.StatusCode, nil, apierr.FromResponse(resp)
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	return resp.StatusCode, nil
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the server's answer: %w", err)
+	}
+	return resp.StatusCode, body, nil
 }
