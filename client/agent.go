@@ -143,7 +143,9 @@ func New(cfg Config) (*Agent, error) {
 		MaxLead: cfg.MaxClockLead,
 		BootID:  a.bootID,
 	}
-	a.floor.Store(&journal.Clock{})
+	// Until RunOnce loads the journal, the certificate is the evidence at hand.
+	initial := a.clock.Advance(journal.Clock{}, id.chain[0].NotBefore)
+	a.floor.Store(&initial)
 	api, dl := id.httpClients(cfg.RequestTimeout, a.now, a.sawServerCert)
 	a.api = userAgent{api, cfg.UserAgent}
 	a.dl = &fetch.Downloader{

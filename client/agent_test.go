@@ -41,6 +41,8 @@ type device struct {
 	hardware   string
 	checkpoint int64
 	now        func() time.Time
+	minRate    int64
+	rateWindow time.Duration
 }
 
 func newEnv(t *testing.T, delegate bool) *clienttest.Server {
@@ -93,6 +95,8 @@ func (d *device) agent() *client.Agent {
 		StallTimeout:    2 * time.Second,
 		CheckpointEvery: d.checkpoint,
 		Now:             d.now,
+		MinRate:         d.minRate,
+		RateWindow:      d.rateWindow,
 	})
 	if err != nil {
 		d.t.Fatal(err)
@@ -234,7 +238,7 @@ func TestRunOnceInstallsVerifiesAndAttests(t *testing.T) {
 
 // Tampered (arbitrary software), oversized and endless bodies must never
 // reach the installed file, and must leave no unverified bytes behind.
-func TestRunOnceRefusesBadTargetBytes(t *testing.T) {
+func TestAttackTamperedBlobArbitrarySoftwareEndlessData(t *testing.T) {
 	tests := []struct {
 		name string
 		hook func(w http.ResponseWriter, r *http.Request, body []byte)
@@ -302,7 +306,7 @@ func TestRunOnceRefusesBadTargetBytes(t *testing.T) {
 // Truncated download: a body cut short (by the network or on purpose) is
 // kept up to its last durable checkpoint and resumed with an HTTP Range
 // request; nothing is installed until every byte verifies.
-func TestRunOnceResumesTruncatedDownload(t *testing.T) {
+func TestAttackTruncatedDownload(t *testing.T) {
 	tests := []struct {
 		name string
 		hook func(w http.ResponseWriter, r *http.Request, body []byte)
@@ -358,7 +362,7 @@ func TestRunOnceResumesTruncatedDownload(t *testing.T) {
 	}
 }
 
-func TestRunOnceRefusesDowngradeOtherModelAndHardware(t *testing.T) {
+func TestAttackRollbackOfReleaseCounterWrongModelWrongHardware(t *testing.T) {
 	srv := newEnv(t, false)
 	d := newDevice(t, srv)
 	publish(t, srv, model, "2.0.0", 5, []byte("release 5"))
@@ -593,7 +597,7 @@ func must(t *testing.T, err error) {
 
 // A server (or mirror) replaying older signed metadata must not make the
 // device forget what it has seen: go-tuf refuses, the agent reports it.
-func TestRunOnceRefusesMetadataRollback(t *testing.T) {
+func TestAttackRollbackOfMetadata(t *testing.T) {
 	srv := newEnv(t, false)
 	d := newDevice(t, srv)
 	var oldTimestamp []byte

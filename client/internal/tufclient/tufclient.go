@@ -92,6 +92,7 @@ type Client struct {
 	// role reached through several delegators is fetched once and verified
 	// against each.
 	raw      map[string][]byte
+	saved    map[string]bool // raw[role] is in the metadata dir
 	verified map[[2]string]*metadata.Metadata[metadata.TargetsType]
 }
 
@@ -132,7 +133,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if !cfg.RefTime.IsZero() {
 		up.UnsafeSetRefTime(cfg.RefTime.UTC())
 	}
-	return &Client{cfg: cfg, up: up, ucfg: ucfg, fetcher: df, raw: map[string][]byte{},
+	return &Client{cfg: cfg, up: up, ucfg: ucfg, fetcher: df, raw: map[string][]byte{}, saved: map[string]bool{},
 		verified: map[[2]string]*metadata.Metadata[metadata.TargetsType]{}}, nil
 }
 
@@ -242,7 +243,7 @@ func (c *Client) syncCache() error {
 func Attack(err error) string {
 	switch {
 	case errors.Is(err, &metadata.ErrBadVersionNumber{}):
-		return "rollback (metadata older than already trusted): "
+		return "rollback or mix-and-match (not the metadata version trusted or signed for): "
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
 		return "freeze (expired metadata, or a wrong device clock): "
 	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
@@ -344,7 +345,7 @@ func (c *Client) loadRole(ts *trustedmetadata.TrustedMetadata, role, parent stri
 	if !fromSession {
 		if local, err := os.ReadFile(c.rolePath(role)); err == nil && int64(len(local)) <= c.ucfg.TargetsMaxLength {
 			if md, err := ts.UpdateDelegatedTargets(local, role, parent); err == nil {
-				c.raw[role], c.verified[key] = local, md
+				c.raw[role], c.verified[key], c.saved[role] = local, md, true
 				return md, nil
 			} else if !errors.Is(err, &metadata.ErrRepository{}) {
 				return nil, err
@@ -367,17 +368,21 @@ func (c *Client) loadRole(ts *trustedmetadata.TrustedMetadata, role, parent stri
 			return nil, fmt.Errorf("downloading role %s: %s%w", role, Attack(err), err)
 		}
 		data = remote
+		// Kept even if this delegator refuses it: another may accept the
+		// same bytes (the snapshot pins one version), without a second fetch.
+		c.raw[role] = data
 	}
 	md, err := ts.UpdateDelegatedTargets(data, role, parent)
 	if err != nil {
 		return nil, fmt.Errorf("role %s delegated by %s: %s%w", role, parent, Attack(err), err)
 	}
-	if !fromSession {
+	if !c.saved[role] {
 		if err := atomicfile.WriteFile(c.rolePath(role), data, 0o644); err != nil {
 			return nil, fmt.Errorf("caching role %s: %w", role, err)
 		}
+		c.saved[role] = true
 	}
-	c.raw[role], c.verified[key] = data, md
+	c.verified[key] = md
 	return md, nil
 }
 

@@ -1,0 +1,315 @@
+package client_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/foster-ota/foster/client"
+	"github.com/foster-ota/foster/client/clienttest"
+	"github.com/foster-ota/foster/client/internal/journal"
+	"github.com/foster-ota/foster/pkg/attest"
+)
+
+// Attack tests, named after the attack (TUF's threat list). More live in
+// agent_test.go (tampered blob, arbitrary software, endless data,
+// truncated download, rollback of metadata and of release counters) and in
+// client/internal/tufclient (diamond delegations, clocks).
+
+// assertNothingInstalled checks the device still runs its old image and
+// attested nothing.
+func assertNothingInstalled(t *testing.T, d *device) {
+	t.Helper()
+	if got := d.targetContent(); got != "old firmware" {
+		t.Fatalf("installed %d bytes", len(got))
+	}
+	if n := len(d.srv.Received()); n != 0 {
+		t.Fatalf("%d attestations", n)
+	}
+}
+
+// Rollback: a device whose metadata cache was lost (or corrupted by a power
+// cut) must still refuse metadata older than what it trusted before.
+func TestAttackRollbackAfterLostMetadataCache(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	var old map[string][]byte
+	srv.Lock(func() { old = maps.Clone(srv.Repo.Meta) })
+	publish(t, srv, model, "1.0.1", 1, []byte("v1"))
+	publish(t, srv, model, "1.0.2", 2, []byte("v2"))
+	if _, err := d.runOnce(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"timestamp.json", "snapshot.json", "targets.json"} {
+		os.Remove(filepath.Join(d.dir, "tuf", f))
+	}
+	srv.Lock(func() { srv.Repo.Meta["timestamp.json"] = old["timestamp.json"] })
+	_, err := d.runOnce()
+	if err == nil || !strings.Contains(err.Error(), "rollback: timestamp metadata version 1 is older than version 3") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Logf("refused: %v", err)
+}
+
+// Freeze: a repository (or a mirror, or the blob store behind fosterd) that
+// keeps serving metadata past its expiry is refused, so the device notices
+// it is being kept from updates.
+func TestAttackFreeze(t *testing.T) {
+	t.Run("expired metadata", func(t *testing.T) {
+		srv := newEnv(t, false)
+		d := newDevice(t, srv)
+		srv.Lock(func() {
+			srv.Repo.SetExpiry(time.Now().Add(-time.Hour))
+			srv.Repo.AddTarget(t, model+"/1.0.1/firmware.bin", []byte("v1"), clienttest.Custom{Model: model, Version: "1.0.1", ReleaseCounter: 1})
+			srv.Repo.Publish(t)
+		})
+		_, err := d.runOnce()
+		if err == nil || !strings.Contains(err.Error(), "freeze") {
+			t.Fatalf("err = %v", err)
+		}
+		assertNothingInstalled(t, d)
+	})
+	t.Run("metadata frozen while time passes", func(t *testing.T) {
+		srv := newEnv(t, false)
+		srv.Lock(func() {
+			srv.Repo.SetExpiry(time.Now().Add(6 * time.Hour))
+			srv.Repo.Publish(t)
+		})
+		d := newDevice(t, srv)
+		if _, err := d.runOnce(); err != nil {
+			t.Fatal(err)
+		}
+		// Twelve hours later the server still serves the same (6-hour) metadata.
+		d.now = func() time.Time { return time.Now().Add(12 * time.Hour) }
+		_, err := d.runOnce()
+		if err == nil || !strings.Contains(err.Error(), "freeze") || !strings.Contains(err.Error(), "timestamp.json is expired") {
+			t.Fatalf("err = %v", err)
+		}
+		t.Logf("refused: %v", err)
+	})
+}
+
+// Mix-and-match: metadata from different repository states (here an older
+// targets file served under the name of the current one) is refused.
+func TestAttackMixAndMatch(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	publish(t, srv, model, "1.0.1", 1, []byte("v1"))
+	var stale []byte
+	srv.Lock(func() { stale = srv.Repo.Meta["2.targets.json"] })
+	publish(t, srv, model, "1.0.2", 2, []byte("v2"))
+	srv.Lock(func() {
+		srv.MetaHook = func(w http.ResponseWriter, r *http.Request, file string, body []byte) bool {
+			if file == "3.targets.json" {
+				w.Write(stale)
+				return true
+			}
+			return false
+		}
+	})
+	_, err := d.runOnce()
+	if err == nil || !strings.Contains(err.Error(), "mix-and-match") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Logf("refused: %v", err)
+	assertNothingInstalled(t, d)
+}
+
+// Arbitrary software: metadata signed by a key the root does not trust (a
+// compromised server without the timestamp key) is refused.
+func TestAttackArbitrarySoftwareUntrustedMetadataKey(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	publish(t, srv, model, "1.0.1", 1, []byte("evil"))
+	_, attacker, _ := ed25519.GenerateKey(rand.Reader)
+	srv.Lock(func() { srv.Repo.SignTimestampWith(t, attacker) })
+	_, err := d.runOnce()
+	if err == nil || !strings.Contains(err.Error(), "arbitrary software") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Logf("refused: %v", err)
+	assertNothingInstalled(t, d)
+}
+
+// Endless data: oversized metadata is cut off at go-tuf's per-role limit
+// (16 KiB for the timestamp) instead of filling memory.
+func TestAttackEndlessMetadata(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	srv.Lock(func() {
+		srv.MetaHook = func(w http.ResponseWriter, r *http.Request, file string, body []byte) bool {
+			if file != "timestamp.json" {
+				return false
+			}
+			w.Write(body[:len(body)-1])
+			for range 4096 {
+				if _, err := w.Write(bytes.Repeat([]byte(" "), 4096)); err != nil {
+					break
+				}
+			}
+			return true
+		}
+	})
+	_, err := d.runOnce()
+	if err == nil || !strings.Contains(err.Error(), "endless data") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Logf("refused: %v", err)
+}
+
+// Slow retrieval: a server that drips the image below the configured
+// minimum rate is abandoned (the partial download stays for a later run)
+// instead of holding the device forever.
+func TestAttackSlowRetrieval(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	d.minRate, d.rateWindow = 100_000, 200*time.Millisecond
+	fw := bytes.Repeat([]byte("slow"), 100_000)
+	publish(t, srv, model, "1.0.1", 1, fw)
+	srv.Lock(func() {
+		srv.TargetHook = func(w http.ResponseWriter, r *http.Request, body []byte) {
+			w.Header().Set("Content-Length", "400000")
+			for i := 0; i < len(body); i += 1024 {
+				if _, err := w.Write(body[i : i+1024]); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+	})
+	start := time.Now()
+	_, err := d.runOnce()
+	if err == nil || !strings.Contains(err.Error(), "slow retrieval") || !client.IsTransient(err) {
+		t.Fatalf("err = %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("gave up after %v", took)
+	}
+	if st := d.state(); st.Phase != journal.PhaseDownloading {
+		t.Fatalf("phase %s", st.Phase)
+	}
+	assertNothingInstalled(t, d)
+	srv.Lock(func() { srv.TargetHook = nil })
+	if rep, err := d.runOnce(); err != nil || rep.Installed == nil || d.targetContent() != string(fw) {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+// Wrong hardware: a correctly signed image for another hardware revision of
+// the same model is not installed, not even downloaded.
+func TestAttackWrongHardware(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	setHardwareID(t, d.dir, "rev-a")
+	srv.Lock(func() {
+		srv.Repo.AddTarget(t, model+"/2.0.0/firmware.bin", []byte("rev-b only"),
+			clienttest.Custom{Model: model, Version: "2.0.0", ReleaseCounter: 7, HardwareIDs: []string{"rev-b", "rev-c"}})
+		srv.Repo.Publish(t)
+	})
+	rep, err := d.runOnce()
+	if err != nil || !rep.UpToDate || len(srv.TargetRequests) != 0 {
+		t.Fatalf("%+v %v, target requests %v", rep, err, srv.TargetRequests)
+	}
+	assertNothingInstalled(t, d)
+}
+
+func setHardwareID(t *testing.T, dir, hw string) {
+	t.Helper()
+	p := filepath.Join(dir, "agent.json")
+	b, _ := os.ReadFile(p)
+	var cfg map[string]any
+	json.Unmarshal(b, &cfg)
+	cfg["hardware_id"] = hw
+	b, _ = json.Marshal(cfg)
+	os.WriteFile(p, b, 0o644)
+}
+
+// Clock: a device whose clock reads 1970 (dead RTC) or 2099 still updates
+// from fresh metadata over TLS, dates its attestation by signed evidence,
+// and refuses expired metadata (docs/AGENT.md, "Time").
+func TestClockBrokenClocksStillUpdateAndRefuseExpiredMetadata(t *testing.T) {
+	for name, wall := range map[string]time.Time{
+		"1970": time.Unix(0, 0),
+		"2099": time.Date(2099, 6, 1, 0, 0, 0, 0, time.UTC),
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := newEnv(t, false)
+			d := newDevice(t, srv)
+			d.now = func() time.Time { return wall }
+			publish(t, srv, model, "1.0.1", 1, []byte("v1"))
+			rep, err := d.runOnce()
+			if err != nil || rep.Installed == nil {
+				t.Fatalf("%+v %v\n%s", rep, err, d.logs)
+			}
+			if !strings.Contains(d.logs.String(), "not trusting the wall clock") {
+				t.Error("no warning about the clock")
+			}
+			got := srv.Received()
+			if len(got) != 1 || got[0].Install.Outcome != attest.OutcomeCommitted {
+				t.Fatalf("attestations %d", len(got))
+			}
+			if at := got[0].Install.Time; at.Year() != time.Now().Year() && at.Year() != time.Now().Year()-1 {
+				t.Fatalf("attestation dated %v", at)
+			}
+			st, err := client.ReadStatus(d.dir, time.Now())
+			if err != nil || st.ClockFloor.Before(time.Now().Add(-48*time.Hour)) || st.ClockFloor.After(time.Now().Add(time.Hour)) {
+				t.Fatalf("clock floor %v (%v)", st.ClockFloor, err)
+			}
+
+			// A frozen repository: metadata that expired an hour ago.
+			srv.Lock(func() {
+				srv.Repo.SetExpiry(time.Now().Add(-time.Hour))
+				srv.Repo.AddTarget(t, model+"/1.0.2/firmware.bin", []byte("v2"), clienttest.Custom{Model: model, Version: "1.0.2", ReleaseCounter: 2})
+				srv.Repo.Publish(t)
+			})
+			_, err = d.runOnce()
+			if err == nil || !strings.Contains(err.Error(), "freeze") {
+				t.Fatalf("expired metadata: err = %v", err)
+			}
+		})
+	}
+}
+
+// Long offline: a root rotated several times while the device was away is
+// followed link by link on the next refresh.
+func TestLongOfflineFollowsRootRotations(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	srv.Lock(func() {
+		for range 5 {
+			srv.Repo.RotateRoot(t, time.Now().Add(365*24*time.Hour))
+		}
+	})
+	publish(t, srv, model, "1.0.1", 1, []byte("v1"))
+	if _, err := d.runOnce(); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.state(); st.Seen.Root != 6 {
+		t.Fatalf("root version %d", st.Seen.Root)
+	}
+	if d.targetContent() != "v1" {
+		t.Fatal("not installed")
+	}
+	// The newest root is kept durably next to go-tuf's cache.
+	if _, err := os.Stat(filepath.Join(d.dir, "tuf", "trusted-root.json")); err != nil {
+		t.Fatal(err)
+	}
+	// A torn root.json (power cut during go-tuf's non-durable write) does not orphan the device.
+	os.WriteFile(filepath.Join(d.dir, "tuf", "root.json"), []byte(`{"signed":`), 0o644)
+	if rep, err := d.runOnce(); err != nil || !rep.UpToDate {
+		t.Fatalf("after a torn root.json: %+v %v", rep, err)
+	}
+}

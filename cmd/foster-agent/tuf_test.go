@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/foster-ota/foster/client/clienttest"
+)
+
+// tufEnv is a plain TUF repository and a conformance-client working dir,
+// laid out as tuf-conformance's client runner does.
+type tufEnv struct {
+	t                   *testing.T
+	repo                *clienttest.Repo
+	mu                  sync.Mutex
+	reqs                []string
+	url                 string
+	metaDir, targetsDir string
+}
+
+func newTUFEnv(t *testing.T, delegate string) *tufEnv {
+	t.Helper()
+	e := &tufEnv{t: t, repo: clienttest.NewRepo(t, delegate)}
+	srv := httptest.NewServer(e.repo.Handler(&e.mu, &e.reqs))
+	t.Cleanup(srv.Close)
+	e.url = srv.URL
+	dir := t.TempDir()
+	e.metaDir, e.targetsDir = filepath.Join(dir, "metadata"), filepath.Join(dir, "targets")
+	os.Mkdir(e.metaDir, 0o755)
+	os.Mkdir(e.targetsDir, 0o755)
+	return e
+}
+
+func (e *tufEnv) requests(f func()) []string {
+	e.mu.Lock()
+	n := len(e.reqs)
+	e.mu.Unlock()
+	f()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.reqs[n:])
+}
+
+func (e *tufEnv) init() result {
+	root := clienttest.WriteFile(e.t, e.t.TempDir(), "initial_root.json", e.repo.RootJSON())
+	return agent(e.t, "tuf", "--metadata-dir", e.metaDir, "init", root)
+}
+
+func (e *tufEnv) refresh() result {
+	return agent(e.t, "tuf", "--metadata-url", e.url+"/metadata", "--metadata-dir", e.metaDir, "refresh")
+}
+
+func (e *tufEnv) download(names ...string) result {
+	args := []string{"tuf", "--metadata-url", e.url + "/metadata", "--metadata-dir", e.metaDir}
+	for _, n := range names {
+		args = append(args, "--target-name", n)
+	}
+	args = append(args, "--target-dir", e.targetsDir, "--target-base-url", e.url+"/targets", "download")
+	return agent(e.t, args...)
+}
+
+func (e *tufEnv) downloaded() map[string]string {
+	got := map[string]string{}
+	ents, _ := os.ReadDir(e.targetsDir)
+	for _, ent := range ents {
+		b, _ := os.ReadFile(filepath.Join(e.targetsDir, ent.Name()))
+		got[ent.Name()] = string(b)
+	}
+	return got
+}
+
+func (e *tufEnv) add(name, content string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.repo.AddTarget(e.t, name, []byte(content), clienttest.Custom{Model: strings.Split(name, "/")[0]})
+	e.repo.Publish(e.t)
+}
+
+func TestTUFConformanceCLI(t *testing.T) {
+	e := newTUFEnv(t, "")
+	if reqs := e.requests(func() {
+		if r := e.init(); r.code != 0 {
+			t.Fatalf("init: %d %s", r.code, r.stderr)
+		}
+	}); len(reqs) != 0 {
+		t.Fatalf("init made requests: %v", reqs)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.metaDir, "root.json")); !bytes.Equal(b, e.repo.RootJSON()) {
+		t.Fatal("root.json not initialised")
+	}
+
+	reqs := e.requests(func() {
+		if r := e.refresh(); r.code != 0 {
+			t.Fatalf("refresh: %d %s", r.code, r.stderr)
+		}
+	})
+	if want := "[metadata/2.root.json metadata/timestamp.json metadata/1.snapshot.json metadata/1.targets.json]"; fmt.Sprint(reqs) != want {
+		t.Fatalf("refresh requests %v, want %s", reqs, want)
+	}
+	for _, f := range []string{"root.json", "timestamp.json", "snapshot.json", "targets.json"} {
+		if _, err := os.Stat(filepath.Join(e.metaDir, f)); err != nil {
+			t.Fatalf("%s not stored under its unversioned name: %v", f, err)
+		}
+	}
+	// Nothing changed: only the next root and the timestamp are asked for.
+	reqs = e.requests(func() { e.refresh() })
+	if want := "[metadata/2.root.json metadata/timestamp.json]"; fmt.Sprint(reqs) != want {
+		t.Fatalf("second refresh requests %v, want %s", reqs, want)
+	}
+
+	e.add("app/1.0/fw.bin", "firmware one")
+	e.add("docs/readme.txt", "read me")
+	reqs = e.requests(func() {
+		if r := e.download("app/1.0/fw.bin", "docs/readme.txt"); r.code != 0 {
+			t.Fatalf("download: %d %s", r.code, r.stderr)
+		}
+	})
+	want := map[string]string{url.PathEscape("app/1.0/fw.bin"): "firmware one", url.PathEscape("docs/readme.txt"): "read me"}
+	if got := e.downloaded(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("target dir %v", got)
+	}
+	n := 0
+	for _, r := range reqs {
+		if strings.HasPrefix(r, "targets/") {
+			n++
+			if base := r[strings.LastIndex(r, "/")+1:]; len(base) < 65 || base[64] != '.' {
+				t.Errorf("target fetched without its consistent-snapshot hash prefix: %s", r)
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("requests %v", reqs)
+	}
+	// Already there with matching hashes: not fetched again.
+	reqs = e.requests(func() {
+		if r := e.download("app/1.0/fw.bin"); r.code != 0 {
+			t.Fatalf("cached download: %d %s", r.code, r.stderr)
+		}
+	})
+	if want := "[metadata/2.root.json metadata/timestamp.json]"; fmt.Sprint(reqs) != want {
+		t.Fatalf("cached download requests %v, want %s", reqs, want)
+	}
+
+	// The repository swaps the blob: refused, and the good copy stays.
+	e.mu.Lock()
+	for k := range e.repo.Blobs {
+		if strings.HasSuffix(k, ".readme.txt") {
+			e.repo.Blobs[k] = []byte("malicious")
+		}
+	}
+	e.mu.Unlock()
+	os.Remove(filepath.Join(e.targetsDir, url.PathEscape("docs/readme.txt")))
+	if r := e.download("docs/readme.txt"); r.code != 1 || !strings.Contains(r.stderr, "mismatch") {
+		t.Fatalf("malicious target: %d %s", r.code, r.stderr)
+	}
+	if got := e.downloaded(); len(got) != 1 {
+		t.Fatalf("target dir after a refused download: %v", got)
+	}
+	// Unknown target, and stop at the first failure.
+	if r := e.download("no/such/target", "app/1.0/fw.bin"); r.code != 1 || !strings.Contains(r.stderr, "target not found") {
+		t.Fatalf("missing target: %d %s", r.code, r.stderr)
+	}
+}
+
+func TestTUFConformanceCLIRefusesExpiredMetadataAndFollowsDelegations(t *testing.T) {
+	e := newTUFEnv(t, "edge-gw")
+	e.init()
+	e.add("edge-gw/2.0/fw.bin", "delegated firmware")
+	if r := e.download("edge-gw/2.0/fw.bin"); r.code != 0 {
+		t.Fatalf("%d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(e.metaDir, url.PathEscape("models/edge-gw")+".json")); err != nil {
+		t.Fatalf("delegated role not cached: %v", err)
+	}
+	e.mu.Lock()
+	e.repo.SetExpiry(time.Now().Add(-time.Minute))
+	e.repo.Publish(t)
+	e.mu.Unlock()
+	if r := e.refresh(); r.code != 1 || !strings.Contains(r.stderr, "expired") {
+		t.Fatalf("expired: %d %s", r.code, r.stderr)
+	}
+}
