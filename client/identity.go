@@ -112,9 +112,10 @@ func loadIdentity(l statedir.Layout, withKey bool) (*deviceIdentity, error) {
 	return id, nil
 }
 
-// httpClients builds the agent's mTLS clients. They share one transport;
-// api has an overall timeout, download relies on the downloader's stall
-// timeout so that slow links can still fetch large images.
+// httpClients builds the agent's mTLS clients: api (HTTP/2, an overall
+// timeout per request) and download (HTTP/1.1, no overall timeout: the
+// downloader's stall and minimum-rate checks let slow links fetch large
+// images).
 //
 // The server certificate is verified in VerifyConnection rather than by
 // crypto/tls so that validity is judged at the agent's reference time
@@ -144,7 +145,14 @@ func (id *deviceIdentity) httpClients(requestTimeout time.Duration, now func() t
 		MaxIdleConns:          4,
 		ForceAttemptHTTP2:     true,
 	}
-	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: tr}
+	// Target downloads use HTTP/1.1: a single long stream gains nothing from
+	// HTTP/2, whose frame buffers cost the agent about a third of its peak
+	// memory while installing a large image (docs/BENCHMARKS.md).
+	dtr := tr.Clone()
+	dtr.ForceAttemptHTTP2 = false
+	dtr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	dtr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: dtr}
 }
 
 // verifyServer does what crypto/tls would, with CurrentTime the reference

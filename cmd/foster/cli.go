@@ -33,6 +33,8 @@ Usage:
   foster [connection] token create --serial SN --model M [--ttl 24h]
   foster [connection] release add --model M --version V [--counter N] FILE
   foster [connection] release list [--model M] [--json]
+  foster [connection] release show|revoke --model M --version V [--json]
+  foster [connection] tuf status|stage|inspect|publish ...   foster tuf keygen|sign|combine ...  (offline ceremonies: foster tuf --help)
   foster [connection] device list [--json]
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
@@ -90,6 +92,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
 	}
+	if cmd == "tuf" {
+		return runTUF(ctx, c, rest, stdout, stderr) // sign, combine and keygen are offline
+	}
 	if cmd == "token" && c.station != "" && len(rest) > 0 && rest[0] == "create" {
 		// Offline: a station mints tokens with its own key, no server needed.
 		cred, err := loadBundle(c.station)
@@ -122,6 +127,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdReleaseAdd
 	case "release list":
 		fn = cmdReleaseList
+	case "release show":
+		fn = cmdReleaseShow
+	case "release revoke":
+		fn = cmdReleaseRevoke
 	case "device list":
 		fn = cmdDeviceList
 	case "device show":

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -115,104 +113,7 @@ func cmdTokenCreate(ctx context.Context, c *client, args []string, stdout, stder
 	return nil
 }
 
-// progressReader reports upload progress to w every 10%.
-type progressReader struct {
-	r           io.Reader
-	w           io.Writer
-	total, done int64
-	next        int64
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.done += int64(n)
-	if p.total > 0 && p.done*10/p.total >= p.next && p.next <= 10 {
-		fmt.Fprintf(p.w, "\ruploading: %3d%% (%d/%d bytes)", p.done*100/p.total, p.done, p.total)
-		p.next = p.done*10/p.total + 1
-		if p.done == p.total {
-			fmt.Fprintln(p.w)
-		}
-	}
-	return n, err
-}
-
-func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("release add", "release add --model M --version V [--counter N] FILE", stderr)
-	model := fs.String("model", "", "device model (required)")
-	version := fs.String("version", "", "semantic version, e.g. 1.0.1 (required)")
-	counter := fs.Int64("counter", 0, "monotonic release counter (default: latest + 1)")
-	asJSON := fs.Bool("json", false, "print the release as JSON")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if *model == "" || *version == "" || len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: --model, --version and one FILE are required", errUsage)
-	}
-	f, err := os.Open(pos[0])
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", pos[0])
-	}
-	if st.Size() == 0 {
-		return fmt.Errorf("%s is empty: refusing to publish an empty firmware image", pos[0])
-	}
-	q := url.Values{"model": {*model}, "version": {*version}, "name": {baseName(pos[0])}}
-	if *counter != 0 {
-		q.Set("counter", strconv.FormatInt(*counter, 10))
-	}
-	var body io.Reader = f
-	if st.Size() >= 8<<20 {
-		body = &progressReader{r: f, w: stderr, total: st.Size()}
-	}
-	var rel store.Release
-	if err := c.do(ctx, "POST", "/v1/releases?"+q.Encode(), body, st.Size(), "application/octet-stream", &rel); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, rel)
-	}
-	fmt.Fprintf(stdout, "published %s (model %s, version %s, counter %d, %d bytes, sha256 %s)\n", rel.TargetPath, rel.Model, rel.Version, rel.Counter, rel.Length, rel.SHA256)
-	return nil
-}
-
-func baseName(p string) string {
-	p = strings.TrimRight(p, "/")
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
-	}
-	return p
-}
-
-func cmdReleaseList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("release list", "release list [--model M] [--json]", stderr)
-	model := fs.String("model", "", "only this model")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parse(fs, args); err != nil {
-		return err
-	}
-	var rs []store.Release
-	if err := c.do(ctx, "GET", "/v1/releases?"+url.Values{"model": {*model}}.Encode(), nil, 0, "", &rs); err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, rs)
-	}
-	var rows [][]string
-	for _, r := range rs {
-		rows = append(rows, []string{r.Model, r.Version, strconv.FormatInt(r.Counter, 10), strconv.FormatInt(r.Length, 10), r.SHA256[:min(16, len(r.SHA256))], fmtTime(r.CreatedAt)})
-	}
-	table(stdout, "MODEL\tVERSION\tCOUNTER\tBYTES\tSHA256\tPUBLISHED", rows)
-	return nil
-}
+// release add, list, show, revoke: release.go
 
 func cmdDeviceList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("device list", "device list [--json]", stderr)

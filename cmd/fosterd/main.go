@@ -18,6 +18,7 @@ const usage = `fosterd - Foster server: device identities (CA), signed firmware 
 
 Usage:
   fosterd [--data-dir DIR] [--listen ADDR] [--db URL] [--blobs URL]
+          [--target-redirect presign|none] [--public-repository]
 
 On an empty or missing --data-dir, fosterd initialises a development instance
 (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
@@ -33,6 +34,8 @@ func main() {
 	fs.StringVar(&cfg.listen, "listen", "", "HTTPS listen address (default from config.json; 127.0.0.1:8443 for a new instance)")
 	fs.StringVar(&cfg.db, "db", "", "store: SQLite file path or postgres://user@host:5432/db (default from config.json; foster.db)")
 	fs.StringVar(&cfg.blobs, "blobs", "", "blob store URL: file:PATH or s3://bucket?endpoint=... (default from config.json; file:blobs)")
+	fs.StringVar(&cfg.targetRedirect, "target-redirect", "", "presign: redirect target downloads to presigned S3 URLs; none: stream them (default from config.json)")
+	fs.BoolVar(&cfg.publicRepository, "public-repository", false, "serve /tuf/ and /targets/ without client certificates (any TUF client with root.json)")
 	fs.Usage = func() {
 		fmt.Fprint(os.Stderr, usage)
 		fs.PrintDefaults()

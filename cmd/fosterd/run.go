@@ -14,6 +14,8 @@ import (
 
 type config struct {
 	dataDir, listen, db, blobs string
+	targetRedirect             string
+	publicRepository           bool
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -33,7 +35,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			return fmt.Errorf("initialising %s: %w", dir, err)
 		}
 	}
-	in, err := instance.Open(ctx, dir, instance.Overrides{Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs}, pass, log)
+	in, err := instance.Open(ctx, dir, instance.Overrides{
+		Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs,
+		TargetRedirect: cfg.targetRedirect, PublicRepository: cfg.publicRepository,
+	}, pass, log)
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,8 @@ type Config struct {
 	LogKey string `json:"log_key,omitempty"`
 	// Identity tunes the device CA; zero values mean the defaults.
 	Identity IdentityConfig `json:"identity,omitzero"`
+	// Distribution tunes how devices fetch metadata and targets (tuf.go).
+	Distribution DistributionConfig `json:"distribution,omitzero"`
 }
 
 // IdentityConfig tunes certificate lifetimes and renewal. Durations are Go
@@ -86,12 +88,23 @@ func (c IdentityConfig) durations() (device, grace, crl time.Duration, err error
 	return
 }
 
-// TUFKeyRefs names the TUF role keys.
+// TUFKeyRefs names the TUF keys fosterd holds: file paths (relative to
+// DIR) or KMS URIs (awskms://, gcpkms://, azurekms://, hashivault://). An
+// empty root or targets reference means that key is offline (changes need a
+// ceremony: foster tuf).
 type TUFKeyRefs struct {
 	Root      string `json:"root"`
 	Targets   string `json:"targets"`
 	Snapshot  string `json:"snapshot"`
 	Timestamp string `json:"timestamp"`
+	// Models signs models/<model> roles unless ModelKeys names another key
+	// for the model. Empty (instances from before per-model roles): the
+	// targets key signs them.
+	Models    string            `json:"models,omitempty"`
+	ModelKeys map[string]string `json:"model_keys,omitempty"`
+	// Extra are further keys fosterd holds during a rotation (the next
+	// snapshot or timestamp key): they sign alongside the current keys.
+	Extra []string `json:"extra,omitempty"`
 }
 
 // Paths are the files of a data directory.
@@ -202,14 +215,15 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	refs := TUFKeyRefs{
 		Root: "keys/tuf-root.key", Targets: "keys/tuf-targets.key",
 		Snapshot: "keys/tuf-snapshot.key", Timestamp: "keys/tuf-timestamp.key",
+		Models: DefaultModelKey,
 	}
-	for _, ref := range []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp} {
+	for _, ref := range []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp, refs.Models} {
 		if _, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase); err != nil {
 			return nil, err
 		}
 	}
 	cfg := &Config{Listen: opts.Listen, ServerURL: "https://" + clientAddr(opts.Listen), DB: opts.DB, Blobs: opts.Blobs, TUFKeys: refs}
-	blobs, err := openBlobs(dir, cfg.Blobs)
+	blobs, err := openRepoBlobs(ctx, dir, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,10 @@ import (
 // Overrides replace config.json settings for one run (fosterd flags).
 type Overrides struct {
 	Listen, DB, Blobs string
+	// TargetRedirect "presign" or "none" overrides distribution.target_redirect.
+	TargetRedirect string
+	// PublicRepository serves /tuf/ and /targets/ without client certificates.
+	PublicRepository bool
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -71,23 +75,18 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		st.Close()
 		return nil, fmt.Errorf("opening CA: %w", err)
 	}
-	blobs, err := openBlobs(dir, cfg.Blobs)
+	cfg.Distribution.applyOverrides(ov)
+	blobs, err := openRepoBlobs(ctx, dir, cfg)
 	if err != nil {
 		authority.Close()
 		st.Close()
 		return nil, err
 	}
-	keys, err := loadTUFKeys(ctx, dir, cfg.TUFKeys, passphrase)
+	repo, err := openRepo(ctx, dir, cfg, blobs, passphrase)
 	if err != nil {
 		authority.Close()
 		st.Close()
 		return nil, err
-	}
-	repo, err := tufrepo.Open(ctx, blobs, keys, tufrepo.Options{})
-	if err != nil {
-		authority.Close()
-		st.Close()
-		return nil, fmt.Errorf("opening TUF repository: %w", err)
 	}
 	tl, err := openLog(ctx, dir, cfg.LogKey, st, passphrase)
 	if err != nil {
@@ -97,6 +96,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	api, err := server.New(server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
+		Distribution: distribution(cfg.Distribution, blobs),
 		IssuerError: func(err error) bool {
 			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
 		},

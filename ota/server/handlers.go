@@ -4,17 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"path"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
@@ -76,36 +70,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	return s.issueEnrollment(w, r, auth, []byte(req.CSR))
 }
 
-// --- distribution
-
-// serveBlob serves prefix+{param} from the blob store with Range support.
-func (s *Server) serveBlob(prefix, param string) func(http.ResponseWriter, *http.Request) error {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		key := prefix + r.PathValue(param)
-		if err := blob.ValidKey(key); err != nil {
-			return badRequest("invalid path: %v", err)
-		}
-		f, info, err := s.cfg.Blobs.Open(r.Context(), key)
-		if errors.Is(err, blob.ErrNotFound) {
-			return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "%s not found", r.URL.Path)
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if info.ETag != "" {
-			w.Header().Set("ETag", info.ETag)
-		}
-		if prefix == "tuf/" {
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Cache-Control", "no-cache")
-		} else {
-			w.Header().Set("Content-Type", "application/octet-stream")
-		}
-		http.ServeContent(w, r, "", info.ModTime, f)
-		return nil
-	}
-}
+// --- distribution: serveMetadata and serveTarget in tuf.go
 
 // --- attestations: ingest in attestations.go
 
@@ -218,103 +183,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusCreated, tokenResponse{Token: tok, Serial: req.Serial, Model: req.Model, ExpiresAt: exp})
 }
 
-var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
-
-// targetCustom is the custom metadata of a firmware target (docs/CONTRACTS.md).
-type targetCustom struct {
-	Model          string   `json:"model"`
-	Version        string   `json:"version"`
-	ReleaseCounter int64    `json:"release_counter"`
-	HardwareIDs    []string `json:"hardware_ids"`
-}
-
-func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	model, version, name := q.Get("model"), q.Get("version"), q.Get("name")
-	if err := identity.ValidName(model); err != nil {
-		return badRequest("model: %v", err)
-	}
-	if len(version) > 64 || !semverRE.MatchString(version) {
-		return badRequest("version %q is not a semantic version (e.g. 1.0.1)", version)
-	}
-	if name == "" {
-		name = "firmware.bin"
-	}
-	if err := identity.ValidName(name); err != nil {
-		return badRequest("file name: %v", err)
-	}
-	if r.ContentLength == 0 {
-		return badRequest("firmware file is empty")
-	}
-	if r.ContentLength > s.cfg.MaxFirmwareSize {
-		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
-	}
-	m, err := s.cfg.Store.GetModel(r.Context(), model)
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", model, model)
-	} else if err != nil {
-		return err
-	}
-
-	s.releaseMu.Lock()
-	defer s.releaseMu.Unlock()
-	counter := int64(1)
-	latest, err := s.cfg.Store.LatestRelease(r.Context(), model)
-	switch {
-	case err == nil:
-		counter = latest.Counter + 1
-	case !errors.Is(err, store.ErrNotFound):
-		return err
-	}
-	if c := q.Get("counter"); c != "" {
-		n, err := strconv.ParseInt(c, 10, 64)
-		if err != nil || n <= 0 {
-			return badRequest("counter must be a positive integer")
-		}
-		if n < counter {
-			return apierr.New(http.StatusConflict, "stale_release", "release counter %d is not above the latest (%d) for %s", n, counter-1, model)
-		}
-		counter = n
-	}
-	if existing, err := s.cfg.Store.ListReleases(r.Context(), model); err != nil {
-		return err
-	} else {
-		for _, e := range existing {
-			if e.Version == version {
-				return apierr.New(http.StatusConflict, apierr.CodeConflict, "release %s %s already exists", model, version)
-			}
-		}
-	}
-	custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: counter, HardwareIDs: nonNil(m.HardwareIDs)})
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxFirmwareSize)
-	tpath := path.Join(model, version, name)
-	t, err := s.cfg.Repo.AddTarget(r.Context(), tpath, body, r.ContentLength, custom)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
-		}
-		return badRequest("publishing %s: %v", tpath, err)
-	}
-	p, _ := principalFrom(r.Context())
-	rel, err := s.cfg.Store.AddRelease(r.Context(), store.Release{
-		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
-	}, nil)
-	if err != nil {
-		return fmt.Errorf("recording published release %s: %w", tpath, err)
-	}
-	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
-	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
-	return writeJSON(w, http.StatusCreated, rel)
-}
-
-func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
-	rs, err := s.cfg.Store.ListReleases(r.Context(), r.URL.Query().Get("model"))
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, nonNil(rs))
-}
+// addRelease, listReleases, showRelease, revokeRelease: releases.go
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	ds, err := s.cfg.Store.ListDevices(r.Context())

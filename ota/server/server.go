@@ -53,6 +53,7 @@ type Issuer interface {
 // Repo publishes firmware targets (implemented by tufrepo.Repo).
 type Repo interface {
 	AddTarget(ctx context.Context, path string, body io.Reader, length int64, custom json.RawMessage) (tufrepo.Target, error)
+	TUFRepo // tuf.go
 	// Versions returns the current version of each top-level role.
 	Versions() (root, targets, snapshot, timestamp int64)
 }
@@ -65,6 +66,8 @@ type Config struct {
 	IssuerError func(error) bool
 	Repo        Repo
 	Blobs       blob.Store
+	// Distribution configures device-facing metadata and target serving.
+	Distribution Distribution
 	// Log is the install-attestation transparency log.
 	Log    *tlog.Log
 	Logger *slog.Logger
@@ -142,8 +145,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/station/enroll", s.handle([]identity.Role{identity.RoleStation}, s.stationEnroll))
 
 	device := []identity.Role{identity.RoleDevice}
-	mux.Handle("GET /tuf/{file}", s.handle(device, s.serveBlob("tuf/", "file")))
-	mux.Handle("GET /targets/{path...}", s.handle(device, s.serveBlob("targets/", "path")))
+	s.distributionRoutes(mux) // GET /tuf/, /targets/, release show/revoke, TUF ceremonies: tuf.go
 	mux.Handle("POST /v1/attestations", s.handle(device, s.ingestAttestation))
 	mux.Handle("POST /v1/renew", s.handle(device, s.renew))
 

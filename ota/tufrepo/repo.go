@@ -290,8 +290,9 @@ func Init(ctx context.Context, store blob.Store, keys Keys, opts Options) (rootJ
 // verified by its predecessor, as clients do), then timestamp -> snapshot ->
 // targets -> every delegated role, each checked against its delegator's
 // signature rules and the version (and length and hashes, if recorded) its
-// parent recorded. It checks that every given top-level key is one root
-// trusts for its role, or that Extra holds one (ErrKeyMismatch). Expired
+// parent recorded. It checks that the given targets, snapshot and
+// timestamp keys (or keys in Extra) are ones root trusts for those roles
+// (ErrKeyMismatch). Expired
 // metadata is loaded (Refresh renews it).
 func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo, error) {
 	opts, err := opts.withDefaults()
@@ -306,9 +307,11 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 	if err != nil {
 		return nil, fmt.Errorf("opening tuf repository: %w", err)
 	}
+	// The root key is not checked: a repository never signs root itself
+	// after Init (root changes are offline ceremonies), so a configured root
+	// key that a ceremony rotated out must not stop the server.
 	for role, s := range map[string]signature.Signer{
-		metadata.ROOT: keys.Root, metadata.TARGETS: keys.Targets,
-		metadata.SNAPSHOT: keys.Snapshot, metadata.TIMESTAMP: keys.Timestamp,
+		metadata.TARGETS: keys.Targets, metadata.SNAPSHOT: keys.Snapshot, metadata.TIMESTAMP: keys.Timestamp,
 	} {
 		if s == nil {
 			continue

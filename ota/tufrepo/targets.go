@@ -152,6 +152,17 @@ type Pending struct {
 	committed bool
 }
 
+// SetCustom replaces the custom metadata the target will be published with
+// (a server fixes the release counter only under its release lock).
+func (p *Pending) SetCustom(custom json.RawMessage) error {
+	c, err := normalizeCustom(custom)
+	if err != nil {
+		return err
+	}
+	p.t.Custom = c
+	return nil
+}
+
 // Target is what Commit would publish.
 func (p *Pending) Target() Target { return p.t }
 

@@ -28,6 +28,8 @@ var (
 		Description: "tests only: foster-agent SIGKILLs itself at this kill point (NAME or NAME#N for the N-th hit) to simulate a power cut"})
 	AgentKillTrace = register(Var{Name: "FOSTER_AGENT_KILL_TRACE",
 		Description: "tests only: foster-agent appends the name of every kill point it passes to this file"})
+	TestPublishDelay = register(Var{Name: "FOSTER_TEST_PUBLISH_DELAY",
+		Description: "tests only: fosterd sleeps this long (Go duration) after each TUF metadata write of a publish, so a test can kill it midway"})
 	TestPostgres = register(Var{Name: "FOSTER_TEST_POSTGRES",
 		Description: "tests: PostgreSQL URL for the store suite (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable)"})
 )

@@ -1,0 +1,296 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+
+	"github.com/foster-ota/foster/ota/tufrepo"
+	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/store"
+	"golang.org/x/mod/semver"
+)
+
+// Error codes of release publication (JSON "code").
+const (
+	codeStaleRelease   = "stale_release"   // version or counter not above the latest
+	codeLengthMismatch = "length_mismatch" // body length differs from the declared one
+	codeHashMismatch   = "hash_mismatch"   // body sha256 differs from the declared one
+	codeKeyUnavailable = "key_unavailable" // a signing key this needs is offline
+	codeRevoked        = "revoked"         // the release was already revoked
+)
+
+var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
+
+func validVersion(v string) bool { return len(v) <= 64 && semverRE.MatchString(v) }
+
+// compareVersions orders semantic versions (precedence: build metadata is
+// ignored, pre-releases sort before the release).
+func compareVersions(a, b string) int { return semver.Compare("v"+a, "v"+b) }
+
+// targetCustom is the signed custom metadata of a firmware target
+// (docs/CONTRACTS.md). Devices act on it: model and hardware ids select the
+// image, the release counter forbids downgrades, min_from_version names the
+// oldest installed version the image may be applied over (delta images,
+// migrations).
+type targetCustom struct {
+	Model          string   `json:"model"`
+	Version        string   `json:"version"`
+	ReleaseCounter int64    `json:"release_counter"`
+	HardwareIDs    []string `json:"hardware_ids"`
+	MinFromVersion string   `json:"min_from_version,omitempty"`
+}
+
+// addRelease publishes a firmware image into its model's TUF role.
+//
+//	POST /v1/releases?model=M&version=V[&name=FILE][&counter=N][&sha256=HEX][&length=BYTES]
+//	                 [&hardware_id=ID ...][&min_from_version=V]
+//
+// It refuses, publishing nothing and keeping no blob: an unknown model, a
+// version not above the model's latest (semver) or a counter not above its
+// latest counter (revoked releases included: counters are never reused),
+// an empty or oversized body, a body whose length or sha256 differs from
+// the declared one, hardware ids the model does not have.
+func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	model, version, name := q.Get("model"), q.Get("version"), q.Get("name")
+	if err := identity.ValidName(model); err != nil {
+		return badRequest("model: %v", err)
+	}
+	if !validVersion(version) {
+		return badRequest("version %q is not a semantic version (e.g. 1.0.1)", version)
+	}
+	if name == "" {
+		name = "firmware.bin"
+	}
+	if err := identity.ValidName(name); err != nil {
+		return badRequest("file name: %v", err)
+	}
+	minFrom := q.Get("min_from_version")
+	if minFrom != "" && (!validVersion(minFrom) || compareVersions(minFrom, version) >= 0) {
+		return badRequest("min_from_version %q must be a semantic version below %s", minFrom, version)
+	}
+	declared := int64(-1)
+	if v := q.Get("length"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return badRequest("length must be a byte count")
+		}
+		declared = n
+	}
+	switch {
+	case r.ContentLength == 0 || declared == 0:
+		return badRequest("firmware file is empty")
+	case r.ContentLength > s.cfg.MaxFirmwareSize || declared > s.cfg.MaxFirmwareSize:
+		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
+	case declared >= 0 && r.ContentLength >= 0 && declared != r.ContentLength:
+		return apierr.New(http.StatusBadRequest, codeLengthMismatch, "declared length %d, but the upload is %d bytes", declared, r.ContentLength)
+	case declared < 0:
+		declared = r.ContentLength // -1 when chunked
+	}
+	m, err := s.cfg.Store.GetModel(r.Context(), model)
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", model, model)
+	} else if err != nil {
+		return err
+	}
+	hw := q["hardware_id"]
+	if len(hw) == 0 {
+		hw = m.HardwareIDs
+	}
+	for _, h := range hw {
+		if !slices.Contains(m.HardwareIDs, h) {
+			return badRequest("hardware id %q is not one of model %s's (%v)", h, model, m.HardwareIDs)
+		}
+	}
+	var counter int64
+	if c := q.Get("counter"); c != "" {
+		if counter, err = strconv.ParseInt(c, 10, 64); err != nil || counter <= 0 {
+			return badRequest("counter must be a positive integer")
+		}
+	}
+	// Cheap refusal before streaming the body; checked again under the lock.
+	if _, err := s.nextCounter(r.Context(), model, version, counter); err != nil {
+		return err
+	}
+
+	tpath := path.Join(model, version, name)
+	pending, err := s.cfg.Repo.Upload(r.Context(), tufrepo.Upload{
+		Path: tpath, Body: http.MaxBytesReader(w, r.Body, s.cfg.MaxFirmwareSize), Length: declared, SHA256: q.Get("sha256"),
+	})
+	if err != nil {
+		return s.publishError(tpath, err)
+	}
+	defer s.cfg.Repo.Discard(context.WithoutCancel(r.Context()), pending)
+
+	s.releaseMu.Lock()
+	defer s.releaseMu.Unlock()
+	if counter, err = s.nextCounter(r.Context(), model, version, counter); err != nil {
+		return err
+	}
+	custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
+	if err := pending.SetCustom(custom); err != nil {
+		return s.publishError(tpath, err)
+	}
+	t := pending.Target()
+	p, _ := principalFrom(r.Context())
+	published := false
+	rel, err := s.cfg.Store.AddRelease(r.Context(), store.Release{
+		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
+	}, func() error {
+		// Publish inside the store's transaction: if the store refuses, nothing is published.
+		_, err := s.cfg.Repo.Commit(r.Context(), pending)
+		published = err == nil
+		return err
+	})
+	if err != nil {
+		if published {
+			// The store failed after publishing: take it back so the
+			// repository and the store agree.
+			if _, rerr := s.cfg.Repo.RemoveTarget(context.WithoutCancel(r.Context()), t.Path); rerr != nil {
+				s.log.Error("release published but not recorded, and unpublishing failed", "target", t.Path, "err", rerr)
+			}
+		}
+		switch {
+		case errors.Is(err, store.ErrStale), errors.Is(err, store.ErrConflict):
+			return apierr.New(http.StatusConflict, codeStaleRelease, "%v", err)
+		case published:
+			return fmt.Errorf("recording release %s: %w", tpath, err)
+		}
+		return s.publishError(tpath, err)
+	}
+	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
+	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
+	return writeJSON(w, http.StatusCreated, s.releaseView(rel))
+}
+
+// nextCounter checks that version is above the model's latest release and
+// returns the release counter to use: want if given (it must be above the
+// latest counter), else latest + 1.
+func (s *Server) nextCounter(ctx context.Context, model, version string, want int64) (int64, error) {
+	latest, err := s.cfg.Store.LatestRelease(ctx, model)
+	if errors.Is(err, store.ErrNotFound) {
+		return max(want, 1), nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if compareVersions(version, latest.Version) <= 0 {
+		return 0, apierr.New(http.StatusConflict, codeStaleRelease, "version %s is not above the latest release of %s (%s)", version, model, latest.Version)
+	}
+	if want == 0 {
+		return latest.Counter + 1, nil
+	}
+	if want <= latest.Counter {
+		return 0, apierr.New(http.StatusConflict, codeStaleRelease, "release counter %d is not above the latest (%d) for %s", want, latest.Counter, model)
+	}
+	return want, nil
+}
+
+// publishError maps repository errors to API errors.
+func (s *Server) publishError(tpath string, err error) error {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe), errors.Is(err, tufrepo.ErrTooLarge):
+		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "publishing %s: %v", tpath, err)
+	case errors.Is(err, tufrepo.ErrLengthMismatch):
+		return apierr.New(http.StatusBadRequest, codeLengthMismatch, "publishing %s: %v", tpath, err)
+	case errors.Is(err, tufrepo.ErrHashMismatch):
+		return apierr.New(http.StatusBadRequest, codeHashMismatch, "publishing %s: %v", tpath, err)
+	case errors.Is(err, tufrepo.ErrTargetExists):
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
+	case errors.Is(err, tufrepo.ErrInvalidTarget):
+		return badRequest("publishing %s: %v", tpath, err)
+	case errors.Is(err, tufrepo.ErrKeyUnavailable):
+		return apierr.New(http.StatusConflict, codeKeyUnavailable, "publishing %s: %v", tpath, err)
+	}
+	return fmt.Errorf("publishing %s: %w", tpath, err)
+}
+
+// Release is a release as the API shows it: the store's record plus what
+// the signed repository says about it now.
+type Release struct {
+	store.Release
+	// Status is "published" (devices are offered it) or "revoked".
+	Status         string   `json:"status"`
+	SHA512         string   `json:"sha512,omitempty"`
+	HardwareIDs    []string `json:"hardware_ids"`
+	MinFromVersion string   `json:"min_from_version,omitempty"`
+	// Role is the TUF role that signs it (models/<model>, or one of its bins).
+	Role string `json:"role,omitempty"`
+}
+
+func (s *Server) releaseView(rel store.Release) Release {
+	v := Release{Release: rel, Status: "revoked", HardwareIDs: []string{}}
+	t, role, ok := s.cfg.Repo.Lookup(rel.TargetPath)
+	if !ok || t.SHA256 != rel.SHA256 {
+		return v
+	}
+	v.Status, v.Role, v.SHA512 = "published", role, t.SHA512
+	var c targetCustom
+	if json.Unmarshal(t.Custom, &c) == nil {
+		v.HardwareIDs, v.MinFromVersion = nonNil(c.HardwareIDs), c.MinFromVersion
+	}
+	return v
+}
+
+func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
+	rs, err := s.cfg.Store.ListReleases(r.Context(), r.URL.Query().Get("model"))
+	if err != nil {
+		return err
+	}
+	out := make([]Release, 0, len(rs))
+	for _, rel := range rs {
+		out = append(out, s.releaseView(rel))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) findRelease(r *http.Request) (store.Release, error) {
+	model, version := r.PathValue("model"), r.PathValue("version")
+	rs, err := s.cfg.Store.ListReleases(r.Context(), model)
+	if err != nil {
+		return store.Release{}, err
+	}
+	for _, rel := range rs {
+		if rel.Version == version {
+			return rel, nil
+		}
+	}
+	return store.Release{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "release %s %s not found", model, version)
+}
+
+func (s *Server) showRelease(w http.ResponseWriter, r *http.Request) error {
+	rel, err := s.findRelease(r)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, s.releaseView(rel))
+}
+
+// revokeRelease publishes the repository without the release, so devices
+// stop being offered it. Its counter stays used; its blobs stay for devices
+// midway through a download.
+func (s *Server) revokeRelease(w http.ResponseWriter, r *http.Request) error {
+	rel, err := s.findRelease(r)
+	if err != nil {
+		return err
+	}
+	s.releaseMu.Lock()
+	defer s.releaseMu.Unlock()
+	if _, err := s.cfg.Repo.RemoveTarget(r.Context(), rel.TargetPath); errors.Is(err, tufrepo.ErrTargetNotFound) {
+		return apierr.New(http.StatusConflict, codeRevoked, "release %s %s is already revoked", rel.Model, rel.Version)
+	} else if err != nil {
+		return s.publishError(rel.TargetPath, err)
+	}
+	s.audit(r, "release.revoke", rel.TargetPath)
+	s.log.Info("release revoked", "target", rel.TargetPath)
+	return writeJSON(w, http.StatusOK, s.releaseView(rel))
+}
