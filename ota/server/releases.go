@@ -182,6 +182,9 @@ func (s *Server) nextCounter(ctx context.Context, model, version string, want in
 	if err != nil {
 		return 0, err
 	}
+	if version == latest.Version {
+		return 0, apierr.New(http.StatusConflict, apierr.CodeConflict, "release %s %s already exists", model, version)
+	}
 	if compareVersions(version, latest.Version) <= 0 {
 		return 0, apierr.New(http.StatusConflict, codeStaleRelease, "version %s is not above the latest release of %s (%s)", version, model, latest.Version)
 	}

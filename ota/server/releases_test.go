@@ -87,7 +87,7 @@ func TestReleaseRefusalsLeaveRepositoryUnchanged(t *testing.T) {
 		code        string
 	}{
 		{"version below latest", "version=1.1.9", body, 409, "stale_release"},
-		{"version equal to latest", "version=1.2.0", body, 409, "stale_release"},
+		{"version equal to latest", "version=1.2.0", body, 409, "conflict"},
 		{"pre-release below latest", "version=1.2.0-rc.1", body, 409, "stale_release"},
 		{"counter not above latest", "version=1.3.0&counter=1", body, 409, "stale_release"},
 		{"unknown model", "version=1.3.0&model=nope", body, 400, "unknown_model"},
