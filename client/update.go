@@ -179,7 +179,7 @@ func (a *Agent) drive(ctx context.Context, j *journal.Journal, rep *Report, resu
 			return err
 		}
 		if resumed {
-			a.log.Info("resuming an interrupted install", "target", p.Target.Name, "phase", st.Phase)
+			a.log.Info("continuing an install", "target", p.Target.Name, "phase", st.Phase)
 		}
 		switch st.Phase {
 		case journal.PhaseVerified:
@@ -189,9 +189,9 @@ func (a *Agent) drive(ctx context.Context, j *journal.Journal, rep *Report, resu
 		case journal.PhaseRebooting:
 			err = a.stepRebooting(ctx, j, p, plan, rep)
 		case journal.PhaseHealthCheck:
-			err = a.stepHealthCheck(ctx, j, plan)
+			err = a.stepHealthCheck(ctx, j, plan, resumed)
 		case journal.PhaseCommitted:
-			err = a.stepCommitted(ctx, j, plan, rep)
+			err = a.stepCommitted(ctx, j, plan, rep, resumed)
 		case journal.PhaseRolledBack:
 			err = a.stepRolledBack(ctx, j, p, plan, rep)
 		}
@@ -293,15 +293,25 @@ func (a *Agent) stepRebooting(ctx context.Context, j *journal.Journal, p *journa
 	return j.Transition(journal.PhaseHealthCheck, nil)
 }
 
+// running reports which image runs. Without a reboot in between, an
+// install this process just made is known to run (the file installer would
+// otherwise hash the whole image again).
+func (a *Agent) running(ctx context.Context, plan install.Plan, resumed bool) (install.Running, error) {
+	if !resumed && !a.cfg.Installer.Reboots() {
+		return install.RunningNew, nil
+	}
+	return a.cfg.Installer.Running(ctx, plan)
+}
+
 // stepHealthCheck decides: commit or roll back.
-func (a *Agent) stepHealthCheck(ctx context.Context, j *journal.Journal, plan install.Plan) error {
+func (a *Agent) stepHealthCheck(ctx context.Context, j *journal.Journal, plan install.Plan, resumed bool) error {
 	inst := a.cfg.Installer
-	r, err := inst.Running(ctx, plan)
+	r, err := a.running(ctx, plan, resumed)
 	if err != nil {
 		return err
 	}
 	if r != install.RunningNew {
-		return a.toRolledBack(j, "the bootloader fell back to the old image during the health check")
+		return a.toRolledBack(j, "the old image runs: the bootloader fell back (or the install was undone) before the health check")
 	}
 	bs, err := inst.Status(ctx)
 	if err != nil {
@@ -330,9 +340,9 @@ func (a *Agent) healthCheck(ctx context.Context, plan install.Plan) error {
 }
 
 // stepCommitted applies the commit and attests it.
-func (a *Agent) stepCommitted(ctx context.Context, j *journal.Journal, plan install.Plan, rep *Report) error {
+func (a *Agent) stepCommitted(ctx context.Context, j *journal.Journal, plan install.Plan, rep *Report, resumed bool) error {
 	inst := a.cfg.Installer
-	r, err := inst.Running(ctx, plan)
+	r, err := a.running(ctx, plan, resumed)
 	if err != nil {
 		return err
 	}
