@@ -152,7 +152,7 @@ func (id *deviceIdentity) httpClients(requestTimeout time.Duration, now func() t
 	dtr.ForceAttemptHTTP2 = false
 	dtr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	dtr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: dtr}
+	return &http.Client{Transport: tr, Timeout: requestTimeout}, &http.Client{Transport: offsiteTransport{home: dtr, away: awayTransport(now)}}
 }
 
 // verifyServer does what crypto/tls would, with CurrentTime the reference
