@@ -223,5 +223,6 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatalf("refused releases were recorded: %s", out)
 	}
 	env.Admin("release", "add", "--model", "edge-gw", "--version", "1.0.0", fw)
-	env.MustFail("not above the latest", "foster", "--instance", env.DataDir, "release", "add", "--model", "edge-gw", "--version", "1.0.0", fw)
+	// Publishing the same version twice is a conflict (duplicate, or not above the latest).
+	env.MustFail("HTTP 409", "foster", "--instance", env.DataDir, "release", "add", "--model", "edge-gw", "--version", "1.0.0", fw)
 }
