@@ -242,9 +242,6 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 		if err != nil {
 			return err
 		}
-		if err := d.consume(ctx, tx, r, now); err != nil {
-			return err
-		}
 		via := r.via()
 		reprovision := exists && !old.ReprovisionAllowedAt.IsZero()
 		if reprovision {
@@ -272,8 +269,13 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			dev.InstalledVersion, dev.InstalledTarget, dev.InstalledCounter = old.InstalledVersion, old.InstalledTarget, old.InstalledCounter
 			dev.LastAttestationAt, dev.LastSequence = old.LastAttestationAt, old.LastSequence
 		}
-		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: id, KeySHA256: is.KeySHA256,
-			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via})
+		if err := d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: id, KeySHA256: is.KeySHA256,
+			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via}); err != nil {
+			return err
+		}
+		// Last, so the station's row (shared by every enrollment of the
+		// station) is locked only from here to the commit.
+		return d.consume(ctx, tx, r, now)
 	})
 	if err := d.noteRefusal(ctx, r, err); err != nil {
 		return Device{}, err
@@ -328,13 +330,16 @@ type querier interface {
 
 // authorize checks the token or station, then (stations) the token id
 // with jti, then the device (clone, revoked), reading with lock ("" or
-// " FOR UPDATE"). It returns the existing device.
+// " FOR UPDATE"). The station row is never locked here: it is shared by all
+// of the station's enrollments, and consume charges its quota last with a
+// guarded update that re-checks status, window and quota atomically. It
+// returns the existing device.
 func (d *DB) authorize(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string, jti func() error) (Device, bool, error) {
 	if r.TokenHash != "" {
 		if err := d.checkToken(ctx, q, r, now, lock); err != nil {
 			return Device{}, false, err
 		}
-	} else if err := d.checkStation(ctx, q, r, now, lock); err != nil {
+	} else if err := d.checkStation(ctx, q, r, now, ""); err != nil {
 		return Device{}, false, err
 	}
 	if r.JTI != "" {
@@ -422,14 +427,31 @@ func (d *DB) consume(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.
 		}
 		return nil
 	}
-	res, err := tx.ExecContext(ctx, d.q(`UPDATE stations SET used = used + 1 WHERE name = ? AND used < quota AND status = ?`), r.Station, StationActive)
+	res, err := tx.ExecContext(ctx, d.q(`UPDATE stations SET used = used + 1 WHERE name = ? AND used < quota AND status = ? AND not_before <= ? AND not_after > ?`),
+		r.Station, StationActive, ts(now), ts(now))
 	if err != nil {
 		return fmt.Errorf("charging station quota: %w", err)
 	}
 	if n, _ := res.RowsAffected(); n != 1 {
+		// Lost a race: find out which limit was hit.
+		st, err := d.getStationTx(ctx, tx, r.Station)
+		if err != nil {
+			return err
+		}
+		if err := st.Permits(r.Serial, r.Model, now); err != nil {
+			return err
+		}
 		return fmt.Errorf("station %q: %w", r.Station, ErrStationQuota)
 	}
 	return nil
+}
+
+func (d *DB) getStationTx(ctx context.Context, tx *sql.Tx, name string) (Station, error) {
+	st, err := scanStation(tx.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`), name))
+	if err != nil {
+		return Station{}, fmt.Errorf("reading station: %w", err)
+	}
+	return st, nil
 }
 
 func (d *DB) recordRefusal(ctx context.Context, deviceID, reason, keySHA256, via string) error {
