@@ -54,6 +54,9 @@ type Config struct {
 	// CheckpointEvery is how many bytes are downloaded between durable
 	// resume points; default 4 MiB.
 	CheckpointEvery int64
+	// RedirectCAFile adds CA certificates (PEM) to the system roots for
+	// hosts fosterd redirects target downloads to (presigned S3 URLs).
+	RedirectCAFile string
 	// HealthCheck is the command that decides whether a new image is
 	// healthy (exit status 0) once it runs; nil: running is healthy enough.
 	// It sees FOSTER_TARGET, FOSTER_VERSION, FOSTER_SLOT in its environment.
@@ -147,6 +150,11 @@ func New(cfg Config) (*Agent, error) {
 	initial := a.clock.Advance(journal.Clock{}, id.chain[0].NotBefore)
 	a.floor.Store(&initial)
 	api, dl := id.httpClients(cfg.RequestTimeout, a.now, a.sawServerCert)
+	if cfg.RedirectCAFile != "" {
+		if err := withRedirectRoots(dl, cfg.RedirectCAFile); err != nil {
+			return nil, err
+		}
+	}
 	a.api = userAgent{api, cfg.UserAgent}
 	a.dl = &fetch.Downloader{
 		Client:          userAgent{dl, cfg.UserAgent},

@@ -43,6 +43,7 @@ type device struct {
 	now        func() time.Time
 	minRate    int64
 	rateWindow time.Duration
+	redirectCA string
 }
 
 func newEnv(t *testing.T, delegate bool) *clienttest.Server {
@@ -70,9 +71,17 @@ func enrollConfig(t *testing.T, srv *clienttest.Server, dir, token string) clien
 
 func newDevice(t *testing.T, srv *clienttest.Server) *device {
 	t.Helper()
+	return newDeviceSerial(t, srv, serial)
+}
+
+func newDeviceSerial(t *testing.T, srv *clienttest.Server, sn string) *device {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
-	srv.AddToken("tok-"+t.Name(), serial, model)
-	if _, err := client.Enroll(context.Background(), enrollConfig(t, srv, dir, "tok-"+t.Name())); err != nil {
+	tok := "tok-" + t.Name() + sn
+	srv.AddToken(tok, sn, model)
+	cfg := enrollConfig(t, srv, dir, tok)
+	cfg.Serial = sn
+	if _, err := client.Enroll(context.Background(), cfg); err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
 	target := filepath.Join(t.TempDir(), "firmware.bin")
@@ -97,6 +106,7 @@ func (d *device) agent() *client.Agent {
 		Now:             d.now,
 		MinRate:         d.minRate,
 		RateWindow:      d.rateWindow,
+		RedirectCAFile:  d.redirectCA,
 	})
 	if err != nil {
 		d.t.Fatal(err)

@@ -5,6 +5,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http/httptest"
 	"maps"
 	"net/http"
 	"os"
@@ -311,5 +314,78 @@ func TestLongOfflineFollowsRootRotations(t *testing.T) {
 	os.WriteFile(filepath.Join(d.dir, "tuf", "root.json"), []byte(`{"signed":`), 0o644)
 	if rep, err := d.runOnce(); err != nil || !rep.UpToDate {
 		t.Fatalf("after a torn root.json: %+v %v", rep, err)
+	}
+}
+
+// fosterd may redirect target downloads to a presigned object-store URL.
+// The object store gets no client certificate, is verified against the
+// system roots plus the configured bundle (not the Foster root), keeps
+// receiving Range requests on resume, and is trusted for nothing: a
+// tampered blob there is refused like anywhere else.
+func TestDownloadFollowsRedirectToObjectStore(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	fw := bytes.Repeat([]byte("stored in s3 "), 50000)
+	name := publish(t, srv, model, "1.0.1", 1, fw)
+	var (
+		objects   = map[string][]byte{}
+		ranges    []string
+		cut       = true
+		tamper    = true
+		clientCrt bool
+	)
+	s3 := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		srv.Lock(func() {
+			ranges = append(ranges, r.Header.Get("Range"))
+			clientCrt = clientCrt || len(r.TLS.PeerCertificates) > 0
+		})
+		body := objects[r.URL.Path]
+		if tamper {
+			tamper = false
+			bad := bytes.Clone(body)
+			bad[10] ^= 1
+			w.Write(bad)
+			return
+		}
+		if cut {
+			cut = false
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			clienttest.DropConnection(w)
+			return
+		}
+		clienttest.ServeRange(w, r, body)
+	}))
+	defer s3.Close()
+	d.redirectCA = clienttest.WriteFile(t, t.TempDir(), "s3-ca.pem",
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s3.Certificate().Raw}))
+	srv.Lock(func() {
+		srv.TargetHook = func(w http.ResponseWriter, r *http.Request, body []byte) {
+			objects["/bucket/"+r.PathValue("path")] = body
+			http.Redirect(w, r, s3.URL+"/bucket/"+r.PathValue("path")+"?X-Amz-Signature=abc", http.StatusTemporaryRedirect)
+		}
+	})
+	d.checkpoint = 64 << 10
+	if _, err := d.runOnce(); err == nil || !strings.Contains(err.Error(), "hash mismatch") {
+		t.Fatalf("tampered object: %v", err)
+	}
+	if _, err := d.runOnce(); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("cut object download: %v", err)
+	}
+	rep, err := d.runOnce()
+	if err != nil || rep.Installed == nil || rep.Installed.Name != name || d.targetContent() != string(fw) {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if clientCrt {
+		t.Error("the device certificate was presented to the object store")
+	}
+	if len(ranges) != 3 || ranges[2] == "" {
+		t.Fatalf("object store saw ranges %q", ranges)
+	}
+	// Without the bundle the object store's certificate is refused.
+	d2 := newDeviceSerial(t, srv, "SN-0002")
+	if _, err := d2.runOnce(); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("unknown object store CA: %v", err)
 	}
 }

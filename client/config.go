@@ -77,6 +77,9 @@ type FileConfig struct {
 		RateWindow      Duration `json:"rate_window,omitempty"`
 		StallTimeout    Duration `json:"stall_timeout,omitempty"`
 		CheckpointBytes int64    `json:"checkpoint_bytes,omitempty"`
+		// RedirectCAFile: extra CA certificates (PEM) for the object store
+		// fosterd may redirect downloads to (default: the system roots).
+		RedirectCAFile string `json:"redirect_ca_file,omitempty"`
 	} `json:"download,omitzero"`
 	Interval       Duration `json:"interval,omitempty"`
 	RequestTimeout Duration `json:"request_timeout,omitempty"`
@@ -190,6 +193,9 @@ func (c *FileConfig) Apply(cfg *Config) {
 	}
 	if cfg.RebootCommand == nil {
 		cfg.RebootCommand = c.Reboot.Command
+	}
+	if cfg.RedirectCAFile == "" {
+		cfg.RedirectCAFile = c.Download.RedirectCAFile
 	}
 	if cfg.BootIDFile == "" {
 		cfg.BootIDFile = c.Reboot.BootIDFile

@@ -81,7 +81,13 @@ func (a *Agent) update(ctx context.Context, j *journal.Journal, sel *selection, 
 				return err
 			}
 			if dest.Path == old.Staged && dest.To == old.To {
-				p = old
+				// Still listed by the metadata just verified: attest those versions.
+				if err := j.Update(func(s *journal.State) {
+					s.Pending.TargetsVersion, s.Pending.SnapshotVersion = sel.targetsVersion, sel.snapshotVersion
+				}); err != nil {
+					return err
+				}
+				p = j.State().Pending
 			}
 		}
 		if p == nil {
