@@ -73,7 +73,7 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	if in.Device != p.URI() {
 		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "attestation names device %s but was sent by %s", in.Device, p.URI())
 	}
-	rel, err := s.cfg.Store.ReleaseByTarget(ctx, in.New.Name)
+	rel, err := s.evidence.release(ctx, s.cfg.Store, in.New.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q was never published", in.New.Name)
 	} else if err != nil {
@@ -229,6 +229,7 @@ type tufEvidence struct {
 	versions func() (root, targets, snapshot, timestamp int64)
 
 	mu        sync.Mutex
+	releases  map[string]store.Release // by target path; releases are immutable
 	roots     map[int64]json.RawMessage
 	snapshots map[int64]*metadata.Metadata[metadata.SnapshotType]
 	targets   map[string]*targetsDoc // by "<version>.<role>"
@@ -329,6 +330,27 @@ func (e *tufEvidence) walk(ctx context.Context, snap *metadata.Metadata[metadata
 		}
 	}
 	return nil, notFound
+}
+
+// release is the store's release published as target path p (cached).
+func (e *tufEvidence) release(ctx context.Context, st *store.DB, p string) (store.Release, error) {
+	e.mu.Lock()
+	rel, ok := e.releases[p]
+	e.mu.Unlock()
+	if ok {
+		return rel, nil
+	}
+	rel, err := st.ReleaseByTarget(ctx, p)
+	if err != nil {
+		return rel, err
+	}
+	e.mu.Lock()
+	if len(e.releases) >= evidenceCache {
+		clear(e.releases)
+	}
+	e.releases[p] = rel
+	e.mu.Unlock()
+	return rel, nil
 }
 
 func (e *tufEvidence) snapshotAt(ctx context.Context, v int64) (*metadata.Metadata[metadata.SnapshotType], error) {

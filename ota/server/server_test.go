@@ -29,7 +29,7 @@ import (
 // fixture is a real instance (CA, SQLite store, file blobs, TUF repo)
 // behind a real TLS listener.
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	in    *instance.Instance
 	srv   *httptest.Server
 	admin *http.Client
@@ -37,7 +37,7 @@ type fixture struct {
 	pool  *x509.CertPool
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -130,7 +130,7 @@ func (f *fixture) token(serial, model string) string {
 	return out.Token
 }
 
-func csrPEM(t *testing.T, key *ecdsa.PrivateKey, cn string) string {
+func csrPEM(t testing.TB, key *ecdsa.PrivateKey, cn string) string {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +138,7 @@ func csrPEM(t *testing.T, key *ecdsa.PrivateKey, cn string) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func (f *fixture) release(version string, body []byte) store.Release {
 	return rel
 }
 
-func envelope(t *testing.T, key *ecdsa.PrivateKey, device string, rel store.Release, seq int64) []byte {
+func envelope(t testing.TB, key *ecdsa.PrivateKey, device string, rel store.Release, seq int64) []byte {
 	s, err := signing.FromPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/store"
 )
 
 // Transparency log API (docs/ATTESTATIONS.md). The checkpoint and
@@ -34,7 +35,7 @@ func (s *Server) logRoutes(mux *http.ServeMux, reader []identity.Role) {
 func newTUFEvidence(blobs blob.Store, repo Repo) *tufEvidence {
 	return &tufEvidence{
 		blobs: blobs, versions: repo.Versions,
-		roots: map[int64]json.RawMessage{}, snapshots: map[int64]*metadata.Metadata[metadata.SnapshotType]{}, targets: map[string]*targetsDoc{},
+		releases: map[string]store.Release{}, roots: map[int64]json.RawMessage{}, snapshots: map[int64]*metadata.Metadata[metadata.SnapshotType]{}, targets: map[string]*targetsDoc{},
 	}
 }
 

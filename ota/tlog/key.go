@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/transparency-dev/merkle/proof"
 	"github.com/sigstore/sigstore/pkg/signature/options"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -69,13 +70,22 @@ func (l *Log) Origin() string { return l.origin }
 // ProveInclusion returns the inclusion proof of leaf index against cp, a
 // checkpoint this log signed (Append's or Checkpoint's), and the size cp
 // commits to.
-func (l *Log) ProveInclusion(ctx context.Context, index int64, cp []byte) (size int64, proof [][]byte, err error) {
+func (l *Log) ProveInclusion(ctx context.Context, index int64, cp []byte) (size int64, hashes [][]byte, err error) {
 	size, err = CheckpointSize(cp)
 	if err != nil {
 		return 0, nil, err
 	}
-	proof, err = l.InclusionProof(ctx, index, size)
-	return size, proof, err
+	if index < 0 || index >= size {
+		return 0, nil, fmt.Errorf("%w: inclusion of leaf %d in a tree of %d", ErrInvalid, index, size)
+	}
+	// The log signed cp, so its size is within the (append-only) log: no
+	// need to read the current size.
+	nodes, err := proof.Inclusion(uint64(index), uint64(size))
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	hashes, err = l.rehash(ctx, nodes)
+	return size, hashes, err
 }
 
 // CheckpointSize reads the tree size from a checkpoint without verifying

@@ -90,6 +90,9 @@ type Log struct {
 	queue   []*request // pending appends, in arrival order
 	writing bool       // a writer goroutine is draining queue
 
+	cache nodeCache // committed node hashes
+	stmts sync.Map  // savepoint statements, prepared once (see exec)
+
 	// rng is the compact range of the tree as this Log last committed or
 	// loaded it. Only the (single) writer goroutine and Open touch it; the
 	// writing flag under mu hands it from one writer to the next.
@@ -193,8 +196,17 @@ func (l *Log) init(ctx context.Context) error {
 	return err
 }
 
+// beginner starts transactions: the pool (*sql.DB) or one connection (*sql.Conn).
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
 func (l *Log) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := l.db.SQL().BeginTx(ctx, nil)
+	return inTxOn(ctx, l.db.SQL(), fn)
+}
+
+func inTxOn(ctx context.Context, b beginner, fn func(*sql.Tx) error) error {
+	tx, err := b.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("tlog: beginning transaction: %w", err)
 	}
@@ -288,15 +300,35 @@ func (l *Log) AppendWith(ctx context.Context, leaves [][]byte, prepare Prepare) 
 
 // write drains the queue one batch (one transaction) at a time and exits
 // when it is empty. Exactly one write runs at a time (Log.writing).
+//
+// While batches keep coming, the writer keeps one connection, so under load
+// it never queues for the pool behind readers; it returns it when idle.
 func (l *Log) write() {
+	var conn *sql.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
 	for {
 		batch := l.take()
 		if batch == nil {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-		firsts, errs, cp, err := l.commit(ctx, batch)
+		var b beginner = l.db.SQL()
+		if conn == nil {
+			conn, _ = l.db.SQL().Conn(ctx) // on error, use the pool
+		}
+		if conn != nil {
+			b = conn
+		}
+		firsts, errs, cp, err := l.commit(ctx, b, batch)
 		cancel()
+		if err != nil && conn != nil {
+			conn.Close() // it may be broken: take a fresh one next time
+			conn = nil
+		}
 		for i, r := range batch {
 			switch {
 			case err != nil:
@@ -347,14 +379,16 @@ type nodeRow struct {
 // commit appends the batch in one transaction and signs one checkpoint for
 // it. It returns each request's first index, or its Prepare error (that
 // request appended nothing).
-func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, errs []error, cp []byte, err error) {
+func (l *Log) commit(ctx context.Context, b beginner, batch []*request) (firsts []int64, errs []error, cp []byte, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("tlog: append failed: panic: %v", p)
 		}
 	}()
 	var next *compact.Range
-	err = l.inTx(ctx, func(tx *sql.Tx) error {
+	var fresh []nodeRow // leaf hashes, for the cache once committed
+	err = inTxOn(ctx, b, func(tx *sql.Tx) error {
+		fresh = fresh[:0]
 		lock := ""
 		if l.db.IsPostgres() {
 			lock = " FOR UPDATE" // SQLite transactions are BEGIN IMMEDIATE: already exclusive
@@ -400,6 +434,7 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, err
 			for _, leaf := range r.leaves {
 				h := hasher.HashLeaf(leaf)
 				leafArgs = append(leafArgs, int64(next.End()), h, leaf)
+				fresh = append(fresh, nodeRow{compact.NewNodeID(0, next.End()), h})
 				if err := next.Append(h, visit); err != nil {
 					return fmt.Errorf("tlog: %w", err)
 				}
@@ -408,6 +443,7 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, err
 		if err := l.insertRows(ctx, tx, "tlog_leaves (idx, leaf_hash, data)", leafArgs); err != nil {
 			return err
 		}
+		fresh = append(fresh, nodes...)
 		nodeArgs := make([]any, 0, 3*len(nodes))
 		for _, n := range nodes {
 			nodeArgs = append(nodeArgs, int64(n.id.Level), int64(n.id.Index), n.hash)
@@ -443,6 +479,7 @@ func (l *Log) commit(ctx context.Context, batch []*request) (firsts []int64, err
 		return nil, nil, nil, err
 	}
 	l.rng = next
+	l.cache.put(fresh)
 	return firsts, errs, cp, nil
 }
 
@@ -453,7 +490,7 @@ var errTx = errors.New("tlog: transaction failed")
 // prepare runs fn after a savepoint, and releases it or, if fn fails,
 // rolls back to it.
 func (l *Log) prepare(ctx context.Context, tx *sql.Tx, fn Prepare, first int64) (err error) {
-	if _, err := tx.ExecContext(ctx, `SAVEPOINT tlog_prepare`); err != nil {
+	if err := l.exec(ctx, tx, `SAVEPOINT tlog_prepare`); err != nil {
 		return fmt.Errorf("%w: savepoint: %v", errTx, err)
 	}
 	func() {
@@ -469,7 +506,7 @@ func (l *Log) prepare(ctx context.Context, tx *sql.Tx, fn Prepare, first int64) 
 		stmts = []string{`ROLLBACK TO SAVEPOINT tlog_prepare`, `RELEASE SAVEPOINT tlog_prepare`}
 	}
 	for _, stmt := range stmts {
-		if _, serr := tx.ExecContext(ctx, stmt); serr != nil {
+		if serr := l.exec(ctx, tx, stmt); serr != nil {
 			return fmt.Errorf("%w: %s: %v (prepare: %v)", errTx, stmt, serr, err)
 		}
 	}
@@ -558,6 +595,10 @@ func (l *Log) hashes(ctx context.Context, q querier, ids []compact.NodeID) ([][]
 	var leafIdx, nodeArgs []any
 	var nodeConds []string
 	for _, id := range ids {
+		if h, ok := l.cache.get(id); ok {
+			got[id] = h
+			continue
+		}
 		if id.Level == 0 {
 			leafIdx = append(leafIdx, int64(id.Index))
 		} else {
@@ -601,13 +642,16 @@ func (l *Log) hashes(ctx context.Context, q querier, ids []compact.NodeID) ([][]
 		}
 	}
 	out := make([][]byte, len(ids))
+	var seen []nodeRow
 	for i, id := range ids {
 		h, ok := got[id]
 		if !ok || len(h) != hasher.Size() {
 			return nil, fmt.Errorf("%w: node (level %d, index %d) is missing", ErrCorrupt, id.Level, id.Index)
 		}
 		out[i] = h
+		seen = append(seen, nodeRow{id, h})
 	}
+	l.cache.put(seen)
 	return out, nil
 }
 

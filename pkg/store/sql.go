@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
@@ -28,6 +29,7 @@ type DB struct {
 	db      *sql.DB
 	dialect dialect
 	now     func() time.Time
+	stmts   sync.Map // query -> *sql.Stmt (see prepared)
 }
 
 // Open opens the store named by dsn and migrates its schema:
