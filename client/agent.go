@@ -408,6 +408,9 @@ func (a *Agent) flush(ctx context.Context, rep *Report) {
 	if err != nil {
 		a.log.Warn("attestations stay queued; will retry on the next run", "queued", res.Remaining, "err", err)
 	}
+	if err := a.outbox.PruneSent(); err != nil {
+		a.log.Warn("pruning sent attestations", "err", err)
+	}
 }
 
 func (a *Agent) queuedCount() int {

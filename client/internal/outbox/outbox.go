@@ -48,6 +48,9 @@ func (o *Outbox) Put(seq int64, envelope []byte) error {
 	if len(envelope) > attest.MaxEnvelopeSize {
 		return fmt.Errorf("attestation %d: envelope of %d bytes exceeds %d", seq, len(envelope), attest.MaxEnvelopeSize)
 	}
+	if err := o.makeRoom(); err != nil {
+		return err
+	}
 	return atomicfile.WriteFile(filepath.Join(o.Layout.Outbox(), name(seq)), envelope, 0o600)
 }
 
