@@ -10,6 +10,10 @@ import (
 	"github.com/foster-ota/foster/pkg/atomicfile"
 )
 
+// KeepBundles is how many bundles (the newest) stay on the device; fosterd
+// serves any older one to auditors (GET /v1/attestations/{device}/{seq}/bundle).
+const KeepBundles = 256
+
 // maxResponse bounds the server's answer to an attestation: a bundle
 // carries the TUF metadata that signed the target (docs/ATTESTATIONS.md).
 const maxResponse = 17 << 20 // bytes
@@ -36,6 +40,15 @@ func (o *Outbox) saveBundle(seq int64, body []byte) error {
 		return fmt.Errorf("saving bundle of attestation %d: %w", seq, err)
 	}
 	o.Log.Info("attestation logged; bundle saved", "sequence", seq, "bundle", filepath.Join(dir, name(seq)))
+	seqs, err := list(dir)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < len(seqs)-KeepBundles; i++ {
+		if err := os.Remove(filepath.Join(dir, name(seqs[i]))); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
