@@ -546,7 +546,7 @@ Flags:
 		proof = resp.Hashes
 	}
 	if err := tlogverify.VerifyConsistency(prev, cur, proof); err != nil {
-		evidence := fmt.Sprintf("%s.inconsistent-%d", *state, time.Now().Unix())
+		evidence := fmt.Sprintf("%s.inconsistent-%d", *state, time.Now().UnixNano())
 		ev, _ := json.MarshalIndent(map[string]string{"recorded": old.Checkpoint, "served": string(raw), "error": err.Error()}, "", "  ")
 		if werr := atomicfile.WriteFile(evidence, append(ev, '\n'), 0o644); werr != nil {
 			fmt.Fprintf(stderr, "foster: saving evidence: %v\n", werr)
