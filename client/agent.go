@@ -381,14 +381,16 @@ func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, erro
 		return nil, err
 	}
 	var counter int64
+	var version string
 	if inst := st.Installed; inst != nil {
-		counter = inst.ReleaseCounter
+		counter, version = inst.ReleaseCounter, inst.Version
 	}
 	cand, err := tc.Latest(tufclient.Criteria{
 		Model:             a.id.cfg.Model,
 		HardwareID:        a.id.cfg.HardwareID,
 		MinReleaseCounter: counter,
 		Refused:           st.Failed,
+		InstalledVersion:  version,
 	})
 	if err != nil || cand == nil {
 		return nil, err

@@ -389,3 +389,20 @@ func TestDownloadFollowsRedirectToObjectStore(t *testing.T) {
 		t.Fatalf("unknown object store CA: %v", err)
 	}
 }
+
+// A delta image (min_from_version) is applied only over a version at least
+// that new; the device first takes the newest full image it can.
+func TestMinFromVersionOrdersDeltaAfterFullImage(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	srv.Lock(func() {
+		srv.Repo.AddTarget(t, model+"/1.1.0/firmware.bin", []byte("full 1.1.0"), clienttest.Custom{Model: model, Version: "1.1.0", ReleaseCounter: 2})
+		srv.Repo.AddTarget(t, model+"/1.2.0/delta.bin", []byte("delta 1.1->1.2"), clienttest.Custom{Model: model, Version: "1.2.0", ReleaseCounter: 3, MinFromVersion: "1.1.0"})
+		srv.Repo.Publish(t)
+	})
+	for _, want := range []string{"full 1.1.0", "delta 1.1->1.2"} {
+		if rep, err := d.runOnce(); err != nil || rep.Installed == nil || d.targetContent() != want {
+			t.Fatalf("want %q installed: %+v %v", want, rep, err)
+		}
+	}
+}

@@ -178,6 +178,7 @@ type Custom struct {
 	Version        string   `json:"version"`
 	ReleaseCounter int64    `json:"release_counter"`
 	HardwareIDs    []string `json:"hardware_ids"`
+	MinFromVersion string   `json:"min_from_version,omitempty"`
 }
 
 // AddTarget adds data as target name (<model>/<version>/<file>) with custom

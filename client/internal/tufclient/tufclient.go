@@ -43,6 +43,7 @@ import (
 	"github.com/foster-ota/foster/pkg/atomicfile"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"golang.org/x/mod/semver"
 	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
 	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
@@ -396,6 +397,9 @@ type Custom struct {
 	Version        string   `json:"version"`
 	ReleaseCounter int64    `json:"release_counter"`
 	HardwareIDs    []string `json:"hardware_ids"`
+	// MinFromVersion is the oldest installed version the image may be
+	// applied over (delta images, migrations).
+	MinFromVersion string `json:"min_from_version,omitempty"`
 }
 
 // Candidate is a target chosen for installation.
@@ -415,6 +419,9 @@ type Criteria struct {
 	MinReleaseCounter int64
 	// Refused lists sha256 (hex) of images not to try again (rolled back before).
 	Refused []string
+	// InstalledVersion is the installed semantic version ("" when unknown),
+	// judged against a target's min_from_version.
+	InstalledVersion string
 }
 
 func parseCustom(tf *metadata.TargetFiles) (Custom, error) {
@@ -437,6 +444,9 @@ func (cr Criteria) Qualifies(c Custom) (reason string) {
 		return "rollback: release counter not above installed"
 	case cr.HardwareID != "" && len(c.HardwareIDs) > 0 && !slices.Contains(c.HardwareIDs, cr.HardwareID):
 		return "wrong hardware"
+	case c.MinFromVersion != "" && (cr.InstalledVersion == "" ||
+		semver.Compare("v"+cr.InstalledVersion, "v"+c.MinFromVersion) < 0 || !semver.IsValid("v"+c.MinFromVersion)):
+		return "installed version below the image's min_from_version"
 	}
 	return ""
 }

@@ -3,7 +3,7 @@ package tufclient
 import "testing"
 
 func TestCriteria(t *testing.T) {
-	cr := Criteria{Model: "edge-gw", HardwareID: "rev-a", MinReleaseCounter: 3}
+	cr := Criteria{Model: "edge-gw", HardwareID: "rev-a", MinReleaseCounter: 3, InstalledVersion: "1.9.1"}
 	tests := []struct {
 		name string
 		c    Custom
@@ -15,6 +15,9 @@ func TestCriteria(t *testing.T) {
 		{"rollback below installed", Custom{Model: "edge-gw", ReleaseCounter: 1}, false},
 		{"other model", Custom{Model: "edge-gw2", ReleaseCounter: 9}, false},
 		{"other hardware", Custom{Model: "edge-gw", ReleaseCounter: 9, HardwareIDs: []string{"rev-b"}}, false},
+		{"delta from an installed version", Custom{Model: "edge-gw", ReleaseCounter: 4, MinFromVersion: "1.2.0"}, true},
+		{"delta from a newer version", Custom{Model: "edge-gw", ReleaseCounter: 4, MinFromVersion: "1.10.0"}, false},
+		{"bad min_from_version", Custom{Model: "edge-gw", ReleaseCounter: 4, MinFromVersion: "one"}, false},
 	}
 	for _, tt := range tests {
 		if got := cr.Qualifies(tt.c) == ""; got != tt.ok {
@@ -40,5 +43,12 @@ func TestCheckTargetName(t *testing.T) {
 		if got := CheckTargetName(name) == nil; got != ok {
 			t.Errorf("%q: ok = %v, want %v", name, got, ok)
 		}
+	}
+}
+
+// A delta image is not applied over an unknown base.
+func TestMinFromVersionNeedsAKnownInstalledVersion(t *testing.T) {
+	if why := (Criteria{Model: "m"}).Qualifies(Custom{Model: "m", ReleaseCounter: 1, MinFromVersion: "1.0.0"}); why == "" {
+		t.Fatal("qualified without an installed version")
 	}
 }
