@@ -43,10 +43,10 @@ import (
 	"github.com/foster-ota/foster/pkg/atomicfile"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
-	"golang.org/x/mod/semver"
 	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
 	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+	"golang.org/x/mod/semver"
 )
 
 // ErrTargetNotFound is returned when no role on a valid delegation path lists a target.
