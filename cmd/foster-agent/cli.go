@@ -331,10 +331,10 @@ func runCmd() command {
 				}
 				inst, err := fc.BuildInstaller(e.g.stateDir)
 				if err != nil {
-					if errors.Is(err, client.ErrInstallerConfig) || !set["config"] && path == "" {
+					if path == "" { // from flags alone
 						return usagef("%v", err)
 					}
-					return err
+					return fmt.Errorf("config %s: %w", path, err)
 				}
 				cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log}
 				if set["request-timeout"] {

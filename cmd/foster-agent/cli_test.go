@@ -204,3 +204,33 @@ func TestRunLoopsUntilCancelled(t *testing.T) {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+func TestRunConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string { return clienttest.WriteFile(t, dir, name, []byte(body)) }
+	tests := []struct {
+		name   string
+		config string
+		extra  []string
+		code   int
+		stderr string
+	}{
+		{"unknown field", `{"installer":"file","file":{"path":"/tmp/x"},"colour":"blue"}`, nil, 1, `unknown field "colour"`},
+		{"bad duration", `{"installer":"file","interval":"soon"}`, nil, 1, "invalid duration"},
+		{"unknown installer", `{"installer":"flash"}`, nil, 1, `unknown installer "flash"`},
+		{"ab with one slot", `{"installer":"ab","ab":{"slots":{"a":"/dev/x"},"env":{"backend":"file","file":"/tmp/e"}}}`, nil, 1, "exactly two slots"},
+		{"bad boot env", `{"installer":"ab","ab":{"slots":{"a":"/x","b":"/y"},"env":{"backend":"lilo"}}}`, nil, 1, "unknown boot env backend"},
+		{"trailing data", `{"installer":"file"} {}`, nil, 1, "trailing data"},
+		// Flags win over the file: the file installer from the command line, then "not enrolled".
+		{"flags override", `{"installer":"ab"}`, []string{"--installer", "file", "--target", filepath.Join(dir, "fw")}, 1, "not enrolled"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := write(strings.ReplaceAll(tt.name, " ", "-")+".json", tt.config)
+			r := agent(t, append([]string{"--state-dir", t.TempDir(), "run", "--once", "--config", cfg}, tt.extra...)...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) {
+				t.Fatalf("exit %d (want %d)\n%s", r.code, tt.code, r.stderr)
+			}
+		})
+	}
+}
