@@ -44,6 +44,7 @@ type device struct {
 	minRate    int64
 	rateWindow time.Duration
 	redirectCA string
+	health     []string
 }
 
 func newEnv(t *testing.T, delegate bool) *clienttest.Server {
@@ -107,6 +108,7 @@ func (d *device) agent() *client.Agent {
 		MinRate:         d.minRate,
 		RateWindow:      d.rateWindow,
 		RedirectCAFile:  d.redirectCA,
+		HealthCheck:     d.health,
 	})
 	if err != nil {
 		d.t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -404,5 +405,32 @@ func TestMinFromVersionOrdersDeltaAfterFullImage(t *testing.T) {
 		if rep, err := d.runOnce(); err != nil || rep.Installed == nil || d.targetContent() != want {
 			t.Fatalf("want %q installed: %+v %v", want, rep, err)
 		}
+	}
+}
+
+// The file installer keeps the old file until the health check passes, and
+// puts it back when it fails.
+func TestFileInstallHealthCheckFailureRestoresOldFile(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	d.health = []string{"/bin/sh", "-c", `grep -q good "$FOSTER_IMAGE" 2>/dev/null || grep -q good "` + d.target + `"`}
+	publish(t, srv, model, "1.0.1", 1, []byte("bad build"))
+	rep, err := d.runOnce()
+	if !errors.Is(err, client.ErrRolledBack) || rep.RolledBack == nil {
+		t.Fatalf("%+v %v\n%s", rep, err, d.logs)
+	}
+	if d.targetContent() != "old firmware" {
+		t.Fatalf("old file not restored: %q", d.targetContent())
+	}
+	if _, err := os.Stat(d.target + ".previous"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(".previous left behind")
+	}
+	publish(t, srv, model, "1.0.2", 2, []byte("good build"))
+	if rep, err := d.runOnce(); err != nil || rep.Installed == nil || d.targetContent() != "good build" {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	got := srv.Received()
+	if len(got) != 2 || got[0].Install.Outcome != attest.OutcomeRolledBack || got[1].Install.Outcome != attest.OutcomeCommitted {
+		t.Fatalf("attestations %+v", got)
 	}
 }
