@@ -225,6 +225,18 @@ const MaxDelegations = 8
 // Parse parses a bundle document (at most MaxSize bytes). It checks the
 // shape only; Verifier.Verify checks the evidence.
 func Parse(raw []byte) (*Bundle, error) {
+	b, err := decode(raw)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.validate(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// decode parses the JSON of a bundle without checking its contents.
+func decode(raw []byte) (*Bundle, error) {
 	if len(raw) > MaxSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(raw), MaxSize)
 	}
@@ -232,13 +244,18 @@ func Parse(raw []byte) (*Bundle, error) {
 	if err := strictUnmarshal(raw, &b); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if err := b.validate(); err != nil {
-		return nil, err
-	}
 	return &b, nil
 }
 
-func (b *Bundle) validate() error {
+// validate checks the bundle's shape and returns the entry it claims.
+func (b *Bundle) validate() (Entry, error) {
+	if err := b.checkShape(); err != nil {
+		return Entry{}, err
+	}
+	return b.Entry()
+}
+
+func (b *Bundle) checkShape() error {
 	switch {
 	case b.MediaType != MediaType:
 		return fmt.Errorf("%w: media type %q, want %q", ErrMalformed, truncate(b.MediaType), MediaType)
@@ -266,8 +283,7 @@ func (b *Bundle) validate() error {
 			return fmt.Errorf("%w: delegated role %d needs a name and 1-%d bytes of metadata", ErrMalformed, i, MaxTargetsSize)
 		}
 	}
-	_, err := b.Entry()
-	return err
+	return nil
 }
 
 // Entry rebuilds the log entry the bundle claims is in the log.
@@ -311,7 +327,7 @@ func ChainPEM(chain [][]byte) string {
 
 // Marshal encodes the bundle (indented, for people who open the file).
 func (b *Bundle) Marshal() ([]byte, error) {
-	if err := b.validate(); err != nil {
+	if _, err := b.validate(); err != nil {
 		return nil, err
 	}
 	out, err := json.MarshalIndent(b, "", "  ")

@@ -79,9 +79,10 @@ type Verifier struct {
 	roots   TrustRoots
 	tufRoot *metadata.Metadata[metadata.RootType]
 
-	mu          sync.Mutex
-	targets     map[[32]byte]*verifiedTargets
-	checkpoints map[string]tlogverify.Checkpoint
+	mu            sync.Mutex
+	targets       map[[32]byte]*verifiedTargets
+	checkpoints   map[string]tlogverify.Checkpoint
+	intermediates map[[32]byte]*x509.CertPool
 }
 
 // verifiedTargets is a targets role whose signature chains to the trusted
@@ -134,14 +135,15 @@ func NewVerifier(tr TrustRoots) (*Verifier, error) {
 	}
 	return &Verifier{
 		roots: tr, tufRoot: root,
-		targets:     map[[32]byte]*verifiedTargets{},
-		checkpoints: map[string]tlogverify.Checkpoint{},
+		targets:       map[[32]byte]*verifiedTargets{},
+		checkpoints:   map[string]tlogverify.Checkpoint{},
+		intermediates: map[[32]byte]*x509.CertPool{},
 	}, nil
 }
 
 // VerifyBytes parses and verifies a bundle document.
 func (v *Verifier) VerifyBytes(raw []byte) (*Result, error) {
-	b, err := Parse(raw)
+	b, err := decode(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -158,25 +160,17 @@ func (v *Verifier) VerifyBytes(raw []byte) (*Result, error) {
 // is signed by the log key (ErrCheckpointSignature); and the inclusion
 // proof puts the entry at its index in the checkpointed tree (ErrNotInLog).
 func (v *Verifier) Verify(b *Bundle) (*Result, error) {
-	if err := b.validate(); err != nil {
-		return nil, err
-	}
-	e, err := b.Entry()
+	e, err := b.validate()
 	if err != nil {
 		return nil, err
 	}
-	chain, err := e.Certificates()
+	leaf, inter, err := v.certificates(e)
 	if err != nil {
 		return nil, err
 	}
-	leaf := chain[0]
 	at := time.Unix(e.IntegratedTime, 0).UTC()
 
 	// Identity: the chain, at the time the log accepted the attestation.
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots: v.roots.CARoots, Intermediates: inter, CurrentTime: at,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -235,6 +229,49 @@ func (v *Verifier) Verify(b *Bundle) (*Result, error) {
 		LeafIndex: b.Log.LeafIndex, Checkpoint: cp,
 		TargetsVersion: vt.topVersion, TargetsRole: vt.role, RoleVersion: vt.meta.Signed.Version, RootVersion: vt.rootVersion,
 	}, nil
+}
+
+// certificates parses the entry's leaf, and its intermediates into a pool.
+// A fleet shares its intermediates, so their parsed pool is remembered (by
+// content hash; parsing is deterministic, nothing is trusted by it).
+func (v *Verifier) certificates(e Entry) (*x509.Certificate, *x509.CertPool, error) {
+	if err := e.validate(); err != nil {
+		return nil, nil, err
+	}
+	leaf, err := x509.ParseCertificate(e.CertChain[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: certificate 0: %v", ErrMalformed, err)
+	}
+	h := sha256.New()
+	for _, der := range e.CertChain[1:] {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(der)))
+		h.Write(n[:])
+		h.Write(der)
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	v.mu.Lock()
+	pool, ok := v.intermediates[key]
+	v.mu.Unlock()
+	if ok {
+		return leaf, pool, nil
+	}
+	pool = x509.NewCertPool()
+	for i, der := range e.CertChain[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: certificate %d: %v", ErrMalformed, i+1, err)
+		}
+		pool.AddCert(c)
+	}
+	v.mu.Lock()
+	if len(v.intermediates) >= cacheEntries {
+		clear(v.intermediates)
+	}
+	v.intermediates[key] = pool
+	v.mu.Unlock()
+	return leaf, pool, nil
 }
 
 // reclass puts a tlogverify error into class (a malformed proof or
