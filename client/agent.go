@@ -274,7 +274,7 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	if sel == nil {
 		if st := j.State(); st.Phase == journal.PhaseDownloading {
 			a.log.Info("the target being downloaded is no longer offered; abandoning it", "target", st.Pending.Target.Name)
-			if err := a.abandon(j, errors.New("target withdrawn")); err != nil {
+			if err := a.discard(j, "target withdrawn"); err != nil {
 				return rep, err
 			}
 		}

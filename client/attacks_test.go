@@ -434,3 +434,29 @@ func TestFileInstallHealthCheckFailureRestoresOldFile(t *testing.T) {
 		t.Fatalf("attestations %+v", got)
 	}
 }
+
+// An interrupted download of a release that a newer one superseded is
+// dropped and the newer one downloaded in the same run.
+func TestInterruptedDownloadSupersededByNewerRelease(t *testing.T) {
+	srv := newEnv(t, false)
+	d := newDevice(t, srv)
+	d.checkpoint = 64 << 10
+	publish(t, srv, model, "1.0.1", 1, bytes.Repeat([]byte("one"), 100000))
+	srv.Lock(func() {
+		srv.TargetHook = func(w http.ResponseWriter, r *http.Request, b []byte) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+			w.Write(b[:len(b)/2])
+			w.(http.Flusher).Flush()
+			clienttest.DropConnection(w)
+		}
+	})
+	if _, err := d.runOnce(); err == nil {
+		t.Fatal("cut download succeeded")
+	}
+	srv.Lock(func() { srv.TargetHook = nil })
+	publish(t, srv, model, "1.0.2", 2, []byte("two"))
+	rep, err := d.runOnce()
+	if err != nil || rep.Installed == nil || rep.Installed.Version != "1.0.2" || d.targetContent() != "two" {
+		t.Fatalf("%+v %v\n%s", rep, err, d.logs)
+	}
+}

@@ -92,7 +92,7 @@ func (a *Agent) update(ctx context.Context, j *journal.Journal, sel *selection, 
 		}
 		if p == nil {
 			a.log.Info("abandoning an interrupted download that no longer applies", "target", old.Target.Name)
-			if err := a.abandon(j, errors.New("download superseded")); err != nil {
+			if err := a.discard(j, "download superseded"); err != nil {
 				return err
 			}
 		}
@@ -144,7 +144,18 @@ func (a *Agent) update(ctx context.Context, j *journal.Journal, sel *selection, 
 	return a.drive(ctx, j, rep, false)
 }
 
-// abandon returns to idle after a failure before anything was installed.
+// discard abandons pending work that no longer applies; it returns only a
+// failure to record that.
+func (a *Agent) discard(j *journal.Journal, reason string) error {
+	cause := errors.New(reason)
+	if err := a.abandon(j, cause); err != cause {
+		return err
+	}
+	return nil
+}
+
+// abandon returns to idle after a failure before anything was installed,
+// and returns cause (joined with any failure to record it).
 func (a *Agent) abandon(j *journal.Journal, cause error) error {
 	if p := j.State().Pending; p != nil && !p.InPlace {
 		os.Remove(p.Staged)
