@@ -8,7 +8,9 @@
 # fresh data dir, publishes a SIZE_MIB random release, enrolls a device and
 # installs the release twice, each under /usr/bin/time -v: with the A/B
 # installer (streamed into a slot file, U-Boot-style file boot env; the run
-# ends with the reboot request) and with the file installer.
+# ends with the reboot request; a simulated boot into the new slot and a
+# second, unmeasured run then commit and attest it) and with the file
+# installer.
 set -eu
 SIZE=${1:-512}
 W=$(mktemp -d)
@@ -52,6 +54,11 @@ cat >"$S/config.json" <<JSON
 JSON
 measure ab "$W/state-ab" --config "$S/config.json"
 cmp "$W/fw.bin" "$S/slot-b" && grep -q upgrade_available=1 "$S/bootenv" && echo "ab: slot b holds the release, trial boot armed"
+# The bootloader boots slot b on trial; the agent health-checks, commits and attests.
+echo "root=$S/slot-b foster.slot=b" >"$S/cmdline"; echo boot-2 >"$S/boot_id"
+foster-agent --state-dir "$W/state-ab" --log-level warn run --once --config "$S/config.json"
+grep -q upgrade_available=0 "$S/bootenv" && grep -q boot_part=b "$S/bootenv" && echo "ab: committed on slot b"
+foster --instance "$W/data" device list 2>/dev/null | grep -E "SERIAL|^ab " || true
 
 measure file "$W/state-file" --installer file --target "$W/firmware.bin"
 cmp "$W/fw.bin" "$W/firmware.bin" && echo "file: installed"
