@@ -428,3 +428,18 @@ func BenchmarkSHA512Raw(b *testing.B) {
 		f.Close()
 	}
 }
+
+// Content-Range comes from the network: any value is either accepted for the
+// requested start and the signed length, or refused, never a panic.
+func FuzzCheckContentRange(f *testing.F) {
+	for _, s := range []string{"bytes 100-999/1000", "bytes 100-999/*", "bytes */1000", "bytes 0-0/1", "", "bytes 100-", "items 1-2/3", "bytes -1-5/1000"} {
+		f.Add(s, int64(100))
+	}
+	want := expect(bytes.Repeat([]byte("x"), 1000))
+	f.Fuzz(func(t *testing.T, h string, start int64) {
+		err := checkContentRange(h, start, want)
+		if err == nil && !strings.HasPrefix(h, "bytes ") {
+			t.Fatalf("accepted %q", h)
+		}
+	})
+}

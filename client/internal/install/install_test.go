@@ -356,3 +356,24 @@ func TestSWUpdateAndScriptInstallers(t *testing.T) {
 		t.Fatalf("script without command: %v", err)
 	}
 }
+
+// fw_printenv / grub-editenv output and the kernel command line are parsed
+// on every run: any bytes give variables or an error, never a panic, and a
+// variable the agent writes reads back.
+func FuzzParseEnv(f *testing.F) {
+	f.Add([]byte("boot_part=a\nupgrade_available=1\nbootcount=2\n"))
+	f.Add([]byte("# GRUB Environment Block\nboot_part=b\n#####"))
+	f.Add([]byte("bootcmd=run distro_bootcmd; echo =x\n\x00\xff"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		vars := parseEnv(b)
+		for k := range vars {
+			if k == "" || strings.ContainsAny(k, " \t=") {
+				t.Fatalf("bad name %q", k)
+			}
+		}
+		dir := t.TempDir()
+		cmdline := filepath.Join(dir, "cmdline")
+		os.WriteFile(cmdline, b, 0o644)
+		BootedSlot{Cmdline: cmdline, Slots: map[string]string{"a": "/dev/a", "b": "/dev/b"}}.Detect()
+	})
+}

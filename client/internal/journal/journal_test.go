@@ -192,3 +192,19 @@ func TestAddFailedIsBounded(t *testing.T) {
 		t.Fatalf("%v", f)
 	}
 }
+
+// state.json may be damaged by a failing flash: any bytes are either a
+// valid state or an error, never a panic.
+func FuzzRead(f *testing.F) {
+	f.Add([]byte(`{"format":2,"phase":"attested","installed":{"name":"m/1/fw","sha256":"ab","length":1,"release_counter":3}}`))
+	f.Add([]byte(`{"format":2,"phase":"downloading","pending":{"target":{"name":"x"},"installer":"ab","staged":"/dev/b","in_place":true,"downloaded":4096}}`))
+	f.Add([]byte(`{"format":1,"phase":"committed"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(t.TempDir(), "state.json")
+		os.WriteFile(p, b, 0o600)
+		st, err := Read(p)
+		if err == nil && st.Phase.InFlight() != (st.Pending != nil) {
+			t.Fatalf("inconsistent state accepted: %+v", st)
+		}
+	})
+}
