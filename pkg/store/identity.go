@@ -229,7 +229,8 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 	}
 	id := r.deviceID()
 	var dev Device
-	err := d.tx(ctx, func(tx *sql.Tx) error {
+	err := d.tx(ctx, func(sqltx *sql.Tx) error {
+		tx := cached{d, sqltx}
 		now := d.now()
 		useJTI := func() error {
 			return d.useTokenID(ctx, tx, r.JTI, "urn:foster:station:"+r.Station, r.JTIExpiresAt, now)
@@ -245,7 +246,7 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 		via := r.via()
 		reprovision := exists && !old.ReprovisionAllowedAt.IsZero()
 		if reprovision {
-			if err := d.revokeSubject(ctx, tx, old, 4, "superseded by re-provisioning", now); err != nil {
+			if err := d.revokeSubject(ctx, sqltx, old, 4, "superseded by re-provisioning", now); err != nil {
 				return err
 			}
 			via = "reprovision:" + via
@@ -293,7 +294,7 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 	}
 	jtiUnused := func() error {
 		var one int
-		err := d.db.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE jti = ?`), r.JTI).Scan(&one)
+		err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE jti = ?`), r.JTI).Scan(&one)
 		switch {
 		case err == nil:
 			return ErrTokenUsed
@@ -302,7 +303,7 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 		}
 		return fmt.Errorf("reading token ids: %w", err)
 	}
-	_, _, err := d.authorize(ctx, d.db, r, d.now(), "", jtiUnused)
+	_, _, err := d.authorize(ctx, cached{d, nil}, r, d.now(), "", jtiUnused)
 	return d.noteRefusal(ctx, r, err)
 }
 
@@ -326,6 +327,76 @@ func (d *DB) noteRefusal(ctx context.Context, r EnrollRequest, err error) error 
 
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// runner is a *sql.Tx, a *sql.DB or a cached one of them.
+type runner interface {
+	querier
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// cached runs the enrollment hot path's statements (already rewritten for
+// the dialect) through statements prepared once per DB: parsing the SQL
+// each time cost more than running it. tx nil runs outside a transaction.
+type cached struct {
+	d  *DB
+	tx *sql.Tx
+}
+
+func (c cached) stmt(ctx context.Context, query string) *sql.Stmt {
+	key := "dialect:" + query
+	st, ok := c.d.stmts.Load(key)
+	if !ok {
+		if c.tx != nil {
+			// Preparing on the pool from inside a transaction could wait
+			// for a connection held by a transaction waiting for this one
+			// (SQLite has one writer): prepare in the background, run
+			// this one unprepared.
+			if _, busy := c.d.stmts.LoadOrStore("preparing:"+key, true); !busy {
+				go c.prepare(key, query)
+			}
+			return nil
+		}
+		if st = c.prepare(key, query); st == nil {
+			return nil // an unprepared query reports the error
+		}
+	}
+	if c.tx != nil {
+		return c.tx.StmtContext(ctx, st.(*sql.Stmt))
+	}
+	return st.(*sql.Stmt)
+}
+
+func (c cached) prepare(key, query string) any {
+	p, err := c.d.db.PrepareContext(context.Background(), query)
+	if err != nil {
+		return nil
+	}
+	st, loaded := c.d.stmts.LoadOrStore(key, p)
+	if loaded {
+		p.Close()
+	}
+	return st
+}
+
+func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	if c.tx != nil {
+		return c.tx.QueryRowContext(ctx, query, args...)
+	}
+	return c.d.db.QueryRowContext(ctx, query, args...)
+}
+
+func (c cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	if c.tx != nil {
+		return c.tx.ExecContext(ctx, query, args...)
+	}
+	return c.d.db.ExecContext(ctx, query, args...)
 }
 
 // authorize checks the token or station, then (stations) the token id
@@ -400,7 +471,7 @@ func (d *DB) checkStation(ctx context.Context, q querier, r EnrollRequest, now t
 }
 
 // useTokenID records a token id; a second use is ErrTokenUsed.
-func (d *DB) useTokenID(ctx context.Context, tx *sql.Tx, jti, issuer string, exp, now time.Time) error {
+func (d *DB) useTokenID(ctx context.Context, tx runner, jti, issuer string, exp, now time.Time) error {
 	if jti == "" {
 		return fmt.Errorf("%w: token has no id", ErrTokenInvalid)
 	}
@@ -416,7 +487,7 @@ func (d *DB) useTokenID(ctx context.Context, tx *sql.Tx, jti, issuer string, exp
 
 // consume spends what authorised the enrollment: the token, or one unit of
 // the station's quota (guarded, so concurrent enrollments cannot overrun it).
-func (d *DB) consume(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.Time) error {
+func (d *DB) consume(ctx context.Context, tx runner, r EnrollRequest, now time.Time) error {
 	if r.TokenHash != "" {
 		res, err := tx.ExecContext(ctx, d.q(`UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`), ts(now), r.TokenHash)
 		if err != nil {
@@ -446,7 +517,7 @@ func (d *DB) consume(ctx context.Context, tx *sql.Tx, r EnrollRequest, now time.
 	return nil
 }
 
-func (d *DB) getStationTx(ctx context.Context, tx *sql.Tx, name string) (Station, error) {
+func (d *DB) getStationTx(ctx context.Context, tx runner, name string) (Station, error) {
 	st, err := scanStation(tx.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`), name))
 	if err != nil {
 		return Station{}, fmt.Errorf("reading station: %w", err)
@@ -648,7 +719,7 @@ func scanCert(s scanner) (Certificate, error) {
 	return c, err
 }
 
-func (d *DB) insertCert(ctx context.Context, tx *sql.Tx, c Certificate) error {
+func (d *DB) insertCert(ctx context.Context, tx runner, c Certificate) error {
 	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
 		c.Serial, c.Subject, c.KeySHA256, ts(c.NotBefore), ts(c.NotAfter), ts(c.IssuedAt), c.IssuedVia, c.IssuedBy)
 	if isUnique(err) {
@@ -689,7 +760,7 @@ func (d *DB) GetCertificate(ctx context.Context, serial string) (Certificate, er
 // Certificates the store never recorded are not revoked.
 func (d *DB) IsRevoked(ctx context.Context, serial string) (bool, error) {
 	var ra int64
-	err := d.db.QueryRowContext(ctx, d.q(`SELECT revoked_at FROM certificates WHERE serial = ?`), serial).Scan(&ra)
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT revoked_at FROM certificates WHERE serial = ?`), serial).Scan(&ra)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
