@@ -152,7 +152,7 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	fail := func(format string, args ...any) (*x509.Certificate, identity.Principal, *tokenClaims, error) {
 		return nil, identity.Principal{}, nil, fmt.Errorf("%w: "+format, append([]any{ErrBadToken}, args...)...)
 	}
-	unverified, err := x5ctoken.UnverifiedChain(tok)
+	ders, err := x5ctoken.RawChain(tok)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -163,19 +163,23 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	if len(t.Headers) != 1 {
 		return fail("want exactly one signature")
 	}
-	now := at(unverified[0])
-	leaf, p, ok := c.chains.get(unverified, now)
+	key := chainKey(ders)
+	leaf, p, ok := c.chains.get(key, at)
 	if !ok {
+		unverified, err := x509.ParseCertificate(ders[0])
+		if err != nil {
+			return fail("x5c leaf: %v", err)
+		}
 		chains, err := t.Headers[0].Certificates(x509.VerifyOptions{
 			Roots:       c.pool,
-			CurrentTime: now,
+			CurrentTime: at(unverified),
 			KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		})
 		if err != nil {
 			return fail("certificate chain does not verify against this Foster root: %v", err)
 		}
 		leaf = chains[0][0]
-		if !bytes.Equal(leaf.Raw, unverified[0].Raw) {
+		if !bytes.Equal(leaf.Raw, ders[0]) {
 			return fail("x5c leaf mismatch")
 		}
 		if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
@@ -185,7 +189,7 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 			return fail("signing certificate: %v", err)
 		}
 		if p.Role == identity.RoleStation {
-			c.chains.put(unverified, chains[0], leaf, p)
+			c.chains.put(key, chains[0], leaf, p)
 		}
 	}
 	var claims tokenClaims
@@ -238,27 +242,32 @@ type cachedChain struct {
 
 const maxCachedChains = 1024
 
-func chainKey(x5c []*x509.Certificate) [32]byte {
+func chainKey(ders [][]byte) [32]byte {
 	h := sha256.New()
-	for _, c := range x5c {
-		h.Write(c.Raw)
+	for _, der := range ders {
+		h.Write(der)
 	}
 	var k [32]byte
 	h.Sum(k[:0])
 	return k
 }
 
-func (cc *chainCache) get(x5c []*x509.Certificate, at time.Time) (*x509.Certificate, identity.Principal, bool) {
+// get returns the cached chain's leaf if at(leaf) is within the chain's
+// validity.
+func (cc *chainCache) get(key [32]byte, at func(*x509.Certificate) time.Time) (*x509.Certificate, identity.Principal, bool) {
 	cc.mu.Lock()
-	e, ok := cc.m[chainKey(x5c)]
+	e, ok := cc.m[key]
 	cc.mu.Unlock()
-	if !ok || at.Before(e.from) || at.After(e.until) {
+	if !ok {
+		return nil, identity.Principal{}, false
+	}
+	if t := at(e.leaf); t.Before(e.from) || t.After(e.until) {
 		return nil, identity.Principal{}, false
 	}
 	return e.leaf, e.p, true
 }
 
-func (cc *chainCache) put(x5c, verified []*x509.Certificate, leaf *x509.Certificate, p identity.Principal) {
+func (cc *chainCache) put(key [32]byte, verified []*x509.Certificate, leaf *x509.Certificate, p identity.Principal) {
 	e := cachedChain{leaf: leaf, p: p, from: leaf.NotBefore, until: leaf.NotAfter}
 	for _, c := range verified {
 		if c.NotBefore.After(e.from) {
@@ -273,5 +282,5 @@ func (cc *chainCache) put(x5c, verified []*x509.Certificate, leaf *x509.Certific
 	if cc.m == nil || len(cc.m) >= maxCachedChains {
 		cc.m = map[[32]byte]cachedChain{}
 	}
-	cc.m[chainKey(x5c)] = e
+	cc.m[key] = e
 }

@@ -109,10 +109,9 @@ func LooksLikeJWT(s string) bool {
 	return strings.Count(s, ".") == 2 && strings.HasPrefix(s, "eyJ")
 }
 
-// UnverifiedChain returns the x5c certificates of tok without verifying
-// anything; callers need the leaf to choose verification options (e.g. the
-// time at which to check an expired certificate's chain).
-func UnverifiedChain(tok string) ([]*x509.Certificate, error) {
+// RawChain returns the DER of tok's x5c certificates without parsing them
+// as certificates or verifying anything (e.g. to look a chain up in a cache).
+func RawChain(tok string) ([][]byte, error) {
 	if len(tok) > MaxSize {
 		return nil, fmt.Errorf("token longer than %d bytes", MaxSize)
 	}
@@ -133,12 +132,25 @@ func UnverifiedChain(tok string) ([]*x509.Certificate, error) {
 	if len(h.X5C) == 0 || len(h.X5C) > 4 {
 		return nil, fmt.Errorf("token header carries %d x5c certificates, want 1 to 4", len(h.X5C))
 	}
-	certs := make([]*x509.Certificate, len(h.X5C))
+	ders := make([][]byte, len(h.X5C))
 	for i, s := range h.X5C {
-		der, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
+		if ders[i], err = base64.StdEncoding.DecodeString(s); err != nil {
 			return nil, fmt.Errorf("x5c[%d]: %w", i, err)
 		}
+	}
+	return ders, nil
+}
+
+// UnverifiedChain returns the x5c certificates of tok without verifying
+// anything; callers need the leaf to choose verification options (e.g. the
+// time at which to check an expired certificate's chain).
+func UnverifiedChain(tok string) ([]*x509.Certificate, error) {
+	ders, err := RawChain(tok)
+	if err != nil {
+		return nil, err
+	}
+	certs := make([]*x509.Certificate, len(ders))
+	for i, der := range ders {
 		if certs[i], err = x509.ParseCertificate(der); err != nil {
 			return nil, fmt.Errorf("x5c[%d]: %w", i, err)
 		}
