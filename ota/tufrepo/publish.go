@@ -181,6 +181,10 @@ func (t *txn) commit() error {
 		}
 	}
 
+	// Edits of roles that nothing delegates to any more (bins replaced by a
+	// rebin in this txn) are dropped, not signed.
+	t.pruneUnreachable()
+
 	// Sign level by level: a delegator is final before its delegates are
 	// signed and checked against it. A changed delegator whose delegate no
 	// longer verifies (keys changed) or does not exist yet (new delegation)
@@ -390,6 +394,32 @@ func sameDelegation(before, after *metadata.Delegations, child string) bool {
 		}
 	}
 	return true
+}
+
+// pruneUnreachable drops edits of roles not reachable from top-level
+// targets as it stands in this txn.
+func (t *txn) pruneUnreachable() {
+	reach := map[string]bool{metadata.TARGETS: true}
+	queue := []string{metadata.TARGETS}
+	for len(queue) > 0 {
+		n := queue[0]
+		queue = queue[1:]
+		md := t.get(n)
+		if md == nil {
+			continue
+		}
+		for _, c := range childRoles(md) {
+			if !reach[c] {
+				reach[c] = true
+				queue = append(queue, c)
+			}
+		}
+	}
+	for n := range t.edits {
+		if !reach[n] {
+			delete(t.edits, n)
+		}
+	}
 }
 
 func (t *txn) hasDeeper(level int) bool {
