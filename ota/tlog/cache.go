@@ -51,20 +51,27 @@ func (c *nodeCache) putLocked(id compact.NodeID, h []byte) {
 	c.young[id] = h
 }
 
-// exec runs a parameterless statement in tx, prepared once per Log: every
-// Prepare of every append runs the same savepoint statements.
+// exec runs a parameterless statement in tx, through a statement prepared
+// once when the log opened (see prepareStatements); unprepared otherwise.
 func (l *Log) exec(ctx context.Context, tx *sql.Tx, query string) error {
-	st, ok := l.stmts.Load(query)
-	if !ok {
-		p, err := l.db.SQL().PrepareContext(ctx, query)
-		if err != nil {
-			return err
-		}
-		var loaded bool
-		if st, loaded = l.stmts.LoadOrStore(query, p); loaded {
-			p.Close()
+	if st, ok := l.stmts.Load(query); ok {
+		_, err := tx.StmtContext(ctx, st.(*sql.Stmt)).ExecContext(ctx)
+		return err
+	}
+	_, err := tx.ExecContext(ctx, query)
+	return err
+}
+
+// savepointStatements are what every AppendWith Prepare runs.
+var savepointStatements = []string{`SAVEPOINT tlog_prepare`, `RELEASE SAVEPOINT tlog_prepare`, `ROLLBACK TO SAVEPOINT tlog_prepare`}
+
+// prepareStatements prepares the savepoint statements on the pool. It runs
+// in Open, outside any transaction: preparing on the pool from inside one
+// could wait for a connection held by a transaction waiting for ours.
+func (l *Log) prepareStatements(ctx context.Context) {
+	for _, q := range savepointStatements {
+		if st, err := l.db.SQL().PrepareContext(ctx, q); err == nil {
+			l.stmts.Store(q, st)
 		}
 	}
-	_, err := tx.StmtContext(ctx, st.(*sql.Stmt)).ExecContext(ctx)
-	return err
 }

@@ -145,6 +145,7 @@ func Open(ctx context.Context, db *store.DB, origin string, signer note.Signer) 
 	if err := l.init(ctx); err != nil {
 		return nil, err
 	}
+	l.prepareStatements(ctx)
 	return l, nil
 }
 

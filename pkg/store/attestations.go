@@ -52,12 +52,10 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	if a.ReceivedAt.IsZero() {
 		a.ReceivedAt = d.now()
 	}
-	sel, err := d.prepared(ctx, tx, `SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate())
-	if err != nil {
-		return Attestation{}, err
-	}
+	// The ingest path runs these for every attestation: prepared once (cached).
+	c := cached{d, tx}
 	var last int64
-	err = sel.QueryRowContext(ctx, a.DeviceID).Scan(&last)
+	err := c.QueryRowContext(ctx, d.q(`SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate()), a.DeviceID).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Attestation{}, fmt.Errorf("device %s: %w", a.DeviceID, ErrNotFound)
 	}
@@ -67,11 +65,7 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	if a.Sequence <= last {
 		return Attestation{}, fmt.Errorf("%w (got %d, last %d)", ErrReplay, a.Sequence, last)
 	}
-	ins, err := d.prepared(ctx, tx, `INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`)
-	if err != nil {
-		return Attestation{}, err
-	}
-	err = ins.QueryRowContext(ctx,
+	err = c.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 		a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt), a.LeafIndex, a.CertSerial).Scan(&a.ID)
 	if isUnique(err) {
 		return Attestation{}, ErrReplay
@@ -85,33 +79,12 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 		upd = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
 		args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
 	}
-	st, err := d.prepared(ctx, tx, upd)
-	if err != nil {
-		return Attestation{}, err
-	}
-	if _, err := st.ExecContext(ctx, args...); err != nil {
+	if _, err := c.ExecContext(ctx, d.q(upd), args...); err != nil {
 		return Attestation{}, fmt.Errorf("updating device: %w", err)
 	}
 	return a, nil
 }
 
-// prepared returns query (with ? placeholders) prepared once per DB and
-// bound to tx: the ingest path runs the same few statements for every
-// attestation, and parsing them each time costs more than running them.
-func (d *DB) prepared(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
-	if st, ok := d.stmts.Load(query); ok {
-		return tx.StmtContext(ctx, st.(*sql.Stmt)), nil
-	}
-	st, err := d.db.PrepareContext(ctx, d.q(query))
-	if err != nil {
-		return nil, fmt.Errorf("preparing %q: %w", query, err)
-	}
-	if prev, loaded := d.stmts.LoadOrStore(query, st); loaded {
-		st.Close()
-		st = prev.(*sql.Stmt)
-	}
-	return tx.StmtContext(ctx, st), nil
-}
 
 // GetAttestation returns a device's attestation with the given sequence.
 func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {

@@ -29,7 +29,7 @@ type DB struct {
 	db      *sql.DB
 	dialect dialect
 	now     func() time.Time
-	stmts   sync.Map // query -> *sql.Stmt (see prepared)
+	stmts   sync.Map // query -> *sql.Stmt (see cached)
 }
 
 // Open opens the store named by dsn and migrates its schema:
@@ -397,7 +397,8 @@ func scanDevice(s scanner) (Device, error) {
 
 // GetDevice returns a device by URN or ErrNotFound.
 func (d *DB) GetDevice(ctx context.Context, id string) (Device, error) {
-	dv, err := scanDevice(d.db.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
+	// Every mTLS request of a device reads it: prepared once (cached).
+	dv, err := scanDevice(cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
