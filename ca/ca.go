@@ -35,6 +35,7 @@
 package ca
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -80,6 +81,11 @@ const (
 type Options struct {
 	// Passphrase decrypts the intermediate key; nil for an unencrypted key.
 	Passphrase []byte
+	// IntermediateKey names the issuing key: a file path (relative to the
+	// PKI directory) or a KMS/HSM URI (softkms:path=..., awskms:key-id=...,
+	// cloudkms:..., azurekms:..., pkcs11:..., yubikey:slot-id=9c; a provider
+	// must be built into the binary). Default keys/intermediate_ca.key.
+	IntermediateKey string
 	// DeviceValidity is the lifetime of device certificates (default 90 days).
 	DeviceValidity time.Duration
 	// ClientValidity is the lifetime of admin, auditor and station certificates (default 365 days).
@@ -97,6 +103,7 @@ type CA struct {
 	root, inter *x509.Certificate
 	pool        *x509.CertPool
 	auth        *stepca.Authority
+	key         *issuerKey
 	opts        Options
 	crlMu       sync.Mutex // one CRL generation at a time, so numbers increase
 	chains      chainCache // verified station chains (token.go)
@@ -138,24 +145,25 @@ func Open(dir string, opts Options) (*CA, error) {
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("%s is not issued by %s: %w", interCertFile, rootCertFile, err)
 	}
-	signer, err := readKey(filepath.Join(dir, keysDir, interKeyFile), inter, opts.Passphrase)
-	if err != nil {
-		return nil, err
-	}
 	if err := opts.CRL.check(); err != nil {
 		return nil, err
 	}
-	auth, err := stepca.New(root, inter, signer)
+	key, err := loadIssuerKey(context.Background(), dir, opts.IntermediateKey, inter, opts.Passphrase)
 	if err != nil {
+		return nil, err
+	}
+	auth, err := stepca.New(root, inter, key.signer)
+	if err != nil {
+		key.close()
 		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	return &CA{root: root, inter: inter, pool: pool, auth: auth, opts: opts}, nil
+	return &CA{root: root, inter: inter, pool: pool, auth: auth, key: key, opts: opts}, nil
 }
 
-// Close releases the embedded step-ca authority.
-func (c *CA) Close() error { return c.auth.Close() }
+// Close releases the embedded step-ca authority and the key manager.
+func (c *CA) Close() error { return errors.Join(c.auth.Close(), c.key.close()) }
 
 // Root returns the root CA certificate (the trust anchor).
 func (c *CA) Root() *x509.Certificate { return c.root }

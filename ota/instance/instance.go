@@ -65,6 +65,10 @@ type IdentityConfig struct {
 	RenewGrace string `json:"renew_grace,omitempty"`
 	// CRLValidity is nextUpdate - thisUpdate of the published CRL (default 24h).
 	CRLValidity string `json:"crl_validity,omitempty"`
+	// IntermediateKey is the issuing CA key: a file path (relative to DIR)
+	// or a KMS/HSM URI (softkms:path=..., awskms:key-id=..., pkcs11:...;
+	// docs/CA.md). Default keys/intermediate_ca.key.
+	IntermediateKey string `json:"intermediate_key,omitempty"`
 }
 
 func (c IdentityConfig) durations() (device, grace, crl time.Duration, err error) {

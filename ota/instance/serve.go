@@ -67,9 +67,10 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, err
 	}
 	authority, err := ca.Open(dir, ca.Options{
-		Passphrase:     passphrase,
-		DeviceValidity: deviceValidity,
-		CRL:            &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
+		Passphrase:      passphrase,
+		IntermediateKey: cfg.Identity.IntermediateKey,
+		DeviceValidity:  deviceValidity,
+		CRL:             &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
 	})
 	if err != nil {
 		st.Close()

@@ -32,6 +32,8 @@ import (
 type fixtureOpts struct {
 	pkiCreated time.Time
 	identity   instance.IdentityConfig
+	// prepare runs on the initialised data directory before fosterd opens it.
+	prepare func(t *testing.T, dir string, cfg *instance.Config)
 }
 
 func newFixtureWith(t *testing.T, o fixtureOpts) *fixture {
@@ -48,6 +50,9 @@ func newFixtureWith(t *testing.T, o fixtureOpts) *fixture {
 		t.Fatal(err)
 	}
 	cfg.Identity = o.identity
+	if o.prepare != nil {
+		o.prepare(t, dir, cfg)
+	}
 	b, _ := json.Marshal(cfg)
 	if err := os.WriteFile(instance.PathsOf(dir).Config, b, 0o600); err != nil {
 		t.Fatal(err)
