@@ -116,6 +116,9 @@ func StageRoot(current []byte, ch RootChange, now time.Time) ([]byte, error) {
 	}
 	for _, role := range topRoles {
 		r := root.Signed.Roles[role]
+		if r == nil {
+			return nil, fmt.Errorf("root has no %s role", role)
+		}
 		if r.Threshold < 1 || r.Threshold > len(r.KeyIDs) {
 			return nil, fmt.Errorf("role %s would need %d signatures from %d keys", role, r.Threshold, len(r.KeyIDs))
 		}
@@ -292,6 +295,10 @@ func Inspect(raw, currentRoot []byte) (*Signatures, error) {
 	var sigs []metadata.Signature
 	var payload []byte
 	check := func(by string, keys map[string]*metadata.Key, role *metadata.Role) {
+		if role == nil {
+			out.Checks = append(out.Checks, ThresholdCheck{By: by + ": no such role"})
+			return
+		}
 		c := ThresholdCheck{By: by, Threshold: role.Threshold}
 		for _, id := range role.KeyIDs {
 			if validSig(keys[id], sigs, id, payload) {
@@ -300,7 +307,7 @@ func Inspect(raw, currentRoot []byte) (*Signatures, error) {
 				c.Missing = append(c.Missing, id)
 			}
 		}
-		c.Met = c.Have >= c.Threshold
+		c.Met = c.Threshold >= 1 && c.Have >= c.Threshold
 		out.Checks = append(out.Checks, c)
 	}
 	collect := func(keys map[string]*metadata.Key) {
@@ -394,6 +401,11 @@ func (r *Repo) PublishStaged(ctx context.Context, rootRaw, targetsRaw []byte) er
 		}
 		if !root.Signed.Expires.After(r.opts.Now().Add(day)) {
 			return fmt.Errorf("%w: root %d expires %s: less than a day away", ErrStaged, root.Signed.Version, root.Signed.Expires.Format(time.RFC3339))
+		}
+		for _, role := range topRoles {
+			if root.Signed.Roles[role] == nil {
+				return fmt.Errorf("%w: root %d has no %s role", ErrStaged, root.Signed.Version, role)
+			}
 		}
 		for _, role := range []string{metadata.SNAPSHOT, metadata.TIMESTAMP} {
 			rr := root.Signed.Roles[role]
