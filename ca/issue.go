@@ -66,6 +66,25 @@ func (c *CA) IssueDeviceRequest(ctx context.Context, r *DeviceRequest, opts ...I
 	}, issueValidity(c.opts.DeviceValidity, opts))
 }
 
+// MinDeviceValidity is the shortest device certificate lifetime a model may
+// ask for: renewal at 2/3 of it must still leave the agent time to retry.
+const MinDeviceValidity = time.Hour
+
+// CheckDeviceValidity says whether d is an acceptable per-model device
+// certificate lifetime: at least MinDeviceValidity and no longer than the
+// intermediate has left to live (a longer one would silently be cut short).
+func (c *CA) CheckDeviceValidity(d time.Duration) error {
+	left := c.inter.NotAfter.Sub(c.opts.Now())
+	switch {
+	case d < MinDeviceValidity:
+		return fmt.Errorf("device certificate validity %s is shorter than %s", d, MinDeviceValidity)
+	case d > left:
+		return fmt.Errorf("device certificate validity %s exceeds the intermediate CA's remaining life (%s, until %s)",
+			d, left.Truncate(time.Hour), c.inter.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // IssueOption tunes one issuance.
 type IssueOption func(*issueOptions)
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestIntermediateKeyReferences: the issuing key named by a path or a
@@ -98,4 +99,59 @@ func TestIsKMSURI(t *testing.T) {
 	if r := redactURI("pkcs11:token=foster;object=ca?pin-value=1234"); strings.Contains(r, "1234") {
 		t.Errorf("redactURI leaks the PIN: %s", r)
 	}
+}
+
+func TestCheckDeviceValidityBounds(t *testing.T) {
+	created := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	if err := InitPKI(dir, InitOptions{Now: func() time.Time { return created }, IntermediateValidity: 365 * 24 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	now := created.Add(100 * 24 * time.Hour) // 265 days of intermediate left
+	c, err := Open(dir, Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	left := c.Intermediate().NotAfter.Sub(now)
+	tests := []struct {
+		name    string
+		d       time.Duration
+		wantErr string
+	}{
+		{"zero", 0, "shorter than"},
+		{"negative", -time.Hour, "shorter than"},
+		{"just under the minimum", time.Hour - time.Second, "shorter than"},
+		{"minimum", time.Hour, ""},
+		{"30 days", 720 * time.Hour, ""},
+		{"default 90 days", DefaultDeviceValidity, ""},
+		{"the intermediate's remaining life", left, ""},
+		{"past the intermediate", left + time.Second, "remaining life"},
+		{"ten years", 10 * 365 * 24 * time.Hour, "remaining life"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.CheckDeviceValidity(tt.d)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("CheckDeviceValidity(%s) = %v, want %q", tt.d, err, tt.wantErr)
+			}
+		})
+	}
+	// A validity within bounds is what the certificate gets.
+	chain, err := c.IssueDeviceRequest(context.Background(), mustCheck(t, c), WithValidity(720*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chain[0].NotAfter.Sub(now); got != 720*time.Hour {
+		t.Fatalf("certificate lives %s after issuance, want 720h", got)
+	}
+}
+
+func mustCheck(t *testing.T, c *CA) *DeviceRequest {
+	t.Helper()
+	r, err := c.CheckDeviceCSR(csrPEM(t, p256(t), &x509.CertificateRequest{}), "edge-gw", "SN-0002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

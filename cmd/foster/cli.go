@@ -28,7 +28,7 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
   foster init --dir DIR [--listen ADDR]            create an instance (fosterd does this on first start too)
-  foster [connection] model add NAME [--hardware-id ID ...]
+  foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list [--json]
   foster [connection] token create --serial SN --model M [--ttl 24h]
   foster [connection] release add --model M --version V [--counter N] FILE

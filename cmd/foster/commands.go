@@ -43,9 +43,10 @@ func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("model add", "model add NAME [--hardware-id ID ...]", stderr)
+	fs := newFlags("model add", "model add NAME [--hardware-id ID ...] [--cert-validity 720h]", stderr)
 	var hw multi
 	fs.Var(&hw, "hardware-id", "hardware id this model's images are built for (repeatable)")
+	validity := fs.Duration("cert-validity", 0, "lifetime of this model's device certificates, at least 1h (default: the instance's identity.device_validity, 2160h)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -54,8 +55,12 @@ func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr i
 		fs.Usage()
 		return fmt.Errorf("%w: want exactly one model NAME", errUsage)
 	}
+	if *validity < 0 || *validity%time.Second != 0 {
+		return fmt.Errorf("%w: --cert-validity must be a positive whole number of seconds", errUsage)
+	}
 	var m store.Model
-	if err := c.postJSON(ctx, "/v1/models", map[string]any{"name": pos[0], "hardware_ids": []string(hw)}, &m); err != nil {
+	body := map[string]any{"name": pos[0], "hardware_ids": []string(hw), "cert_validity_seconds": int64(validity.Seconds())}
+	if err := c.postJSON(ctx, "/v1/models", body, &m); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "model %s created\n", m.Name)
@@ -77,9 +82,13 @@ func cmdModelList(ctx context.Context, c *client, args []string, stdout, stderr 
 	}
 	var rows [][]string
 	for _, m := range ms {
-		rows = append(rows, []string{m.Name, orDash(strings.Join(m.HardwareIDs, ",")), fmtTime(m.CreatedAt)})
+		v := "default"
+		if m.CertValiditySeconds > 0 {
+			v = m.CertValidity().String()
+		}
+		rows = append(rows, []string{m.Name, orDash(strings.Join(m.HardwareIDs, ",")), v, fmtTime(m.CreatedAt)})
 	}
-	table(stdout, "MODEL\tHARDWARE IDS\tCREATED", rows)
+	table(stdout, "MODEL\tHARDWARE IDS\tCERT VALIDITY\tCREATED", rows)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -99,6 +100,8 @@ func (s *Server) audit(r *http.Request, action, detail string) {
 type modelRequest struct {
 	Name        string   `json:"name"`
 	HardwareIDs []string `json:"hardware_ids"`
+	// CertValiditySeconds is the model's device certificate lifetime (0: the instance default).
+	CertValiditySeconds int64 `json:"cert_validity_seconds"`
 }
 
 func (s *Server) createModel(w http.ResponseWriter, r *http.Request) error {
@@ -117,7 +120,15 @@ func (s *Server) createModel(w http.ResponseWriter, r *http.Request) error {
 			return badRequest("hardware id: %v", err)
 		}
 	}
-	m, err := s.cfg.Store.CreateModel(r.Context(), store.Model{Name: req.Name, HardwareIDs: req.HardwareIDs})
+	if req.CertValiditySeconds != 0 {
+		if req.CertValiditySeconds < 0 || req.CertValiditySeconds > math.MaxInt64/int64(time.Second) {
+			return badRequest("cert_validity_seconds out of range")
+		}
+		if err := s.cfg.Issuer.CheckDeviceValidity(time.Duration(req.CertValiditySeconds) * time.Second); err != nil {
+			return badRequest("cert_validity_seconds: %v", err)
+		}
+	}
+	m, err := s.cfg.Store.CreateModel(r.Context(), store.Model{Name: req.Name, HardwareIDs: req.HardwareIDs, CertValiditySeconds: req.CertValiditySeconds})
 	if errors.Is(err, store.ErrConflict) {
 		return apierr.New(http.StatusConflict, apierr.CodeConflict, "model %q already exists", req.Name)
 	}

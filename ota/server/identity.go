@@ -43,7 +43,8 @@ const (
 // recorded nor returned, so it was never issued.
 func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, csr []byte) error {
 	ctx := r.Context()
-	if _, err := s.cfg.Store.GetModel(ctx, auth.Model); errors.Is(err, store.ErrNotFound) {
+	model, err := s.cfg.Store.GetModel(ctx, auth.Model)
+	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", auth.Model)
 	} else if err != nil {
 		return err
@@ -56,7 +57,7 @@ func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth st
 	if err := s.cfg.Store.CheckEnroll(ctx, auth); err != nil {
 		return s.identityError(err)
 	}
-	chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
+	chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr, ca.WithValidity(model.CertValidity()))
 	if err != nil {
 		return s.csrError(err)
 	}
@@ -213,9 +214,13 @@ func (s *Server) issueRenewal(w http.ResponseWriter, r *http.Request, p identity
 	if err != nil {
 		return s.csrError(err)
 	}
+	model, err := s.cfg.Store.GetModel(ctx, p.Model)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	rr.DeviceID, rr.PresentedSerial, rr.PresentedKeySHA256 = p.URI(), cert.SerialNumber.Text(16), ca.PublicKeySHA256(cert.PublicKey)
 	dev, err := s.cfg.Store.RenewDevice(ctx, rr, func() (store.Issued, error) {
-		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr)
+		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr, ca.WithValidity(model.CertValidity()))
 		if err != nil {
 			return store.Issued{}, err
 		}

@@ -40,6 +40,8 @@ type Issuer interface {
 	// CheckDeviceCSR validates a device CSR before anything is authorised or signed.
 	CheckDeviceCSR(csr []byte, model, serial string) (*ca.DeviceRequest, error)
 	IssueDeviceRequest(ctx context.Context, r *ca.DeviceRequest, opts ...ca.IssueOption) ([]*x509.Certificate, error)
+	// CheckDeviceValidity bounds a model's device certificate lifetime.
+	CheckDeviceValidity(d time.Duration) error
 	// IssueClient issues admin, auditor and station credentials.
 	IssueClient(ctx context.Context, p identity.Principal, opts ...ca.IssueOption) (chainPEM, keyPEM []byte, err error)
 	VerifyStationToken(tok string) (*ca.StationToken, error)

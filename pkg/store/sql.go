@@ -165,6 +165,10 @@ func (d *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("migrating store schema: %w", err)
 		}
 	}
+	// Per-model device certificate lifetime in seconds (0: instance default).
+	if err := d.addColumn(ctx, "models", "cert_validity", "BIGINT NOT NULL DEFAULT 0"); err != nil {
+		return err
+	}
 	if err := d.migrateIdentity(ctx); err != nil {
 		return err
 	}
@@ -233,10 +237,13 @@ func (d *DB) CreateModel(ctx context.Context, m Model) (Model, error) {
 	if m.HardwareIDs == nil {
 		m.HardwareIDs = []string{}
 	}
+	if m.CertValiditySeconds < 0 {
+		return Model{}, fmt.Errorf("model %q: negative certificate validity", m.Name)
+	}
 	m.CreatedAt = d.now()
 	hw, _ := json.Marshal(m.HardwareIDs)
-	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO models (name, hardware_ids, created_at) VALUES (?, ?, ?)`),
-		m.Name, string(hw), ts(m.CreatedAt))
+	_, err := d.db.ExecContext(ctx, d.q(`INSERT INTO models (name, hardware_ids, cert_validity, created_at) VALUES (?, ?, ?, ?)`),
+		m.Name, string(hw), m.CertValiditySeconds, ts(m.CreatedAt))
 	if isUnique(err) {
 		return Model{}, fmt.Errorf("model %q: %w", m.Name, ErrConflict)
 	}
@@ -251,7 +258,7 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	var m Model
 	var hw string
 	var at int64
-	err := d.db.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &at)
+	err := d.db.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, cert_validity, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Model{}, fmt.Errorf("model %q: %w", name, ErrNotFound)
 	}

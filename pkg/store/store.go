@@ -28,9 +28,17 @@ var (
 
 // Model is a device model (hardware product line).
 type Model struct {
-	Name        string    `json:"name"`
-	HardwareIDs []string  `json:"hardware_ids"`
-	CreatedAt   time.Time `json:"created_at"`
+	Name        string   `json:"name"`
+	HardwareIDs []string `json:"hardware_ids"`
+	// CertValiditySeconds is the lifetime of this model's device
+	// certificates; 0 means the instance default (identity.device_validity).
+	CertValiditySeconds int64     `json:"cert_validity_seconds,omitempty"`
+	CreatedAt           time.Time `json:"created_at"`
+}
+
+// CertValidity is the model's device certificate lifetime, 0 for the default.
+func (m Model) CertValidity() time.Duration {
+	return time.Duration(m.CertValiditySeconds) * time.Second
 }
 
 // Token is a one-time enrollment token. Only its SHA-256 is stored.

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,9 +19,23 @@ import (
 )
 
 // SQLite opens a fresh SQLite store.
-func SQLite(t testing.TB) *store.DB {
+func SQLite(t testing.TB) *store.DB { return SQLiteFrom(t, "") }
+
+// SQLiteFrom runs legacy (SQL statements separated by ";", e.g. the schema
+// and rows of an older Foster) on a fresh database, then opens it as a store,
+// which migrates it.
+func SQLiteFrom(t testing.TB, legacy string) *store.DB {
 	t.Helper()
-	d, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "foster.db"))
+	path := filepath.Join(t.TempDir(), "foster.db")
+	if legacy != "" {
+		raw, err := sql.Open("sqlite", "file:"+path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		execAll(t, raw, legacy)
+		raw.Close()
+	}
+	d, err := store.Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,9 +43,24 @@ func SQLite(t testing.TB) *store.DB {
 	return d
 }
 
+func execAll(t testing.TB, db *sql.DB, stmts string) {
+	t.Helper()
+	for _, s := range strings.Split(stmts, ";") {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		if _, err := db.Exec(s); err != nil {
+			t.Fatalf("legacy schema: %v\n%s", err, s)
+		}
+	}
+}
+
 // Postgres opens a store in a fresh schema of the test PostgreSQL, skipping
 // (or failing under CI) when it is unreachable.
-func Postgres(t testing.TB) *store.DB {
+func Postgres(t testing.TB) *store.DB { return PostgresFrom(t, "") }
+
+// PostgresFrom is SQLiteFrom for PostgreSQL (legacy runs in the fresh schema).
+func PostgresFrom(t testing.TB, legacy string) *store.DB {
 	t.Helper()
 	base := env.TestPostgres.Get()
 	if base == "" {
@@ -58,6 +88,14 @@ func Postgres(t testing.TB) *store.DB {
 		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
 		admin.Close()
 	})
+	if legacy != "" {
+		raw, err := sql.Open("pgx", base+"&search_path="+schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		execAll(t, raw, legacy)
+		raw.Close()
+	}
 	d, err := store.Open(context.Background(), base+"&search_path="+schema)
 	if err != nil {
 		t.Fatal(err)
@@ -70,4 +108,10 @@ func Postgres(t testing.TB) *store.DB {
 func Each(t *testing.T, fn func(t *testing.T, d *store.DB)) {
 	t.Run("sqlite", func(t *testing.T) { fn(t, SQLite(t)) })
 	t.Run("postgres", func(t *testing.T) { fn(t, Postgres(t)) })
+}
+
+// EachFrom runs fn against every back end after legacy set it up (see SQLiteFrom).
+func EachFrom(t *testing.T, legacy string, fn func(t *testing.T, d *store.DB)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, SQLiteFrom(t, legacy)) })
+	t.Run("postgres", func(t *testing.T) { fn(t, PostgresFrom(t, legacy)) })
 }
