@@ -239,17 +239,18 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 		return nil, err
 	}
 	defer unlock()
-	// Renew the certificate first when due (or expired): everything below
-	// authenticates with it. A failure is logged and retried next run.
-	if _, err := a.renew(ctx, false); err != nil {
-		a.log.Warn("certificate renewal failed; will retry on the next run", "err", err)
-	}
 	j, err := journal.Open(a.layout.State())
 	if err != nil {
 		return nil, err
 	}
 	j.SetClock(a.now)
-	a.loadClock(j)
+	a.loadClock(j) // renewal decides with the trusted clock
+	// Renew the certificate first when due (or expired): everything below
+	// authenticates with it. A failure is logged and retried next run.
+	if _, err := a.renew(ctx, false); err != nil {
+		a.log.Warn("certificate renewal failed; will retry on the next run", "err", err)
+	}
+	a.loadClock(j) // a renewed certificate's NotBefore is newer evidence
 	rep := &Report{}
 	defer func() {
 		rep.AttestationsQueued = a.queuedCount()

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/client/internal/enroll"
+	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/atomicfile"
 	"github.com/foster-ota/foster/pkg/identity"
@@ -40,9 +41,13 @@ import (
 // unless the device was revoked or re-provisioned.
 //
 // The device clock is not trusted: a device back from years in a drawer may
-// believe it is still the year it was built. "Now" is the Date header of a
-// request to fosterd over TLS verified against the Foster root, falling back
-// to the local clock only when fosterd cannot be reached.
+// believe it is still the year it was built, or a bad RTC may say 2099.
+// "Now" is the Date header of a request to fosterd over TLS verified against
+// the Foster root (the clock fosterd judges certificates by), falling back to
+// the agent's trusted clock (client/internal/clock: the wall clock only while
+// it agrees with signed evidence) when fosterd cannot be reached. The TLS
+// checks of the server are made at the trusted time too, so neither a clock
+// in 1970 nor one in 2099 makes the agent renew in a loop or fail TLS.
 
 const (
 	renewFraction = 2.0 / 3
@@ -80,6 +85,11 @@ func (a *Agent) Renew(ctx context.Context, force bool) (*RenewResult, error) {
 		return nil, err
 	}
 	defer unlock()
+	j, err := journal.Open(a.layout.State())
+	if err != nil {
+		return nil, err
+	}
+	a.loadClock(j) // the journalled floor: renewal decides with the trusted clock
 	return a.renew(ctx, force)
 }
 
@@ -214,12 +224,13 @@ func (a *Agent) checkRenewed(pemChain string) ([]*x509.Certificate, error) {
 
 // anonClient talks to fosterd without a client certificate (an expired one
 // would fail the handshake), verifying the server against the Foster root.
-// A local clock that is behind (a dead RTC) is not held against the server
-// certificate: its chain, name and key usage are checked at the later of the
-// local time and the certificate's NotBefore.
+// The server certificate is checked at the agent's trusted time, and a
+// trusted time that is behind (a dead RTC with no newer evidence) is not held
+// against it: its chain, name and key usage are checked at the later of that
+// time and the certificate's NotBefore.
 func (a *Agent) anonClient() *http.Client {
 	roots := a.id.roots
-	now := a.cfg.Now
+	now := a.now // the trusted clock, not the raw wall clock
 	return &http.Client{
 		Timeout: a.cfg.RequestTimeout,
 		Transport: &http.Transport{
@@ -256,23 +267,23 @@ func (a *Agent) anonClient() *http.Client {
 }
 
 // serverNow is fosterd's clock (the Date header of an authenticated-server
-// response), or the local clock when fosterd cannot be reached.
+// response), or the agent's trusted clock when fosterd cannot be reached.
 func (a *Agent) serverNow(ctx context.Context) time.Time {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.id.cfg.Server+"/healthz", nil)
 	if err != nil {
-		return a.cfg.Now()
+		return a.now()
 	}
 	resp, err := a.anonClient().Do(req)
 	if err != nil {
-		a.log.Debug("cannot read the server's clock; using the local clock", "err", err)
-		return a.cfg.Now()
+		a.log.Debug("cannot read the server's clock; using the trusted clock", "err", err)
+		return a.now()
 	}
 	resp.Body.Close()
 	t, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {
-		return a.cfg.Now()
+		return a.now()
 	}
 	return t
 }

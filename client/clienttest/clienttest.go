@@ -355,7 +355,9 @@ type Server struct {
 	// TargetRanges holds the Range header of each target request ("" for none).
 	TargetRanges []string
 	MetaRequests []string
-	lastSeq      map[string]int64
+	// Renewals and ExpiredRenewals count POST /v1/renew and /v1/renew-expired.
+	Renewals, ExpiredRenewals int
+	lastSeq                   map[string]int64
 }
 
 // NewServer starts a server with a fresh PKI and repository.
@@ -367,6 +369,15 @@ func NewServer(t testing.TB, repo *Repo) *Server {
 	mux.HandleFunc("GET /tuf/{file...}", s.device(s.tuf))
 	mux.HandleFunc("GET /targets/{path...}", s.device(s.target))
 	mux.HandleFunc("POST /v1/attestations", s.device(s.attestation))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"status":"ok"}`)
+	})
+	mux.HandleFunc("POST /v1/renew", s.device(s.renew))
+	mux.HandleFunc("POST /v1/renew-expired", func(w http.ResponseWriter, r *http.Request) {
+		s.Lock(func() { s.ExpiredRenewals++ })
+		apierr.Write(w, apierr.New(403, apierr.CodeForbidden, "renewal after expiry is not offered by the test server"))
+	})
 	s.srv = httptest.NewUnstartedServer(mux)
 	pool := x509.NewCertPool()
 	pool.AddCert(s.PKI.CA.Root)
@@ -448,6 +459,38 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
 	json.NewEncoder(w).Encode(map[string]string{"device_id": "dev-" + req.Serial, "certificate": string(chain)})
+}
+
+// renew re-issues the presented device certificate for the CSR's key.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+	var req struct{ CSR string }
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		apierr.Write(w, apierr.New(400, apierr.CodeBadRequest, "malformed request: %v", err))
+		return
+	}
+	blk, _ := pem.Decode([]byte(req.CSR))
+	if blk == nil {
+		apierr.Write(w, apierr.New(400, apierr.CodeBadRequest, "csr is not PEM"))
+		return
+	}
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil || csr.CheckSignature() != nil {
+		apierr.Write(w, apierr.New(400, apierr.CodeBadRequest, "bad csr"))
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Renewals++
+	crt, err := s.PKI.CA.SignCSR(csr)
+	if err != nil {
+		apierr.Write(w, err)
+		return
+	}
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: crt.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.PKI.CA.Intermediate.Raw})...)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(map[string]string{"device_id": r.TLS.PeerCertificates[0].URIs[0].String(), "certificate": string(chain)})
 }
 
 // device requires a verified device client certificate.
