@@ -21,7 +21,7 @@ func TestFleetReport(t *testing.T) {
 		enroll := func(serial string) string {
 			t.Helper()
 			d.CreateToken(ctx, store.Token{Hash: "h-" + serial, Serial: serial, Model: "edge-gw", ExpiresAt: now.Add(time.Hour)})
-			dv, err := d.Enroll(ctx, "h-"+serial, serial, "edge-gw", device)
+			dv, err := enrollToken(ctx, d, "h-"+serial, serial, "edge-gw")
 			if err != nil {
 				t.Fatal(err)
 			}

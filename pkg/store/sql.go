@@ -315,69 +315,6 @@ func (d *DB) CreateToken(ctx context.Context, t Token) error {
 	return nil
 }
 
-// Enroll consumes the token with the given hash and records the device issue
-// returns, in one transaction: if the token is unusable or issue fails, the
-// token stays unused and no device is recorded. serial and model are what the
-// device claims; they must match the token's binding.
-func (d *DB) Enroll(ctx context.Context, tokenHash, serial, model string, issue func(Token) (Device, error)) (Device, error) {
-	var dev Device
-	err := d.tx(ctx, func(tx *sql.Tx) error {
-		var t Token
-		var exp, used int64
-		err := tx.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+d.forUpdate()), tokenHash).
-			Scan(&t.Serial, &t.Model, &exp, &used)
-		if errors.Is(err, sql.ErrNoRows) {
-			return ErrTokenInvalid
-		}
-		if err != nil {
-			return fmt.Errorf("reading token: %w", err)
-		}
-		t.Hash, t.ExpiresAt, t.UsedAt = tokenHash, fromTS(exp), fromTS(used)
-		now := d.now()
-		switch {
-		case used != 0:
-			return ErrTokenUsed
-		case !now.Before(t.ExpiresAt):
-			return ErrTokenExpired
-		case t.Serial != serial || t.Model != model:
-			return fmt.Errorf("%w: token is for %s/%s, request is for %s/%s", ErrTokenBinding, t.Model, t.Serial, model, serial)
-		}
-		var exists int
-		if err := tx.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM devices WHERE serial = ? AND model = ?`), serial, model).Scan(&exists); err != nil {
-			return err
-		}
-		if exists > 0 {
-			return fmt.Errorf("device %s/%s is already enrolled: %w", model, serial, ErrConflict)
-		}
-		dev, err = issue(t)
-		if err != nil {
-			return err
-		}
-		dev.Status = DeviceActive
-		dev.EnrolledAt = now
-		res, err := tx.ExecContext(ctx, d.q(`UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`), ts(now), tokenHash)
-		if err != nil {
-			return fmt.Errorf("consuming token: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrTokenUsed
-		}
-		_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-			dev.ID, dev.Serial, dev.Model, dev.Status, dev.CertSerial, ts(dev.CertNotAfter), dev.CertPEM, ts(dev.EnrolledAt))
-		if isUnique(err) {
-			return fmt.Errorf("device %s: %w", dev.ID, ErrConflict)
-		}
-		if err != nil {
-			return fmt.Errorf("recording device: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return Device{}, err
-	}
-	return dev, nil
-}
-
 func (d *DB) forUpdate() string {
 	if d.dialect == postgres {
 		return " FOR UPDATE"

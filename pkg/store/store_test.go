@@ -14,8 +14,10 @@ import (
 
 func forEach(t *testing.T, fn func(t *testing.T, d *store.DB)) { storetest.Each(t, fn) }
 
-func device(i store.Token) (store.Device, error) {
-	return store.Device{ID: "urn:foster:device:" + i.Model + ":" + i.Serial, Serial: i.Serial, Model: i.Model, CertSerial: "01", CertNotAfter: time.Now().Add(time.Hour), CertPEM: "pem"}, nil
+// enrollToken enrolls serial with the admin token hash through the live
+// enrollment path (EnrollDevice), with a key of its own.
+func enrollToken(ctx context.Context, d *store.DB, hash, serial, model string) (store.Device, error) {
+	return d.EnrollDevice(ctx, store.EnrollRequest{Serial: serial, Model: model, KeySHA256: "key-" + serial, TokenHash: hash}, issuer("key-"+serial))
 }
 
 func setup(t *testing.T, d *store.DB) context.Context {
@@ -49,25 +51,26 @@ func TestEnrollTokenIsSingleUseAndBound(t *testing.T) {
 		if err := d.CreateToken(ctx, tok); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Enroll(ctx, "h1", "SN-2", "edge-gw", device); !errors.Is(err, store.ErrTokenBinding) {
+		if _, err := enrollToken(ctx, d, "h1", "SN-2", "edge-gw"); !errors.Is(err, store.ErrTokenBinding) {
 			t.Fatalf("other serial: %v", err)
 		}
-		if _, err := d.Enroll(ctx, "nope", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenInvalid) {
+		if _, err := enrollToken(ctx, d, "nope", "SN-1", "edge-gw"); !errors.Is(err, store.ErrTokenInvalid) {
 			t.Fatalf("unknown token: %v", err)
 		}
 		boom := errors.New("issuer down")
-		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", func(store.Token) (store.Device, error) { return store.Device{}, boom }); !errors.Is(err, boom) {
+		failing := func() (store.Issued, error) { return store.Issued{}, boom }
+		if _, err := d.EnrollDevice(ctx, store.EnrollRequest{Serial: "SN-1", Model: "edge-gw", KeySHA256: "key-SN-1", TokenHash: "h1"}, failing); !errors.Is(err, boom) {
 			t.Fatalf("failing issuer: %v", err)
 		}
 		// The failed issuance must not have consumed the token.
-		dv, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device)
+		dv, err := enrollToken(ctx, d, "h1", "SN-1", "edge-gw")
 		if err != nil {
 			t.Fatalf("enroll after failed issuance: %v", err)
 		}
 		if dv.Status != store.DeviceActive {
 			t.Fatalf("status %q", dv.Status)
 		}
-		if _, err := d.Enroll(ctx, "h1", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenUsed) {
+		if _, err := enrollToken(ctx, d, "h1", "SN-1", "edge-gw"); !errors.Is(err, store.ErrTokenUsed) {
 			t.Fatalf("reuse: %v", err)
 		}
 		got, err := d.GetDevice(ctx, dv.ID)
@@ -81,15 +84,16 @@ func TestEnrollRefusesExpiredTokenAndDuplicateDevice(t *testing.T) {
 	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
 		d.CreateToken(ctx, store.Token{Hash: "old", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(-time.Second)})
-		if _, err := d.Enroll(ctx, "old", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrTokenExpired) {
+		if _, err := enrollToken(ctx, d, "old", "SN-1", "edge-gw"); !errors.Is(err, store.ErrTokenExpired) {
 			t.Fatalf("expired: %v", err)
 		}
 		d.CreateToken(ctx, store.Token{Hash: "a", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
 		d.CreateToken(ctx, store.Token{Hash: "b", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
-		if _, err := d.Enroll(ctx, "a", "SN-1", "edge-gw", device); err != nil {
+		if _, err := enrollToken(ctx, d, "a", "SN-1", "edge-gw"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Enroll(ctx, "b", "SN-1", "edge-gw", device); !errors.Is(err, store.ErrConflict) {
+		// Another token for the same serial with another key: a clone.
+		if _, err := d.EnrollDevice(ctx, store.EnrollRequest{Serial: "SN-1", Model: "edge-gw", KeySHA256: "other", TokenHash: "b"}, issuer("other")); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("second enrollment of a serial: %v", err)
 		}
 	})
@@ -106,7 +110,7 @@ func TestConcurrentTokenUseIssuesOnce(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := d.Enroll(ctx, "race", "SN-1", "edge-gw", device); err == nil {
+				if _, err := enrollToken(ctx, d, "race", "SN-1", "edge-gw"); err == nil {
 					mu.Lock()
 					ok++
 					mu.Unlock()
@@ -164,7 +168,7 @@ func TestAttestationReplayRefused(t *testing.T) {
 	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
 		d.CreateToken(ctx, store.Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
-		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
+		dv, _ := enrollToken(ctx, d, "h", "SN-1", "edge-gw")
 		a := store.Attestation{DeviceID: dv.ID, Sequence: 1, Outcome: "committed", TargetPath: "edge-gw/1.0.1/fw.bin", SHA256: "aa", Version: "1.0.1", Counter: 1, Envelope: []byte("{}")}
 		if _, err := d.AddAttestation(ctx, a); err != nil {
 			t.Fatal(err)
@@ -199,7 +203,7 @@ func TestRevocationAndAudit(t *testing.T) {
 	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
 		d.CreateToken(ctx, store.Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
-		dv, _ := d.Enroll(ctx, "h", "SN-1", "edge-gw", device)
+		dv, _ := enrollToken(ctx, d, "h", "SN-1", "edge-gw")
 		if err := d.SetDeviceStatus(ctx, dv.ID, store.DeviceRevoked); err != nil {
 			t.Fatal(err)
 		}
