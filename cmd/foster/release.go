@@ -228,9 +228,6 @@ func cmdReleaseShow(ctx context.Context, c *client, args []string, stdout, stder
 func printRelease(w io.Writer, r server.Release) {
 	fmt.Fprintf(w, "model:            %s\nversion:          %s\nrelease counter:  %d\nstatus:           %s\ntarget:           %s\nlength:           %d bytes\nsha256:           %s\n",
 		r.Model, r.Version, r.Counter, r.Status, r.TargetPath, r.Length, r.SHA256)
-	if r.SHA512 != "" {
-		fmt.Fprintf(w, "sha512:           %s\n", r.SHA512)
-	}
 	fmt.Fprintf(w, "hardware ids:     %s\n", orDash(strings.Join(r.HardwareIDs, ", ")))
 	fmt.Fprintf(w, "min from version: %s\nsigned by role:   %s\npublished:        %s by %s\n", orDash(r.MinFromVersion), orDash(r.Role), fmtTime(r.CreatedAt), r.CreatedBy)
 }

@@ -223,7 +223,6 @@ type Release struct {
 	store.Release
 	// Status is "published" (devices are offered it) or "revoked".
 	Status         string   `json:"status"`
-	SHA512         string   `json:"sha512,omitempty"`
 	HardwareIDs    []string `json:"hardware_ids"`
 	MinFromVersion string   `json:"min_from_version,omitempty"`
 	// Role is the TUF role that signs it (models/<model>, or one of its bins).
@@ -236,7 +235,7 @@ func (s *Server) releaseView(rel store.Release) Release {
 	if !ok || t.SHA256 != rel.SHA256 {
 		return v
 	}
-	v.Status, v.Role, v.SHA512 = "published", role, t.SHA512
+	v.Status, v.Role = "published", role
 	var c targetCustom
 	if json.Unmarshal(t.Custom, &c) == nil {
 		v.HardwareIDs, v.MinFromVersion = nonNil(c.HardwareIDs), c.MinFromVersion

@@ -147,7 +147,7 @@ func TestReleaseListShowRevoke(t *testing.T) {
 	}
 	var shown server.Release
 	json.Unmarshal(f.mustJSON(auditor, "GET", "/v1/releases/edge-gw/1.0.1", nil, 200), &shown)
-	if shown.TargetPath != "edge-gw/1.0.1/fw.bin" || len(shown.SHA512) != 128 {
+	if shown.TargetPath != "edge-gw/1.0.1/fw.bin" || len(shown.SHA256) != 64 || shown.Status != "published" {
 		t.Fatalf("show = %+v", shown)
 	}
 	if r := f.do(auditor, "POST", "/v1/releases/edge-gw/1.0.1/revoke", nil); r.status != 403 {

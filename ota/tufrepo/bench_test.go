@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -34,16 +33,15 @@ func benchKeys(b testing.TB) Keys {
 	return Keys{Root: gen(), Targets: gen(), Snapshot: gen(), Timestamp: gen()}
 }
 
-// fakeTarget is a target entry as fosterd publishes it (two hashes,
+// fakeTarget is a target entry as fosterd publishes it (SHA-256 only,
 // Foster's custom metadata), for a blob that is not stored: publishing
 // only reads metadata.
 func fakeTarget(model string, i int) (string, *metadata.TargetFiles) {
 	p := fmt.Sprintf("%s/1.%d.%d/firmware.bin", model, i/1000, i%1000)
 	s256 := sha256.Sum256([]byte(p))
-	s512 := sha512.Sum512([]byte(p))
 	c := []byte(fmt.Sprintf(`{"hardware_ids":["rev-a"],"model":%q,"release_counter":%d,"version":"1.%d.%d"}`, model, i+1, i/1000, i%1000))
 	raw := json.RawMessage(c)
-	return p, &metadata.TargetFiles{Length: 64 << 20, Hashes: metadata.Hashes{"sha256": s256[:], "sha512": s512[:]}, Custom: &raw}
+	return p, &metadata.TargetFiles{Length: 64 << 20, Hashes: metadata.Hashes{"sha256": s256[:]}, Custom: &raw}
 }
 
 // populate publishes n targets of model in one transaction (setup only:

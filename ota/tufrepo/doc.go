@@ -54,8 +54,7 @@
 //	tuf/<N>.root.json  tuf/<N>.targets.json  tuf/<N>.snapshot.json  tuf/timestamp.json
 //	tuf/<N>.models/<model>.json            a model's role (clients request 3.models%2Fedge-gw.json)
 //	tuf/<N>.models/<model>/bins-<hex>.json that model's hashed bins
-//	targets/<dir>/<sha256hex>.<name>   for target path <dir>/<name>
-//	targets/<dir>/<sha512hex>.<name>   the same bytes: go-tuf's DownloadTarget picks
-//	                                   either hash at random for the URL
+//	targets/<dir>/<sha256hex>.<name>   for target path <dir>/<name> (SHA-256 is the
+//	                                   only hash signed, so each target has one name)
 //	staging/<random>                   uploads in flight (never served)
 package tufrepo

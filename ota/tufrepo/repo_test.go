@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/elliptic"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -34,8 +33,8 @@ func TestStockClientVerifiesPublishedTarget(t *testing.T) {
 
 	body := randomBytes(1<<20+3, 1)
 	tgt := f.add(fwPath, body, fwCustom)
-	s256, s512 := sha256.Sum256(body), sha512.Sum512(body)
-	if tgt.Path != fwPath || tgt.Length != int64(len(body)) || tgt.SHA256 != hex.EncodeToString(s256[:]) || tgt.SHA512 != hex.EncodeToString(s512[:]) {
+	s256 := sha256.Sum256(body)
+	if tgt.Path != fwPath || tgt.Length != int64(len(body)) || tgt.SHA256 != hex.EncodeToString(s256[:]) {
 		t.Fatalf("AddTarget returned %+v", tgt)
 	}
 	if got := versionsOf(f.repo); got != (versions{1, 2, 2, 2}) {
@@ -48,6 +47,10 @@ func TestStockClientVerifiesPublishedTarget(t *testing.T) {
 	}
 	if _, err := f.fs.Stat(t.Context(), want); err != nil {
 		t.Fatalf("target blob not at %s: %v", want, err)
+	}
+	// SHA-256 is the only hash signed, so the target has one name and one copy.
+	if blobs := f.list("targets/"); len(blobs) != 1 || blobs[0] != want {
+		t.Fatalf("target blobs = %q, want only %s", blobs, want)
 	}
 	if staged := f.list("staging/"); len(staged) != 0 {
 		t.Fatalf("staging objects left behind: %q", staged)
@@ -67,8 +70,7 @@ func TestStockClientVerifiesPublishedTarget(t *testing.T) {
 	if fmt.Sprint(gotCustom) != fmt.Sprint(wantCustom) {
 		t.Fatalf("custom = %s, want %s", *info.Custom, fwCustom)
 	}
-	// go-tuf picks the URL's hash prefix from a map, at random: both must work.
-	for range 8 {
+	for range 2 {
 		data, err := dev.download(up, fwPath)
 		if err != nil {
 			t.Fatalf("DownloadTarget: %v", err)
@@ -78,7 +80,7 @@ func TestStockClientVerifiesPublishedTarget(t *testing.T) {
 		}
 	}
 	ts, err := f.repo.Targets(t.Context())
-	if err != nil || len(ts) != 1 || ts[0].SHA512 != tgt.SHA512 || string(ts[0].Custom) != string(tgt.Custom) {
+	if err != nil || len(ts) != 1 || ts[0].SHA256 != tgt.SHA256 || string(ts[0].Custom) != string(tgt.Custom) {
 		t.Fatalf("Targets = %+v, %v", ts, err)
 	}
 }
@@ -89,10 +91,8 @@ func TestTamperedTargetRefusedByStockClient(t *testing.T) {
 	tgt := f.add(fwPath, body, fwCustom)
 	evil := bytes.Clone(body)
 	evil[1000] ^= 0xff // same length, one flipped byte: a backdoored image
-	for _, h := range []string{tgt.SHA256, tgt.SHA512} {
-		if err := f.fs.Put(t.Context(), tufrepo.TargetKey(fwPath, h), bytes.NewReader(evil), int64(len(evil))); err != nil {
-			t.Fatal(err)
-		}
+	if err := f.fs.Put(t.Context(), tufrepo.TargetKey(fwPath, tgt.SHA256), bytes.NewReader(evil), int64(len(evil))); err != nil {
+		t.Fatal(err)
 	}
 	dev := f.newDevice()
 	up := dev.refresh()
@@ -104,10 +104,8 @@ func TestTamperedTargetRefusedByStockClient(t *testing.T) {
 	}
 	// A longer blob (endless data) is refused too.
 	long := append(bytes.Clone(body), 'x')
-	for _, h := range []string{tgt.SHA256, tgt.SHA512} {
-		if err := f.fs.Put(t.Context(), tufrepo.TargetKey(fwPath, h), bytes.NewReader(long), int64(len(long))); err != nil {
-			t.Fatal(err)
-		}
+	if err := f.fs.Put(t.Context(), tufrepo.TargetKey(fwPath, tgt.SHA256), bytes.NewReader(long), int64(len(long))); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := dev.download(up, fwPath); err == nil {
 		t.Fatal("DownloadTarget accepted a blob longer than signed")
@@ -154,9 +152,9 @@ func TestTamperedMetadataRefused(t *testing.T) {
 // repository, and a retry must publish the next version cleanly.
 func TestPublishFailureMidwayKeepsPreviousRepository(t *testing.T) {
 	// Writes of one AddTarget (of a model already delegated) through a store
-	// without Copy: staging upload, two hash-named copies,
+	// without Copy: staging upload, the sha256-named copy,
 	// N.models/edge-gw.json, N.snapshot.json, timestamp.json.
-	const writes = 6
+	const writes = 5
 	for n := int64(1); n <= writes; n++ {
 		t.Run(fmt.Sprintf("fail write %d", n), func(t *testing.T) {
 			var fstore *failingStore
@@ -588,7 +586,7 @@ func TestValidTargetPath(t *testing.T) {
 }
 
 // FuzzValidTargetPath: every accepted path maps to a valid blob key under
-// targets/ for both hash lengths.
+// targets/ for both hash lengths (SHA-256, and SHA-512 in older repositories).
 func FuzzValidTargetPath(f *testing.F) {
 	for _, s := range []string{fwPath, "../x", "a//b", "a/.b", "a/b/", strings.Repeat("a/", 300)} {
 		f.Add(s)

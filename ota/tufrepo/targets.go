@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -23,8 +22,9 @@ import (
 // Bounds on upload input.
 const (
 	MaxTargetPathLength = 512 // bytes
-	// MaxTargetPathSegment leaves room for a 128-hex-digit SHA-512 prefix
-	// within a 255-byte file name.
+	// MaxTargetPathSegment leaves room for a 128-hex-digit hash prefix
+	// (SHA-512, as repositories signed before SHA-256-only may hold) within
+	// a 255-byte file name.
 	MaxTargetPathSegment = 120      // bytes
 	MaxCustomSize        = 16 << 10 // bytes of custom metadata JSON
 )
@@ -33,8 +33,7 @@ const (
 type Target struct {
 	Path   string          // TUF target path, "<model>/<version>/<file>" in Foster
 	Length int64           // bytes
-	SHA256 string          // hex
-	SHA512 string          // hex
+	SHA256 string          // hex; the only hash fosterd signs
 	Custom json.RawMessage // signed custom metadata (docs/CONTRACTS.md), nil if none
 }
 
@@ -178,9 +177,9 @@ func (r *Repo) AddTarget(ctx context.Context, targetPath string, body io.Reader,
 	return r.Commit(ctx, p)
 }
 
-// Upload streams u.Body to the store while hashing it (SHA-256 and SHA-512;
-// never buffered whole) and stores it at TargetKey(path, sha256) and
-// TargetKey(path, sha512). Nothing is published: clients see nothing until
+// Upload streams u.Body to the store while hashing it (SHA-256, the only
+// hash signed; never buffered whole) and stores it at TargetKey(path,
+// sha256). Nothing is published: clients see nothing until
 // Commit. Uploads run in parallel with each other and with publishing.
 //
 // It refuses, storing nothing: an invalid path (not <model>/<version>/<file>)
@@ -255,13 +254,11 @@ func (r *Repo) Discard(ctx context.Context, p *Pending) {
 		return // published by an earlier, identical upload: the blobs are in use
 	}
 	ctx = context.WithoutCancel(ctx)
-	for _, h := range []string{p.t.SHA256, p.t.SHA512} {
-		r.store.Delete(ctx, TargetKey(p.t.Path, h))
-	}
+	r.store.Delete(ctx, TargetKey(p.t.Path, p.t.SHA256))
 }
 
 // upload streams body into a staging object, then copies it (a hard link on
-// the file store) to its two hash-named keys. The blobs are content
+// the file store) to its sha256-named key. The blobs are content
 // addressed, so leftovers of a failed publish are harmless and are reused
 // by a retry; nothing references them until timestamp.json is written.
 func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, length int64, wantSHA256 string) (Target, error) {
@@ -278,7 +275,7 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 	}
 	hr := &hashingReader{
 		r: io.LimitReader(body, limit+1), limit: limit, declared: length,
-		h256: sha256.New(), h512: sha512.New(), want256: wantSHA256,
+		h256: sha256.New(), want256: wantSHA256,
 	}
 	putErr := r.store.Put(ctx, staging, hr, length)
 	if hr.err != nil { // the typed reason wins over the store's wrapping of it
@@ -310,15 +307,12 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 		Path:   targetPath,
 		Length: hr.n,
 		SHA256: hex.EncodeToString(hr.h256.Sum(nil)),
-		SHA512: hex.EncodeToString(hr.h512.Sum(nil)),
 	}
 	if wantSHA256 != "" && t.SHA256 != wantSHA256 {
 		return Target{}, fmt.Errorf("%w: body has sha256 %s, declared %s", ErrHashMismatch, t.SHA256, wantSHA256)
 	}
-	for _, h := range []string{t.SHA256, t.SHA512} {
-		if err := blob.Copy(ctx, r.store, staging, TargetKey(targetPath, h)); err != nil {
-			return Target{}, fmt.Errorf("storing %s: %w", targetPath, err)
-		}
+	if err := blob.Copy(ctx, r.store, staging, TargetKey(targetPath, t.SHA256)); err != nil {
+		return Target{}, fmt.Errorf("storing %s: %w", targetPath, err)
 	}
 	return t, nil
 }
@@ -326,13 +320,13 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 // hashingReader hashes and counts a body as the store reads it, and fails
 // the read (so the store keeps nothing) on an empty, too long or too short body.
 type hashingReader struct {
-	r          io.Reader // limited to limit+1 bytes
-	limit      int64
-	declared   int64 // -1 if unknown
-	n          int64
-	h256, h512 hash.Hash
-	want256    string // declared sha256 hex, or ""
-	err        error  // why the body was refused
+	r        io.Reader // limited to limit+1 bytes
+	limit    int64
+	declared int64 // -1 if unknown
+	n        int64
+	h256     hash.Hash
+	want256  string // declared sha256 hex, or ""
+	err      error  // why the body was refused
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {
@@ -351,7 +345,6 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 		}
 		h.n += int64(n)
 		h.h256.Write(p[:n])
-		h.h512.Write(p[:n])
 	}
 	if errors.Is(err, io.EOF) {
 		switch {
@@ -375,11 +368,10 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 
 func toTargetFiles(t Target) *metadata.TargetFiles {
 	s256, _ := hex.DecodeString(t.SHA256)
-	s512, _ := hex.DecodeString(t.SHA512)
 	tf := &metadata.TargetFiles{
 		Path:   t.Path,
 		Length: t.Length,
-		Hashes: metadata.Hashes{"sha256": s256, "sha512": s512},
+		Hashes: metadata.Hashes{"sha256": s256},
 	}
 	if t.Custom != nil {
 		c := json.RawMessage(clone(t.Custom))
@@ -388,12 +380,14 @@ func toTargetFiles(t Target) *metadata.TargetFiles {
 	return tf
 }
 
+// fromTargetFiles reads signed target metadata. Hashes other than sha256
+// (SHA-512, signed by Foster before it signed SHA-256 only) are ignored, so
+// older repositories stay readable; clients still verify every signed hash.
 func fromTargetFiles(p string, tf *metadata.TargetFiles) Target {
 	t := Target{
 		Path:   p,
 		Length: tf.Length,
 		SHA256: hex.EncodeToString(tf.Hashes["sha256"]),
-		SHA512: hex.EncodeToString(tf.Hashes["sha512"]),
 	}
 	if tf.Custom != nil {
 		t.Custom = clone(*tf.Custom)
