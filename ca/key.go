@@ -55,6 +55,19 @@ func loadIssuerKey(ctx context.Context, dir, ref string, inter *x509.Certificate
 		}
 		return &issuerKey{signer: s}, nil
 	}
+	k, err := openKMSKey(ctx, ref, passphrase)
+	if err != nil {
+		return nil, err
+	}
+	if err := keyutil.VerifyPair(inter.PublicKey, k.signer); err != nil {
+		k.close()
+		return nil, fmt.Errorf("intermediate key %s does not match %s: %w", redactURI(ref), interCertFile, err)
+	}
+	return k, nil
+}
+
+// openKMSKey opens the signer named by a KMS URI.
+func openKMSKey(ctx context.Context, ref string, passphrase []byte) (*issuerKey, error) {
 	typ, err := apiv1.TypeOf(ref)
 	if err != nil {
 		return nil, fmt.Errorf("intermediate key %s: %w", redactURI(ref), err)
@@ -74,10 +87,6 @@ func loadIssuerKey(ctx context.Context, dir, ref string, inter *x509.Certificate
 	if err != nil {
 		km.Close()
 		return nil, fmt.Errorf("intermediate key %s: %w", redactURI(ref), err)
-	}
-	if err := keyutil.VerifyPair(inter.PublicKey, signer); err != nil {
-		km.Close()
-		return nil, fmt.Errorf("intermediate key %s does not match %s: %w", redactURI(ref), interCertFile, err)
 	}
 	return &issuerKey{signer: signer, closer: km}, nil
 }

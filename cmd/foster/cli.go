@@ -28,6 +28,7 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
   foster init --dir DIR [--listen ADDR]            create an instance (fosterd does this on first start too)
+  foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list [--json]
   foster [connection] token create --serial SN --model M [--ttl 24h]
@@ -89,6 +90,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	cmd, rest := rest[0], rest[1:]
+	if cmd == "ca" {
+		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is
+	}
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
 	}

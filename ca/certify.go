@@ -1,0 +1,98 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/foster-ota/foster/ca/internal/stepca"
+	"github.com/foster-ota/foster/pkg/atomicfile"
+)
+
+// CertifyOptions control CertifyIntermediate.
+type CertifyOptions struct {
+	// Key names the new issuing key: a KMS/HSM URI (or a file path,
+	// relative to the PKI directory). The key must already exist there.
+	Key string
+	// KeyPassphrase decrypts a softkms or file Key; RootPassphrase the root key.
+	KeyPassphrase, RootPassphrase []byte
+	// RootKey is the root CA key file (default DIR/keys/root_ca.key): the
+	// ceremony runs where the offline root is.
+	RootKey string
+	// Validity of the new intermediate (default 10 years, never past the root).
+	Validity time.Duration
+	// Now is the issuance time; default time.Now.
+	Now func() time.Time
+}
+
+// CertifyIntermediate moves issuance to a new key, typically one that lives
+// in a KMS or HSM: the offline root certifies the key's public key as the
+// new intermediate CA (same name, path length 0), and DIR/intermediate.pem is
+// replaced (the old one is kept as intermediate-<serial>.pem). Certificates
+// issued under the old intermediate still chain to the root with the old
+// intermediate they carry. Run it with fosterd stopped, then set
+// config.json identity.intermediate_key to opts.Key.
+func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (*x509.Certificate, error) {
+	if opts.Key == "" {
+		return nil, errors.New("no key to certify")
+	}
+	if opts.Validity == 0 {
+		opts.Validity = defaultIntermediateValidity
+	}
+	if opts.Validity < 0 {
+		return nil, fmt.Errorf("negative validity %s", opts.Validity)
+	}
+	now := time.Now()
+	if opts.Now != nil {
+		now = opts.Now()
+	}
+	root, err := readCert(filepath.Join(dir, rootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	old, err := readCert(filepath.Join(dir, interCertFile))
+	if err != nil {
+		return nil, err
+	}
+	rootKeyPath := opts.RootKey
+	if rootKeyPath == "" {
+		rootKeyPath = filepath.Join(dir, keysDir, rootKeyFile)
+	}
+	rootKey, err := readKey(rootKeyPath, root, opts.RootPassphrase)
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
+	}
+	var key *issuerKey
+	if IsKMSURI(opts.Key) {
+		key, err = openKMSKey(ctx, opts.Key, opts.KeyPassphrase)
+	} else {
+		path := opts.Key
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
+		}
+		key, err = openKMSKey(ctx, "softkms:path="+path, opts.KeyPassphrase)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer key.close()
+	notAfter := now.Add(opts.Validity)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
+	}
+	inter, err := stepca.NewIntermediate(old.Subject.CommonName, key.signer, root, rootKey, now.Add(-backdate), notAfter)
+	if err != nil {
+		return nil, fmt.Errorf("certifying the new intermediate: %w", err)
+	}
+	backup := filepath.Join(dir, fmt.Sprintf("intermediate-%s.pem", old.SerialNumber.Text(16)))
+	if err := atomicfile.WriteFile(backup, encodeCerts(old), 0o644); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(dir, interCertFile), encodeCerts(inter), 0o644); err != nil {
+		return nil, err
+	}
+	return inter, nil
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/pkg/env"
+)
+
+// runCA runs the offline CA ceremonies (docs/CA.md).
+func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "certify-intermediate" {
+		fmt.Fprintln(stderr, "usage: foster ca certify-intermediate --dir DIR --key URI [--root-key FILE] [--validity 87600h]")
+		return errUsage
+	}
+	fs := newFlags("ca certify-intermediate", "ca certify-intermediate --dir DIR --key URI [--root-key FILE] [--validity 87600h]", stderr)
+	dir := fs.String("dir", "", "instance (PKI) directory holding ca.pem and intermediate.pem (required)")
+	key := fs.String("key", "", "the new issuing key: a KMS/HSM URI (softkms:path=..., awskms:key-id=..., pkcs11:...) or a key file (required)")
+	rootKey := fs.String("root-key", "", "root CA key file (default DIR/keys/root_ca.key)")
+	validity := fs.Duration("validity", 10*365*24*time.Hour, "lifetime of the new intermediate (never past the root)")
+	if _, err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if *dir == "" || *key == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: --dir and --key are required", errUsage)
+	}
+	pass := env.Passphrase.Bytes()
+	inter, err := ca.CertifyIntermediate(ctx, *dir, ca.CertifyOptions{
+		Key: *key, KeyPassphrase: pass, RootPassphrase: pass, RootKey: *rootKey, Validity: *validity,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "intermediate %s (serial %s, until %s) certifies the new key\nset config.json \"identity\": {\"intermediate_key\": %q} and restart fosterd\n",
+		inter.Subject.CommonName, inter.SerialNumber.Text(16), inter.NotAfter.UTC().Format(time.RFC3339), *key)
+	return nil
+}
