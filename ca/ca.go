@@ -12,8 +12,10 @@
 //	               fosterd server (serverAuth)
 //
 // All keys are ECDSA P-256, PKCS#8, mode 0600, encrypted when a passphrase is
-// given. Open needs only the intermediate key; the root key can be moved
-// offline after InitPKI.
+// given. Open needs only the intermediate key, which may instead live in a
+// KMS or HSM (Options.IntermediateKey, a step KMS URI; CertifyIntermediate
+// moves it there); the root key can be moved offline after InitPKI
+// (docs/CA.md).
 //
 // Threat model: a CSR is attacker-controlled input. A device (or anything
 // holding an enrollment token) may send a malformed, oversized or forged CSR,
