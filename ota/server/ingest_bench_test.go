@@ -75,7 +75,6 @@ func newFixtureDB(b *testing.B, dsn string) *fixture {
 	return f
 }
 
-
 type benchDevice struct {
 	mu     sync.Mutex // one request at a time per device: sequences arrive in order
 	client *http.Client

@@ -9,8 +9,8 @@ import (
 	"strconv"
 
 	"github.com/sigstore/sigstore/pkg/signature"
-	"github.com/transparency-dev/merkle/proof"
 	"github.com/sigstore/sigstore/pkg/signature/options"
+	"github.com/transparency-dev/merkle/proof"
 	"golang.org/x/mod/sumdb/note"
 )
 

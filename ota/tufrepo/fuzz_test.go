@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-		"testing"
+	"testing"
 	"time"
 
 	"github.com/foster-ota/foster/ota/blob"

@@ -90,7 +90,7 @@ func TestFastChainAgreesWithCryptoX509(t *testing.T) {
 			c.PermittedURIDomains = []string{"example.com"}
 		}, nil, nil),
 		"root allows no intermediate": build(func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = 0, true }, nil, nil),
-		"intermediate is not a CA": build(nil, func(c *x509.Certificate) { c.IsCA = false; c.MaxPathLen = 0 }, nil),
+		"intermediate is not a CA":    build(nil, func(c *x509.Certificate) { c.IsCA = false; c.MaxPathLen = 0 }, nil),
 		"root expired at the logged time": build(func(c *x509.Certificate) {
 			c.NotBefore, c.NotAfter = t0.Add(-48*time.Hour), t0.Add(-24*time.Hour)
 		}, nil, nil),
@@ -100,7 +100,7 @@ func TestFastChainAgreesWithCryptoX509(t *testing.T) {
 		"leaf not yet valid": build(nil, nil, func(c *x509.Certificate) {
 			c.NotBefore, c.NotAfter = t0.Add(time.Hour), t0.Add(48*time.Hour)
 		}),
-		"leaf for server auth only": build(nil, nil, func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }),
+		"leaf for server auth only":      build(nil, nil, func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }),
 		"root restricted to server auth": build(func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} }, nil, nil),
 		"intermediate requires an explicit policy": build(nil, func(c *x509.Certificate) {
 			c.RequireExplicitPolicyZero = true

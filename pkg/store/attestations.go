@@ -85,7 +85,6 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	return a, nil
 }
 
-
 // GetAttestation returns a device's attestation with the given sequence.
 func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {
 	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", deviceID, seq)
