@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -204,8 +205,27 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, nonNil(ds))
 }
 
+// listAttestations pages through accepted attestations: ?device=URN&after=ID&limit=N
+// (limit default 500, at most store.MaxAttestationPage). The next page starts
+// after the last id returned.
 func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {
-	as, err := s.cfg.Store.ListAttestations(r.Context(), r.URL.Query().Get("device"))
+	q := r.URL.Query()
+	after, limit := int64(0), 500
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return badRequest("after must be a non-negative attestation id")
+		}
+		after = n
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxAttestationPage {
+			return badRequest("limit must be between 1 and %d", store.MaxAttestationPage)
+		}
+		limit = n
+	}
+	as, err := s.cfg.Store.PageAttestations(r.Context(), q.Get("device"), after, limit)
 	if err != nil {
 		return err
 	}

@@ -429,3 +429,30 @@ func TestMetricsCountRequestsByRoute(t *testing.T) {
 		t.Fatalf("metrics: %d\n%s", r.status, r.body)
 	}
 }
+
+func TestAttestationListIsPaged(t *testing.T) {
+	f := newFixture(t)
+	f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": "edge-gw"}, 201)
+	dev, key := f.enrolled("SN-1")
+	rel := f.release("1.0.0", []byte("firmware one"))
+	me := identity.Device("edge-gw", "SN-1").URI()
+	for seq := int64(1); seq <= 3; seq++ {
+		if r := f.do(dev, "POST", "/v1/attestations", envelope(t, key, me, rel, seq)); r.status != 201 {
+			t.Fatalf("attestation %d: %d %s", seq, r.status, r.body)
+		}
+	}
+	var page []store.Attestation
+	json.Unmarshal(f.do(f.admin, "GET", "/v1/attestations?limit=2", nil).body, &page)
+	if len(page) != 2 || page[0].Sequence != 1 {
+		t.Fatalf("first page: %+v", page)
+	}
+	json.Unmarshal(f.do(f.admin, "GET", fmt.Sprintf("/v1/attestations?limit=2&after=%d", page[1].ID), nil).body, &page)
+	if len(page) != 1 || page[0].Sequence != 3 {
+		t.Fatalf("second page: %+v", page)
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "after=-1", "limit=x"} {
+		if r := f.do(f.admin, "GET", "/v1/attestations?"+q, nil); r.status != 400 {
+			t.Fatalf("%s: %d %s", q, r.status, r.body)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // attestationLogColumns extend the walking skeleton's attestations table
@@ -87,7 +88,7 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 
 // GetAttestation returns a device's attestation with the given sequence.
 func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (Attestation, error) {
-	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", deviceID, seq)
+	as, err := d.listAttestations(ctx, "WHERE device_id = ? AND sequence = ?", "", deviceID, seq)
 	if err != nil {
 		return Attestation{}, err
 	}
@@ -100,13 +101,29 @@ func (d *DB) GetAttestation(ctx context.Context, deviceID string, seq int64) (At
 // ListAttestations returns a device's attestations, oldest first ("" for all).
 func (d *DB) ListAttestations(ctx context.Context, deviceID string) ([]Attestation, error) {
 	if deviceID != "" {
-		return d.listAttestations(ctx, "WHERE device_id = ?", deviceID)
+		return d.listAttestations(ctx, "WHERE device_id = ?", "", deviceID)
 	}
-	return d.listAttestations(ctx, "")
+	return d.listAttestations(ctx, "", "")
 }
 
-func (d *DB) listAttestations(ctx context.Context, where string, args ...any) ([]Attestation, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`), args...)
+// MaxAttestationPage bounds one page of PageAttestations.
+const MaxAttestationPage = 1000
+
+// PageAttestations returns at most limit (1..MaxAttestationPage) attestations
+// with id > afterID, oldest first, optionally for one device ("" for all).
+func (d *DB) PageAttestations(ctx context.Context, deviceID string, afterID int64, limit int) ([]Attestation, error) {
+	if limit <= 0 || limit > MaxAttestationPage {
+		return nil, fmt.Errorf("page size %d out of range 1..%d", limit, MaxAttestationPage)
+	}
+	page := " LIMIT " + strconv.Itoa(limit)
+	if deviceID != "" {
+		return d.listAttestations(ctx, "WHERE device_id = ? AND id > ?", page, deviceID, afterID)
+	}
+	return d.listAttestations(ctx, "WHERE id > ?", page, afterID)
+}
+
+func (d *DB) listAttestations(ctx context.Context, where, suffix string, args ...any) ([]Attestation, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`+suffix), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing attestations: %w", err)
 	}
