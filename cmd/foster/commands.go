@@ -130,12 +130,22 @@ func cmdDeviceList(ctx context.Context, c *client, args []string, stdout, stderr
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	// The server pages (at most 1000 per response); fetch every page.
 	var ds []store.Device
-	if err := c.do(ctx, "GET", "/v1/devices", nil, 0, "", &ds); err != nil {
-		return err
+	after := ""
+	for {
+		var page []store.Device
+		if err := c.do(ctx, "GET", "/v1/devices?"+url.Values{"after": {after}}.Encode(), nil, 0, "", &page); err != nil {
+			return err
+		}
+		ds = append(ds, page...)
+		if len(page) < store.MaxDevicePage {
+			break
+		}
+		after = page[len(page)-1].ID
 	}
 	if *asJSON {
-		return printJSON(stdout, ds)
+		return printJSON(stdout, nonNilDevices(ds))
 	}
 	var rows [][]string
 	for _, d := range ds {
@@ -202,4 +212,11 @@ func cmdDeviceShow(ctx context.Context, c *client, args []string, stdout, stderr
 		table(stdout, "REFUSED AT\tREASON\tVIA\tKEY SHA256", rrows)
 	}
 	return nil
+}
+
+func nonNilDevices(ds []store.Device) []store.Device {
+	if ds == nil {
+		return []store.Device{}
+	}
+	return ds
 }

@@ -197,8 +197,24 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 
 // addRelease, listReleases, showRelease, revokeRelease: releases.go
 
+// listDevices pages through devices in URN order: ?after=URN&limit=N (limit
+// default and maximum store.MaxDevicePage). The next page starts after the
+// last id returned; a page shorter than limit is the last.
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
-	ds, err := s.cfg.Store.ListDevices(r.Context())
+	q := r.URL.Query()
+	limit := store.MaxDevicePage
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxDevicePage {
+			return badRequest("limit must be between 1 and %d", store.MaxDevicePage)
+		}
+		limit = n
+	}
+	after := q.Get("after")
+	if len(after) > 256 {
+		return badRequest("after is not a device id")
+	}
+	ds, err := s.cfg.Store.PageDevices(r.Context(), after, limit)
 	if err != nil {
 		return err
 	}

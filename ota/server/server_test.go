@@ -456,3 +456,25 @@ func TestAttestationListIsPaged(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceListIsPaged(t *testing.T) {
+	f := newFixture(t)
+	f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": "edge-gw"}, 201)
+	for _, sn := range []string{"SN-1", "SN-2", "SN-3"} {
+		f.enrolled(sn)
+	}
+	var page []store.Device
+	json.Unmarshal(f.do(f.admin, "GET", "/v1/devices?limit=2", nil).body, &page)
+	if len(page) != 2 || page[0].Serial != "SN-1" || page[1].Serial != "SN-2" {
+		t.Fatalf("first page: %+v", page)
+	}
+	json.Unmarshal(f.do(f.admin, "GET", "/v1/devices?limit=2&after="+page[1].ID, nil).body, &page)
+	if len(page) != 1 || page[0].Serial != "SN-3" {
+		t.Fatalf("second page: %+v", page)
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "after=" + strings.Repeat("a", 300)} {
+		if r := f.do(f.admin, "GET", "/v1/devices?"+q, nil); r.status != 400 {
+			t.Fatalf("%s: %d %s", q, r.status, r.body)
+		}
+	}
+}

@@ -370,6 +370,31 @@ func (d *DB) ListDevices(ctx context.Context) ([]Device, error) {
 	return out, rows.Err()
 }
 
+// MaxDevicePage bounds one page of PageDevices.
+const MaxDevicePage = 1000
+
+// PageDevices returns at most limit (1..MaxDevicePage) devices whose id (URN)
+// sorts after afterID, in id order (model, then serial).
+func (d *DB) PageDevices(ctx context.Context, afterID string, limit int) ([]Device, error) {
+	if limit <= 0 || limit > MaxDevicePage {
+		return nil, fmt.Errorf("page size %d out of range 1..%d", limit, MaxDevicePage)
+	}
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT `+strconv.Itoa(limit)), afterID)
+	if err != nil {
+		return nil, fmt.Errorf("listing devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		dv, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dv)
+	}
+	return out, rows.Err()
+}
+
 // SetDeviceStatus changes a device's status (e.g. revoked).
 func (d *DB) SetDeviceStatus(ctx context.Context, id, status string) error {
 	res, err := d.db.ExecContext(ctx, d.q(`UPDATE devices SET status = ? WHERE id = ?`), status, id)
