@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -221,35 +222,49 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, nonNil(ds))
 }
 
-// listAttestations pages through accepted attestations: ?device=URN&after=ID&limit=N
-// (limit default 500, at most store.MaxAttestationPage). The next page starts
-// after the last id returned.
-func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	after, limit := int64(0), 500
+// pageParams reads ?after=ID&limit=N for id-ordered listings.
+func pageParams(q url.Values, defaultLimit, maxLimit int) (after int64, limit int, err error) {
+	limit = defaultLimit
 	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return badRequest("after must be a non-negative attestation id")
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil || n < 0 {
+			return 0, 0, badRequest("after must be a non-negative id")
 		}
 		after = n
 	}
 	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > store.MaxAttestationPage {
-			return badRequest("limit must be between 1 and %d", store.MaxAttestationPage)
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 1 || n > maxLimit {
+			return 0, 0, badRequest("limit must be between 1 and %d", maxLimit)
 		}
 		limit = n
 	}
-	as, err := s.cfg.Store.PageAttestations(r.Context(), q.Get("device"), after, limit)
+	return after, limit, nil
+}
+
+// listAttestations pages through accepted attestations: ?device=URN&after=ID&limit=N
+// (limit default 500, at most store.MaxAttestationPage). The next page starts
+// after the last id returned.
+func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {
+	after, limit, err := pageParams(r.URL.Query(), 500, store.MaxAttestationPage)
+	if err != nil {
+		return err
+	}
+	as, err := s.cfg.Store.PageAttestations(r.Context(), r.URL.Query().Get("device"), after, limit)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, nonNil(as))
 }
 
+// listAudit pages through the admin audit trail: ?after=ID&limit=N (limit
+// default and maximum store.MaxAuditPage), oldest first.
 func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
-	ev, err := s.cfg.Store.ListAudit(r.Context())
+	after, limit, err := pageParams(r.URL.Query(), store.MaxAuditPage, store.MaxAuditPage)
+	if err != nil {
+		return err
+	}
+	ev, err := s.cfg.Store.PageAudit(r.Context(), after, limit)
 	if err != nil {
 		return err
 	}

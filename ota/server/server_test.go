@@ -478,3 +478,22 @@ func TestDeviceListIsPaged(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditTrailIsPaged(t *testing.T) {
+	f := newFixture(t)
+	for _, m := range []string{"m1", "m2", "m3"} {
+		f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": m}, 201)
+	}
+	var page []store.AuditEvent
+	json.Unmarshal(f.do(f.admin, "GET", "/v1/audit?limit=2", nil).body, &page)
+	if len(page) != 2 || page[0].Detail != "m1" {
+		t.Fatalf("first page: %+v", page)
+	}
+	json.Unmarshal(f.do(f.admin, "GET", fmt.Sprintf("/v1/audit?after=%d", page[1].ID), nil).body, &page)
+	if len(page) != 1 || page[0].Detail != "m3" {
+		t.Fatalf("second page: %+v", page)
+	}
+	if r := f.do(f.admin, "GET", "/v1/audit?limit=5000", nil); r.status != 400 {
+		t.Fatalf("oversized page: %d", r.status)
+	}
+}

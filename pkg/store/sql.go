@@ -514,7 +514,23 @@ func (d *DB) Audit(ctx context.Context, actor, action, detail string) error {
 
 // ListAudit returns audit events, oldest first.
 func (d *DB) ListAudit(ctx context.Context) ([]AuditEvent, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, actor, action, detail, at FROM audit_events ORDER BY id`)
+	return d.listAudit(ctx, "", "")
+}
+
+// MaxAuditPage bounds one page of PageAudit.
+const MaxAuditPage = 1000
+
+// PageAudit returns at most limit (1..MaxAuditPage) audit events with id >
+// afterID, oldest first.
+func (d *DB) PageAudit(ctx context.Context, afterID int64, limit int) ([]AuditEvent, error) {
+	if limit <= 0 || limit > MaxAuditPage {
+		return nil, fmt.Errorf("page size %d out of range 1..%d", limit, MaxAuditPage)
+	}
+	return d.listAudit(ctx, "WHERE id > ?", " LIMIT "+strconv.Itoa(limit), afterID)
+}
+
+func (d *DB) listAudit(ctx context.Context, where, suffix string, args ...any) ([]AuditEvent, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, actor, action, detail, at FROM audit_events `+where+` ORDER BY id`+suffix), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing audit events: %w", err)
 	}
