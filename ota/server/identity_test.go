@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -57,23 +56,7 @@ func newFixtureWith(t *testing.T, o fixtureOpts) *fixture {
 	if err := os.WriteFile(instance.PathsOf(dir).Config, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	in, err := instance.Open(ctx, dir, instance.Overrides{}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close() })
-	srv := httptest.NewUnstartedServer(in.API.Handler())
-	srv.TLS = in.TLS
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	f := &fixture{t: t, in: in, srv: srv, pool: in.CA.RootPool()}
-	p := instance.PathsOf(dir)
-	cert, err := tls.LoadX509KeyPair(p.AdminCert, p.AdminKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.admin = f.client(&cert)
-	f.anon = f.client(nil)
+	f := serveInstance(t, dir, instance.Overrides{})
 	f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": "edge-gw"}, 201)
 	f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": "other"}, 201)
 	return f

@@ -3,13 +3,11 @@ package server_test
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,34 +22,6 @@ import (
 	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
-
-// newFixtureOverrides is newFixture with fosterd flag overrides.
-func newFixtureOverrides(t *testing.T, ov instance.Overrides) *fixture {
-	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	if _, err := instance.Init(ctx, dir, instance.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	in, err := instance.Open(ctx, dir, ov, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { in.Close() })
-	srv := httptest.NewUnstartedServer(in.API.Handler())
-	srv.TLS = in.TLS
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	f := &fixture{t: t, in: in, srv: srv, pool: in.CA.RootPool()}
-	p := instance.PathsOf(dir)
-	cert, err := tls.LoadX509KeyPair(p.AdminCert, p.AdminKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.admin = f.client(&cert)
-	f.anon = f.client(nil)
-	return f
-}
 
 // repoSnapshot is everything a refused release must leave unchanged.
 func (f *fixture) repoSnapshot() string {

@@ -37,14 +37,23 @@ type fixture struct {
 	pool  *x509.CertPool
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB) *fixture { return newFixtureOverrides(t, instance.Overrides{}) }
+
+// newFixtureOverrides is newFixture with fosterd flag overrides.
+func newFixtureOverrides(t testing.TB, ov instance.Overrides) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
-	if _, err := instance.Init(ctx, dir, instance.InitOptions{}); err != nil {
+	if _, err := instance.Init(context.Background(), dir, instance.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	in, err := instance.Open(ctx, dir, instance.Overrides{}, nil, nil)
+	return serveInstance(t, dir, ov)
+}
+
+// serveInstance opens the instance in dir behind a real TLS listener, with an
+// admin and an anonymous client.
+func serveInstance(t testing.TB, dir string, ov instance.Overrides) *fixture {
+	t.Helper()
+	in, err := instance.Open(context.Background(), dir, ov, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
