@@ -80,27 +80,7 @@ func freeAddr(t *testing.T) string {
 // StartDaemon runs fosterd and waits until it answers /healthz over TLS.
 func (e *Env) StartDaemon() {
 	e.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "fosterd"), "--data-dir", e.DataDir, "--listen", e.Addr)
-	cmd.Stdout, cmd.Stderr = e.logs, e.logs
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.daemon = cmd
-	e.t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if e.t.Failed() {
-			e.t.Logf("fosterd output:\n%s", e.logs.String())
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if e.healthy() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	e.t.Fatalf("fosterd did not become healthy:\n%s", e.logs.String())
+	e.StartDaemonWith(nil)
 }
 
 func (e *Env) healthy() bool {

@@ -193,8 +193,7 @@ Flags:
 	}
 	a.withInstance(c.instance)
 	if len(pos) == 0 || a.caRoot == "" || a.tufRoot == "" || a.logKey == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: want BUNDLE and --ca-root, --tuf-root and --log-key", errUsage)
+		return usageError(fs, "want BUNDLE and --ca-root, --tuf-root and --log-key")
 	}
 	v, err := newBundleVerifier(a)
 	if err != nil {
@@ -342,8 +341,7 @@ func cmdAuditReport(ctx context.Context, c *client, args []string, stdout, stder
 		return err
 	}
 	if *format != "table" && *format != "json" && *format != "csv" {
-		fs.Usage()
-		return fmt.Errorf("%w: --format must be table, json or csv", errUsage)
+		return usageError(fs, "--format must be table, json or csv")
 	}
 	if *stale < 0 {
 		return fmt.Errorf("%w: --stale-days must not be negative", errUsage)
@@ -493,8 +491,7 @@ Flags:
 		*logKey = instance.LogPubPath(c.instance)
 	}
 	if *state == "" || *logKey == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --state and --log-key are required", errUsage)
+		return usageError(fs, "--state and --log-key are required")
 	}
 	v, err := readLogKey(*logKey)
 	if err != nil {

@@ -25,8 +25,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *dir == "" || *key == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --dir and --key are required", errUsage)
+		return usageError(fs, "--dir and --key are required")
 	}
 	pass := env.Passphrase.Bytes()
 	inter, err := ca.CertifyIntermediate(ctx, *dir, ca.CertifyOptions{

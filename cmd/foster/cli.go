@@ -325,6 +325,12 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// usageError prints fs's usage and returns an errUsage error (exit 2).
+func usageError(fs *flag.FlagSet, format string, args ...any) error {
+	fs.Usage()
+	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
+}
+
 // parse parses flags, allowing positional arguments before or between flags.
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string

@@ -30,8 +30,7 @@ func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *dir == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --dir is required", errUsage)
+		return usageError(fs, "--dir is required")
 	}
 	cfg, err := instance.Init(ctx, *dir, instance.InitOptions{Listen: *listen, DB: *db, Blobs: *blobs, Hosts: hosts, Passphrase: env.Passphrase.Bytes()})
 	if err != nil {
@@ -52,8 +51,7 @@ func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr i
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want exactly one model NAME", errUsage)
+		return usageError(fs, "want exactly one model NAME")
 	}
 	if *validity < 0 || *validity%time.Second != 0 {
 		return fmt.Errorf("%w: --cert-validity must be a positive whole number of seconds", errUsage)
@@ -102,8 +100,7 @@ func cmdTokenCreate(ctx context.Context, c *client, args []string, stdout, stder
 		return err
 	}
 	if *serial == "" || *model == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --serial and --model are required", errUsage)
+		return usageError(fs, "--serial and --model are required")
 	}
 	var out struct {
 		Token     string    `json:"token"`
@@ -163,8 +160,7 @@ func cmdDeviceShow(ctx context.Context, c *client, args []string, stdout, stderr
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want one SERIAL or device URN", errUsage)
+		return usageError(fs, "want one SERIAL or device URN")
 	}
 	var d struct {
 		store.Device

@@ -134,8 +134,7 @@ func cmdStationCreate(ctx context.Context, c *client, args []string, stdout, std
 		return err
 	}
 	if len(pos) != 1 || *quota <= 0 || *out == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: want one station NAME, a positive --quota and --out FILE", errUsage)
+		return usageError(fs, "want one station NAME, a positive --quota and --out FILE")
 	}
 	if _, err := os.Stat(*out); err == nil {
 		return fmt.Errorf("%s already exists: refusing to overwrite a credential", *out)
@@ -200,8 +199,7 @@ func cmdStationRevoke(ctx context.Context, c *client, args []string, stdout, std
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want one station NAME", errUsage)
+		return usageError(fs, "want one station NAME")
 	}
 	var st store.Station
 	if err := c.postJSON(ctx, "/v1/stations/"+url.PathEscape(pos[0])+"/revoke", map[string]string{"reason": *reason}, &st); err != nil {
@@ -223,8 +221,7 @@ func cmdStationToken(cred *credential, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	if *serial == "" || *model == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --serial and --model are required", errUsage)
+		return usageError(fs, "--serial and --model are required")
 	}
 	if cred.principal.Role != identity.RoleStation {
 		return fmt.Errorf("%s is a %s credential: only factory stations mint offline tokens", cred.principal, cred.principal.Role)
@@ -265,8 +262,7 @@ func cmdStationEnroll(ctx context.Context, c *client, args []string, stdout, std
 		return err
 	}
 	if *csrPath == "" || *out == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --csr and --out are required", errUsage)
+		return usageError(fs, "--csr and --out are required")
 	}
 	if c.cred == nil || c.cred.principal.Role != identity.RoleStation {
 		return fmt.Errorf("%w: enroll needs --station FILE", errUsage)
@@ -327,8 +323,7 @@ func cmdDeviceRevoke(ctx context.Context, c *client, args []string, stdout, stde
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want one SERIAL or device URN", errUsage)
+		return usageError(fs, "want one SERIAL or device URN")
 	}
 	if _, _, err := ca.ParseRevocationReason(*reason); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -348,8 +343,7 @@ func cmdDeviceReprovision(ctx context.Context, c *client, args []string, stdout,
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want one SERIAL or device URN", errUsage)
+		return usageError(fs, "want one SERIAL or device URN")
 	}
 	var d store.Device
 	if err := c.postJSON(ctx, "/v1/devices/"+url.PathEscape(pos[0])+"/reprovision", map[string]string{}, &d); err != nil {
@@ -371,8 +365,7 @@ func cmdAdminCreate(ctx context.Context, c *client, args []string, stdout, stder
 		return err
 	}
 	if len(pos) != 1 || *out == "" || (*role != "admin" && *role != "auditor") {
-		fs.Usage()
-		return fmt.Errorf("%w: want one NAME, --role admin|auditor and --out FILE", errUsage)
+		return usageError(fs, "want one NAME, --role admin|auditor and --out FILE")
 	}
 	if _, err := os.Stat(*out); err == nil {
 		return fmt.Errorf("%s already exists: refusing to overwrite a credential", *out)

@@ -24,6 +24,9 @@ func main() {
 		os.Exit(ee.code)
 	case errors.Is(err, flag.ErrHelp):
 	case errors.Is(err, errUsage):
+		if err != errUsage { // say which flag or argument was wrong, after the usage text
+			fmt.Fprintf(os.Stderr, "foster: %v\n", err)
+		}
 		os.Exit(2)
 	default:
 		fmt.Fprintf(os.Stderr, "foster: %v\n", err)

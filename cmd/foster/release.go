@@ -99,8 +99,7 @@ func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr
 		return err
 	}
 	if *model == "" || *version == "" || len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: --model, --version and one FILE are required", errUsage)
+		return usageError(fs, "--model, --version and one FILE are required")
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {

@@ -146,8 +146,7 @@ func cmdTUFKeygen(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *out == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --out is required", errUsage)
+		return usageError(fs, "--out is required")
 	}
 	priv, err := signing.GenerateEd25519File(*out, env.Passphrase.Bytes())
 	if err != nil {
@@ -269,8 +268,7 @@ func cmdTUFStage(ctx context.Context, c *client, args []string, stdout, stderr i
 		return err
 	}
 	if *out == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: --out is required", errUsage)
+		return usageError(fs, "--out is required")
 	}
 	exp, err := parseExpires(*expires)
 	if err != nil {
@@ -364,8 +362,7 @@ func cmdTUFSign(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if *key == "" || len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: --key and one STAGED file are required", errUsage)
+		return usageError(fs, "--key and one STAGED file are required")
 	}
 	raw, err := readFileBounded(pos[0], maxStaged)
 	if err != nil {
@@ -399,8 +396,7 @@ func cmdTUFCombine(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *out == "" || len(pos) == 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: --out and at least one STAGED file are required", errUsage)
+		return usageError(fs, "--out and at least one STAGED file are required")
 	}
 	var raws [][]byte
 	for _, p := range pos {
@@ -463,8 +459,7 @@ func cmdTUFInspect(ctx context.Context, c *client, args []string, stdout, stderr
 		return err
 	}
 	if len(pos) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: one STAGED file", errUsage)
+		return usageError(fs, "one STAGED file")
 	}
 	raw, err := readFileBounded(pos[0], maxStaged)
 	if err != nil {
@@ -495,8 +490,7 @@ func cmdTUFPublish(ctx context.Context, c *client, args []string, stdout, stderr
 		return err
 	}
 	if *rootFile == "" && *targetsFile == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: give --root and/or --targets", errUsage)
+		return usageError(fs, "give --root and/or --targets")
 	}
 	var req server.PublishRequest
 	for _, x := range []struct {

@@ -354,7 +354,11 @@ func (d *DB) GetDevice(ctx context.Context, id string) (Device, error) {
 
 // ListDevices returns devices ordered by model then serial.
 func (d *DB) ListDevices(ctx context.Context) ([]Device, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY model, serial`)
+	return d.queryDevices(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY model, serial`)
+}
+
+func (d *DB) queryDevices(ctx context.Context, query string, args ...any) ([]Device, error) {
+	rows, err := d.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing devices: %w", err)
 	}
@@ -379,20 +383,7 @@ func (d *DB) PageDevices(ctx context.Context, afterID string, limit int) ([]Devi
 	if limit <= 0 || limit > MaxDevicePage {
 		return nil, fmt.Errorf("page size %d out of range 1..%d", limit, MaxDevicePage)
 	}
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT `+strconv.Itoa(limit)), afterID)
-	if err != nil {
-		return nil, fmt.Errorf("listing devices: %w", err)
-	}
-	defer rows.Close()
-	var out []Device
-	for rows.Next() {
-		dv, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, dv)
-	}
-	return out, rows.Err()
+	return d.queryDevices(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT `+strconv.Itoa(limit)), afterID)
 }
 
 // SetDeviceStatus changes a device's status (e.g. revoked).
