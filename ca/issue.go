@@ -14,7 +14,6 @@ import (
 	"github.com/foster-ota/foster/ca/internal/stepca"
 	"github.com/foster-ota/foster/pkg/identity"
 	"go.step.sm/crypto/keyutil"
-	"go.step.sm/crypto/x509util"
 )
 
 // IssueDevice validates csr (PEM or DER) and issues the certificate of device
@@ -59,7 +58,7 @@ func (c *CA) IssueDeviceRequest(ctx context.Context, r *DeviceRequest, opts ...I
 		return nil, errors.New("unchecked device request")
 	}
 	return c.sign(ctx, stepca.Leaf{
-		CSR:        r.csr,
+		PublicKey:  r.csr.PublicKey,
 		Profile:    stepca.ClientAuth,
 		CommonName: r.Device.Serial(),
 		URIs:       []string{r.Device.URI()},
@@ -163,16 +162,13 @@ func (c *CA) IssueServer(ctx context.Context, dnsNames []string, ips []net.IP) (
 }
 
 // issueWithNewKey is for actors whose key Foster generates (admins, stations,
-// fosterd itself): the CSR only carries the public key into step-ca.
+// fosterd itself): no CSR is needed to prove possession.
 func (c *CA) issueWithNewKey(ctx context.Context, l stepca.Leaf, validity time.Duration) (chainPEM, keyPEM []byte, err error) {
 	key, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generating key: %w", err)
 	}
-	l.CSR, err = x509util.CreateCertificateRequest(l.CommonName, nil, key)
-	if err != nil {
-		return nil, nil, err
-	}
+	l.PublicKey = key.Public()
 	chain, err := c.sign(ctx, l, validity)
 	if err != nil {
 		return nil, nil, err

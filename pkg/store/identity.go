@@ -229,7 +229,8 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 	}
 	id := r.deviceID()
 	var dev Device
-	err := d.tx(ctx, func(sqltx *sql.Tx) error {
+	// Group commit: concurrent enrollments share a transaction (group.go).
+	err := d.groupTx(ctx, func(ctx context.Context, sqltx *sql.Tx) error {
 		tx := cached{d, sqltx}
 		now := d.now()
 		useJTI := func() error {

@@ -30,6 +30,7 @@ type DB struct {
 	dialect dialect
 	now     func() time.Time
 	stmts   sync.Map // query -> *sql.Stmt (see cached)
+	group   group    // concurrent enrollments' group commit (group.go)
 }
 
 // Open opens the store named by dsn and migrates its schema:

@@ -1,10 +1,18 @@
 // Package stepca is the only place in Foster that touches step-ca types. It
 // creates the CA certificates with go.step.sm/crypto templates and issues
-// leaves through an embedded step-ca authority (authority.NewEmbedded +
-// SignWithContext), with Foster acting as its own provisioner: the caller has
-// already decided who the subject is, and this package turns that decision
-// into step-ca sign options and an x509util template. Nothing from the CSR
-// except its public key reaches a certificate.
+// leaves through step-ca's certificate-authority service (cas/softcas, the
+// signer behind step-ca's authority.Sign) from x509util templates. Foster
+// acts as its own provisioner: the caller has already decided who the
+// subject is and proved possession of its key, and this package turns that
+// decision into an x509util template. Nothing from a CSR except its public
+// key reaches a certificate.
+//
+// Why the CAS and not authority.SignWithContext: the authority takes a CSR
+// and verifies its signature twice (once itself, once in
+// x509util.NewCertificate), after Foster already did to decide on clones and
+// quotas, and everything else it adds (provisioners, webhooks, policy, its
+// certificate DB) Foster does not use. Those two ECDSA verifications were
+// a third of an enrollment's CPU (docs/BENCHMARKS.md, "Enrollment").
 package stepca
 
 import (
@@ -16,8 +24,8 @@ import (
 	"net"
 	"time"
 
-	"github.com/smallstep/certificates/authority"
-	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/smallstep/certificates/cas/apiv1"
+	"github.com/smallstep/certificates/cas/softcas"
 	"go.step.sm/crypto/x509util"
 )
 
@@ -31,53 +39,72 @@ const (
 	ServerAuth
 )
 
-// The templates name every field of a leaf. They read only .Subject and
-// .SANs, which this package fills in; never .Insecure.CR, so CSR subjects,
-// SANs and extensions are not copied.
+// The templates are the certificate profiles: every field of a leaf except
+// its names, validity and key. They are rendered once (New); each leaf is
+// its rendered profile with the subject's names set (Sign). They read no
+// template data at all, so nothing from a request (CSR subject, SANs,
+// extensions) can reach a certificate through them.
 const (
 	clientTemplate = `{
-	"subject": {"commonName": {{ toJson .Subject.CommonName }}},
-	"sans": {{ toJson .SANs }},
 	"keyUsage": ["digitalSignature"],
 	"extKeyUsage": ["clientAuth"]
 }`
 	serverTemplate = `{
-	"subject": {"commonName": {{ toJson .Subject.CommonName }}},
-	"sans": {{ toJson .SANs }},
 	"keyUsage": ["digitalSignature"],
 	"extKeyUsage": ["serverAuth"]
 }`
 )
 
+var templates = map[Profile]string{ClientAuth: clientTemplate, ServerAuth: serverTemplate}
+
 // Authority issues leaves with the online intermediate. Safe for concurrent use.
 type Authority struct {
-	auth   *authority.Authority
-	issuer *x509.Certificate
-	signer crypto.Signer // the intermediate key step-ca signs with; also signs CRLs (crl.go)
+	cas      *softcas.SoftCAS
+	profiles map[Profile]x509util.Certificate // rendered templates, read-only
+	issuer   *x509.Certificate
+	signer   crypto.Signer // the intermediate key step-ca signs with; also signs CRLs (crl.go)
 }
 
-// New embeds a step-ca authority with no database (so no step-ca revocation:
-// Foster's store does that) and no provisioners (Foster authorises requests
-// before they get here).
+// New creates step-ca's software CAS over the intermediate and its key (a
+// file key or any KMS-backed crypto.Signer). There is no step-ca database
+// (Foster's store records and revokes certificates) and no provisioner
+// (Foster authorises requests before they get here). root must have signed
+// intermediate.
 func New(root, intermediate *x509.Certificate, signer crypto.Signer) (*Authority, error) {
-	auth, err := authority.NewEmbedded(
-		authority.WithX509RootCerts(root),
-		authority.WithX509Signer(intermediate, signer),
-		authority.WithQuietInit(),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("starting embedded step-ca authority: %w", err)
+	if root == nil || intermediate == nil || signer == nil {
+		return nil, errors.New("step-ca: root, intermediate and signer are required")
 	}
-	return &Authority{auth: auth, issuer: intermediate, signer: signer}, nil
+	if err := intermediate.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("step-ca: intermediate is not signed by the root: %w", err)
+	}
+	cas, err := softcas.New(context.Background(), apiv1.Options{
+		CertificateChain: []*x509.Certificate{intermediate},
+		Signer:           signer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting step-ca CAS: %w", err)
+	}
+	a := &Authority{cas: cas, issuer: intermediate, signer: signer, profiles: map[Profile]x509util.Certificate{}}
+	for p, text := range templates {
+		// Rendering a template (text/template, then JSON) cost a tenth of an
+		// enrollment; the profiles do not change, so render them once.
+		crt, err := x509util.NewCertificateFromX509(&x509.Certificate{}, x509util.WithTemplate(text, x509util.NewTemplateData()))
+		if err != nil {
+			return nil, fmt.Errorf("step-ca: rendering certificate template %d: %w", p, err)
+		}
+		a.profiles[p] = *crt
+	}
+	return a, nil
 }
 
 // Close releases the authority.
-func (a *Authority) Close() error { return a.auth.Shutdown() }
+func (a *Authority) Close() error { return nil }
 
 // Leaf is everything Foster decided about a certificate.
 type Leaf struct {
-	// CSR proves possession of the key; only its public key is used.
-	CSR        *x509.CertificateRequest
+	// PublicKey is the subject's key. The caller has proved possession
+	// (checked the CSR's signature) or generated the key itself.
+	PublicKey  crypto.PublicKey
 	Profile    Profile
 	CommonName string
 	URIs       []string
@@ -110,63 +137,42 @@ func (a *Authority) Sign(ctx context.Context, l Leaf) ([]*x509.Certificate, erro
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	tmpl := clientTemplate
-	if l.Profile == ServerAuth {
-		tmpl = serverTemplate
+	if l.PublicKey == nil {
+		return nil, errors.New("step-ca: leaf has no public key")
 	}
-	data := x509util.NewTemplateData()
-	data.SetCommonName(l.CommonName)
-	var sans []x509util.SubjectAlternativeName
+	if l.NotBefore.IsZero() || !l.NotAfter.After(l.NotBefore) {
+		return nil, fmt.Errorf("step-ca: empty validity window %s to %s", l.NotBefore, l.NotAfter)
+	}
+	if l.NotAfter.After(a.issuer.NotAfter) {
+		return nil, fmt.Errorf("step-ca: leaf would outlive its issuer (%s > %s)", l.NotAfter, a.issuer.NotAfter)
+	}
+	crt, ok := a.profiles[l.Profile]
+	if !ok {
+		return nil, fmt.Errorf("step-ca: unknown certificate profile %d", l.Profile)
+	}
+	// crt is a copy of the profile; its slices are only read.
+	crt.Subject = x509util.Subject{CommonName: l.CommonName}
+	crt.SANs = nil
 	for _, u := range l.URIs {
-		sans = append(sans, x509util.SubjectAlternativeName{Type: x509util.URIType, Value: u})
+		crt.SANs = append(crt.SANs, x509util.SubjectAlternativeName{Type: x509util.URIType, Value: u})
 	}
 	for _, d := range l.DNSNames {
-		sans = append(sans, x509util.SubjectAlternativeName{Type: x509util.DNSType, Value: d})
+		crt.SANs = append(crt.SANs, x509util.SubjectAlternativeName{Type: x509util.DNSType, Value: d})
 	}
 	for _, ip := range l.IPs {
-		sans = append(sans, x509util.SubjectAlternativeName{Type: x509util.IPType, Value: ip.String()})
+		crt.SANs = append(crt.SANs, x509util.SubjectAlternativeName{Type: x509util.IPType, Value: ip.String()})
 	}
-	data.SetSubjectAlternativeNames(sans...)
-
-	// With nil provisioner options, CustomTemplateOptions always renders
-	// tmpl: there is no way for a request to supply its own template.
-	certOpts, err := provisioner.CustomTemplateOptions(nil, data, tmpl)
-	if err != nil {
-		return nil, fmt.Errorf("building template options: %w", err)
-	}
-	signOpts := provisioner.SignOptions{
-		NotBefore: provisioner.NewTimeDuration(l.NotBefore),
-		NotAfter:  provisioner.NewTimeDuration(l.NotAfter),
-	}
-	chain, err := a.auth.SignWithContext(ctx, l.CSR, signOpts,
-		certOpts,
-		provisioner.CertificateModifierFunc(applyValidity),
-		validityValidator{issuer: a.issuer},
-	)
+	crt.PublicKey = l.PublicKey
+	leaf := crt.GetCertificate()
+	leaf.NotBefore, leaf.NotAfter = l.NotBefore, l.NotAfter
+	resp, err := a.cas.CreateCertificate(&apiv1.CreateCertificateRequest{
+		Template: leaf,
+		Lifetime: l.NotAfter.Sub(l.NotBefore),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("step-ca: %w", err)
 	}
-	return chain, nil
-}
-
-// applyValidity copies the window from the sign options; step-ca's own
-// duration modifiers are private to its provisioners.
-func applyValidity(cert *x509.Certificate, so provisioner.SignOptions) error {
-	cert.NotBefore = so.NotBefore.Time()
-	cert.NotAfter = so.NotAfter.Time()
-	return nil
-}
-
-type validityValidator struct{ issuer *x509.Certificate }
-
-func (v validityValidator) Valid(cert *x509.Certificate, _ provisioner.SignOptions) error {
-	switch {
-	case cert.NotBefore.IsZero() || !cert.NotAfter.After(cert.NotBefore):
-		return fmt.Errorf("empty validity window %s to %s", cert.NotBefore, cert.NotAfter)
-	case cert.NotAfter.After(v.issuer.NotAfter):
-		return fmt.Errorf("leaf would outlive its issuer (%s > %s)", cert.NotAfter, v.issuer.NotAfter)
-	}
-	return nil
+	return append([]*x509.Certificate{resp.Certificate}, resp.CertificateChain...), nil
 }
 
 // NewRoot creates a self-signed root CA certificate from step's root template
