@@ -259,7 +259,8 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	var m Model
 	var hw string
 	var at int64
-	err := d.db.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, cert_validity, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
+	// Prepared once (cached): every enrollment reads its model.
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, cert_validity, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Model{}, fmt.Errorf("model %q: %w", name, ErrNotFound)
 	}
@@ -470,6 +471,42 @@ func (d *DB) ListReleases(ctx context.Context, model string) ([]Release, error) 
 		return d.listReleases(ctx, `ORDER BY model, counter DESC`)
 	}
 	return d.listReleases(ctx, `WHERE model = ? ORDER BY counter DESC`, model)
+}
+
+// MaxReleasePage bounds one page of PageReleases.
+const MaxReleasePage = 1000
+
+// PageReleases returns at most limit (1..MaxReleasePage) releases in
+// ListReleases' order (model, then newest release counter first), optionally
+// of one model ("" for all). afterID 0 starts at the beginning; otherwise the
+// page starts after the release with that id, which must exist (and be of
+// model, when one is given), else ErrNotFound. (model, counter) is unique and
+// a release's row never changes, so the order is total and stable while
+// releases are added: a walk sees each release at most once.
+func (d *DB) PageReleases(ctx context.Context, model string, afterID int64, limit int) ([]Release, error) {
+	if limit <= 0 || limit > MaxReleasePage {
+		return nil, fmt.Errorf("page size %d out of range 1..%d", limit, MaxReleasePage)
+	}
+	page := " LIMIT " + strconv.Itoa(limit)
+	if afterID == 0 {
+		if model == "" {
+			return d.listReleases(ctx, `ORDER BY model, counter DESC`+page)
+		}
+		return d.listReleases(ctx, `WHERE model = ? ORDER BY counter DESC`+page, model)
+	}
+	var afterModel string
+	var afterCounter int64
+	err := d.db.QueryRowContext(ctx, d.q(`SELECT model, counter FROM releases WHERE id = ?`), afterID).Scan(&afterModel, &afterCounter)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && model != "" && afterModel != model) {
+		return nil, fmt.Errorf("release id %d: %w", afterID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading release %d: %w", afterID, err)
+	}
+	if model == "" {
+		return d.listReleases(ctx, `WHERE model > ? OR (model = ? AND counter < ?) ORDER BY model, counter DESC`+page, afterModel, afterModel, afterCounter)
+	}
+	return d.listReleases(ctx, `WHERE model = ? AND counter < ? ORDER BY counter DESC`+page, model, afterCounter)
 }
 
 func (d *DB) listReleases(ctx context.Context, where string, args ...any) ([]Release, error) {
