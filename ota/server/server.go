@@ -235,12 +235,31 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 		return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s may not call %s %s", p.Role, r.Method, r.URL.Path)
 	}
 	// Revocation is immediate: every request checks the store.
-	revoked, err := s.cfg.Store.IsRevoked(r.Context(), leaf.SerialNumber.Text(16))
+	serial := leaf.SerialNumber.Text(16)
+	revoked := func() error {
+		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", serial, p.URI())
+	}
+	if p.Role == identity.RoleDevice {
+		// The hot path (every poll of every device): one query.
+		acc, err := s.cfg.Store.CheckDeviceAccess(r.Context(), p.URI(), serial)
+		switch {
+		case err != nil:
+			return caller{}, err
+		case acc.CertRevoked:
+			return caller{}, revoked()
+		case !acc.Enrolled:
+			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "device %s is not enrolled", p.URI())
+		case acc.Status != store.DeviceActive:
+			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "device %s is %s", p.URI(), acc.Status)
+		}
+		return caller{p: p, cert: leaf}, nil
+	}
+	isRevoked, err := s.cfg.Store.IsRevoked(r.Context(), serial)
 	if err != nil {
 		return caller{}, err
 	}
-	if revoked {
-		return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", leaf.SerialNumber.Text(16), p.URI())
+	if isRevoked {
+		return caller{}, revoked()
 	}
 	if p.Role == identity.RoleStation {
 		st, err := s.cfg.Store.GetStation(r.Context(), p.Name)
@@ -252,18 +271,6 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 		}
 		if st.Status != store.StationActive {
 			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "station %s is %s", p.Name, st.Status)
-		}
-	}
-	if p.Role == identity.RoleDevice {
-		dev, err := s.cfg.Store.GetDevice(r.Context(), p.URI())
-		if errors.Is(err, store.ErrNotFound) {
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "device %s is not enrolled", p.URI())
-		}
-		if err != nil {
-			return caller{}, err
-		}
-		if dev.Status != store.DeviceActive {
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "device %s is %s", p.URI(), dev.Status)
 		}
 	}
 	return caller{p: p, cert: leaf}, nil

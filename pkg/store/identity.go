@@ -771,6 +771,27 @@ func (d *DB) IsRevoked(ctx context.Context, serial string) (bool, error) {
 	return ra != 0, nil
 }
 
+// DeviceAccess is what an mTLS request of a device is allowed on.
+type DeviceAccess struct {
+	Enrolled    bool   // the device exists
+	Status      string // its status (DeviceActive, ...) when enrolled
+	CertRevoked bool   // the presented certificate is revoked
+}
+
+// CheckDeviceAccess reads, in one query, the device's status and whether
+// the certificate it presented is revoked: every mTLS request of a device
+// asks both, so revocation takes effect on the very next request.
+func (d *DB) CheckDeviceAccess(ctx context.Context, deviceID, certSerial string) (DeviceAccess, error) {
+	var status sql.NullString
+	var revokedAt sql.NullInt64
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT (SELECT status FROM devices WHERE id = ?), (SELECT revoked_at FROM certificates WHERE serial = ?)`),
+		deviceID, certSerial).Scan(&status, &revokedAt)
+	if err != nil {
+		return DeviceAccess{}, fmt.Errorf("checking device access: %w", err)
+	}
+	return DeviceAccess{Enrolled: status.Valid, Status: status.String, CertRevoked: revokedAt.Valid && revokedAt.Int64 != 0}, nil
+}
+
 // ListCertificates returns the certificates issued to subject ("" for all),
 // oldest first.
 func (d *DB) ListCertificates(ctx context.Context, subject string) ([]Certificate, error) {

@@ -326,3 +326,30 @@ func TestCheckEnrollAgreesWithEnrollDevice(t *testing.T) {
 		}
 	})
 }
+
+func TestDeviceAccessSeesRevocationAtOnce(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		tok := store.Token{Hash: "acc", Serial: "SN-ACC", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour), CreatedBy: "admin"}
+		if err := d.CreateToken(ctx, tok); err != nil {
+			t.Fatal(err)
+		}
+		dev, err := enrollToken(ctx, d, "acc", "SN-ACC", "edge-gw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(id, serial string, want store.DeviceAccess) {
+			t.Helper()
+			got, err := d.CheckDeviceAccess(ctx, id, serial)
+			if err != nil || got != want {
+				t.Fatalf("access(%s, %s) = %+v, %v; want %+v", id, serial, got, err, want)
+			}
+		}
+		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceActive})
+		check("urn:foster:device:edge-gw:SN-NONE", "ffff", store.DeviceAccess{})
+		if _, err := d.RevokeDevice(ctx, dev.ID, 1, "keyCompromise", "urn:foster:admin:admin"); err != nil {
+			t.Fatal(err)
+		}
+		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceRevoked, CertRevoked: true})
+	})
+}
