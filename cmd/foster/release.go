@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/server"
+	"github.com/foster-ota/foster/pkg/store"
 )
 
 // progressThreshold: uploads at least this large show progress.
@@ -174,8 +175,8 @@ func cmdReleaseList(ctx context.Context, c *client, args []string, stdout, stder
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var rs []server.Release
-	if err := c.do(ctx, "GET", "/v1/releases?"+url.Values{"model": {*model}}.Encode(), nil, 0, "", &rs); err != nil {
+	rs, err := listReleases(ctx, c, *model)
+	if err != nil {
 		return err
 	}
 	if *asJSON {
@@ -187,6 +188,32 @@ func cmdReleaseList(ctx context.Context, c *client, args []string, stdout, stder
 	}
 	table(stdout, "MODEL\tVERSION\tCOUNTER\tSTATUS\tBYTES\tSHA256\tPUBLISHED", rows)
 	return nil
+}
+
+// listReleases fetches every page of GET /v1/releases (at most
+// store.MaxReleasePage per response), in the server's order.
+func listReleases(ctx context.Context, c *client, model string) ([]server.Release, error) {
+	rs := []server.Release{}
+	after := int64(0)
+	for {
+		q := url.Values{"model": {model}, "limit": {strconv.Itoa(store.MaxReleasePage)}}
+		if after != 0 {
+			q.Set("after", strconv.FormatInt(after, 10))
+		}
+		var page []server.Release
+		if err := c.do(ctx, "GET", "/v1/releases?"+q.Encode(), nil, 0, "", &page); err != nil {
+			return nil, err
+		}
+		rs = append(rs, page...)
+		if len(page) < store.MaxReleasePage {
+			return rs, nil
+		}
+		next := page[len(page)-1].ID
+		if next == after {
+			return nil, fmt.Errorf("listing releases: the server repeated page after release %d", after)
+		}
+		after = next
+	}
 }
 
 // releaseArgs reads MODEL VERSION from positional arguments or --model/--version.

@@ -243,8 +243,24 @@ func (s *Server) releaseView(rel store.Release) Release {
 	return v
 }
 
+// listReleases pages through releases, each model's newest first (model
+// order, then release counter descending): ?model=M&after=ID&limit=N (limit
+// default and maximum store.MaxReleasePage). The next page starts after the
+// last id returned; a page shorter than limit is the last.
 func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
-	rs, err := s.cfg.Store.ListReleases(r.Context(), r.URL.Query().Get("model"))
+	q := r.URL.Query()
+	after, limit, err := pageParams(q, store.MaxReleasePage, store.MaxReleasePage)
+	if err != nil {
+		return err
+	}
+	model := q.Get("model")
+	rs, err := s.cfg.Store.PageReleases(r.Context(), model, after, limit)
+	if errors.Is(err, store.ErrNotFound) {
+		if model != "" {
+			return badRequest("after %d is not the id of a release of model %q", after, model)
+		}
+		return badRequest("after %d is not the id of a release", after)
+	}
 	if err != nil {
 		return err
 	}

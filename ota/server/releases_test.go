@@ -103,6 +103,67 @@ func TestReleaseRefusalsLeaveRepositoryUnchanged(t *testing.T) {
 	}
 }
 
+// TestReleaseListIsPaged: GET /v1/releases answers at most limit releases,
+// each model's newest first, and the next page starts after the last id.
+func TestReleaseListIsPaged(t *testing.T) {
+	f := newFixture(t)
+	for _, m := range []string{"edge-gw", "cam"} {
+		f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": m}, 201)
+	}
+	for _, v := range []string{"1.0.0", "1.0.1", "1.0.2"} {
+		f.release(v, []byte("edge "+v))
+	}
+	if r := f.do(f.admin, "POST", "/v1/releases?model=cam&version=2.0.0&name=fw.bin", []byte("cam")); r.status != 201 {
+		t.Fatalf("cam release: %d %s", r.status, r.body)
+	}
+	versions := func(query string) ([]string, int64) {
+		t.Helper()
+		var page []server.Release
+		if err := json.Unmarshal(f.mustJSON(f.admin, "GET", "/v1/releases?"+query, nil, 200), &page); err != nil || page == nil {
+			t.Fatalf("%s: %v %v", query, page, err)
+		}
+		var vs []string
+		for _, r := range page {
+			vs = append(vs, r.Model+"@"+r.Version)
+		}
+		if len(page) == 0 {
+			return vs, 0
+		}
+		return vs, page[len(page)-1].ID
+	}
+	walk := func(filter string, want ...string) {
+		t.Helper()
+		var got []string
+		after := int64(0)
+		for range len(want) + 1 {
+			page, last := versions(fmt.Sprintf("%slimit=2&after=%d", filter, after))
+			if len(page) > 2 {
+				t.Fatalf("%slimit=2: %d releases", filter, len(page))
+			}
+			got = append(got, page...)
+			if len(page) < 2 {
+				break
+			}
+			after = last
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%spages: %v, want %v", filter, got, want)
+		}
+	}
+	walk("", "cam@2.0.0", "edge-gw@1.0.2", "edge-gw@1.0.1", "edge-gw@1.0.0")
+	walk("model=edge-gw&", "edge-gw@1.0.2", "edge-gw@1.0.1", "edge-gw@1.0.0")
+	if all, _ := versions(""); len(all) != 4 {
+		t.Fatalf("default page: %v", all)
+	}
+
+	_, camID := versions("model=cam")
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "after=-1", "after=x", "after=999999", "model=edge-gw&after=" + fmt.Sprint(camID)} {
+		if r := f.do(f.admin, "GET", "/v1/releases?"+q, nil); r.status != 400 || r.code() != "bad_request" {
+			t.Fatalf("%s: %d %s", q, r.status, r.body)
+		}
+	}
+}
+
 func TestReleaseListShowRevoke(t *testing.T) {
 	f := newFixture(t)
 	f.mustJSON(f.admin, "POST", "/v1/models", map[string]any{"name": "edge-gw"}, 201)

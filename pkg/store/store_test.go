@@ -164,6 +164,77 @@ func TestReleasesAreMonotonic(t *testing.T) {
 	})
 }
 
+// TestReleasesArePaged: PageReleases pages in ListReleases' order (model,
+// then newest counter first) inside the query, and refuses a cursor that is
+// not a release (of the filtered model).
+func TestReleasesArePaged(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		if _, err := d.CreateModel(ctx, store.Model{Name: "cam"}); err != nil {
+			t.Fatal(err)
+		}
+		add := func(model string, counter int64) {
+			v := fmt.Sprintf("1.0.%d", counter)
+			r := store.Release{Model: model, Version: v, Counter: counter, TargetPath: model + "/" + v + "/fw.bin", SHA256: "aa", Length: 3}
+			if _, err := d.AddRelease(ctx, r, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for c := int64(1); c <= 5; c++ {
+			add("edge-gw", c)
+			if c <= 2 {
+				add("cam", c)
+			}
+		}
+		walk := func(model string, limit int) string {
+			t.Helper()
+			var got []string
+			after := int64(0)
+			for {
+				page, err := d.PageReleases(ctx, model, after, limit)
+				if err != nil || len(page) > limit {
+					t.Fatalf("page after %d: %d releases, %v", after, len(page), err)
+				}
+				for _, r := range page {
+					got = append(got, r.Model+"#"+fmt.Sprint(r.Counter))
+				}
+				if len(page) < limit {
+					return fmt.Sprint(got)
+				}
+				after = page[len(page)-1].ID
+			}
+		}
+		all, _ := d.ListReleases(ctx, "")
+		var want []string
+		for _, r := range all {
+			want = append(want, r.Model+"#"+fmt.Sprint(r.Counter))
+		}
+		if fmt.Sprint(want) != "[cam#2 cam#1 edge-gw#5 edge-gw#4 edge-gw#3 edge-gw#2 edge-gw#1]" {
+			t.Fatalf("ListReleases order: %v", want)
+		}
+		for _, limit := range []int{1, 2, 3, 7, store.MaxReleasePage} {
+			if got := walk("", limit); got != fmt.Sprint(want) {
+				t.Fatalf("limit %d: %s, want %v", limit, got, want)
+			}
+		}
+		if got := walk("edge-gw", 2); got != "[edge-gw#5 edge-gw#4 edge-gw#3 edge-gw#2 edge-gw#1]" {
+			t.Fatalf("edge-gw pages: %s", got)
+		}
+		for _, limit := range []int{0, -1, store.MaxReleasePage + 1} {
+			if _, err := d.PageReleases(ctx, "", 0, limit); err == nil {
+				t.Fatalf("limit %d accepted", limit)
+			}
+		}
+		if _, err := d.PageReleases(ctx, "", 999999, 10); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown cursor: %v", err)
+		}
+		cam, _ := d.PageReleases(ctx, "cam", 0, 1)
+		if _, err := d.PageReleases(ctx, "edge-gw", cam[0].ID, 10); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("cursor of another model: %v", err)
+		}
+	})
+}
+
 func TestAttestationReplayRefused(t *testing.T) {
 	forEach(t, func(t *testing.T, d *store.DB) {
 		ctx := setup(t, d)
