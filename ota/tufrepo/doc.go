@@ -15,10 +15,14 @@
 //   - models/<model>: one delegated role per model, for target paths
 //     "<model>/*/*" (terminating). Its key may be online or KMS, so a product
 //     team releases without the offline keys. It lists the model's newest
-//     releases (Options.RecentTargets, by release counter) and delegates the
-//     rest to succinct hashed bins (TAP 15) models/<model>/bins-<hex>, whose
-//     count doubles as they fill, so a release re-signs one small role and one
-//     bin however many releases the model has.
+//     releases (Options.RecentTargets, by release counter) and its stepping
+//     stones (for every hardware id, the newest release it can install from
+//     any version: no min_from_version), so a device offline for years still
+//     finds its way up in the one role it loads. It delegates the rest to
+//     succinct hashed bins (TAP 15) models/<model>/bins-<hex>, whose count
+//     doubles as they fill, so a release re-signs one small role and one bin
+//     (two when it supersedes a stepping stone) however many releases the
+//     model has. Each target is in exactly one role.
 //   - snapshot: signs the versions of all targets metadata, so a device can
 //     never be shown a mix of old and new targets files.
 //   - timestamp: signs the current snapshot version with a short expiry, so

@@ -30,6 +30,8 @@ type txn struct {
 	newRoot *role0
 	// snapshot forces a new snapshot even if no targets role changed.
 	snapshot bool
+	// laidOut are the models whose targets placeTargets laid out in this txn.
+	laidOut map[string]bool
 }
 
 type role0 struct {
@@ -42,6 +44,7 @@ func (r *Repo) begin(ctx context.Context) *txn {
 		r: r, ctx: ctx, cur: r.cur.Load(),
 		edits:     map[string]*metadata.Metadata[metadata.TargetsType]{},
 		presigned: map[string]*role{},
+		laidOut:   map[string]bool{},
 	}
 }
 
@@ -343,6 +346,7 @@ func (t *txn) commit() error {
 		return err
 	}
 	t.r.cur.Store(next)
+	maps.Copy(t.r.laidOut, t.laidOut)
 	return nil
 }
 

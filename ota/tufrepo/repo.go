@@ -89,9 +89,10 @@ type Options struct {
 	// MaxTargetLength bounds a target body. Default 4 GiB.
 	MaxTargetLength int64 // bytes
 	// RecentTargets is how many targets (the highest release counters) a
-	// model's role lists itself; older ones move to hashed bins, so devices,
-	// which only look for the newest release, download a small role.
-	// Default 32.
+	// model's role lists itself, besides its stepping stones (the newest
+	// full image of each hardware id, however old); the others move to
+	// hashed bins, so devices, which look only at the model's role,
+	// download a small role. Default 32.
 	RecentTargets int
 	// TargetsPerBin is the average bin size above which a model's bins are
 	// doubled (and re-signed once). Default 256 targets (~100 KB per bin).
@@ -173,6 +174,10 @@ type Repo struct {
 
 	mu  sync.Mutex            // serialises publishing
 	cur atomic.Pointer[state] // the published repository; replaced whole, never mutated
+	// laidOut are the models whose role this Repo laid out (under mu): it
+	// holds their newest releases and every stepping stone, so a release
+	// needs no scan of their bins.
+	laidOut map[string]bool
 }
 
 // state is one published repository. Its parsed metadata is never modified:
@@ -325,7 +330,7 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 			return nil, fmt.Errorf("opening tuf repository: %s key %s: %w", role, id, ErrKeyMismatch)
 		}
 	}
-	r := &Repo{store: store, keys: keys, opts: opts, ring: ring}
+	r := &Repo{store: store, keys: keys, opts: opts, ring: ring, laidOut: map[string]bool{}}
 	r.cur.Store(st)
 	return r, nil
 }

@@ -14,8 +14,9 @@ import (
 // Delegation layout (doc.go):
 //
 //	targets                      top-level; delegates "<model>/*/*" to models/<model> (terminating)
-//	models/<model>               the model's newest Options.RecentTargets targets;
-//	                             delegates the rest to succinct hashed bins (TAP 15)
+//	models/<model>               the model's newest Options.RecentTargets targets and
+//	                             its stepping stones (steppingStones); delegates the
+//	                             rest to succinct hashed bins (TAP 15)
 //	models/<model>/bins-<hex>    2^bit_length bins, a target in the one its path hashes to
 const (
 	modelRolePrefix = "models/"
@@ -46,6 +47,20 @@ func ModelOf(targetPath string) (string, error) {
 // matches it segment by segment, so it covers exactly <model>/<v>/<file>.
 func modelPattern(model string) string { return model + "/*/*" }
 
+// MaxSteppingStones bounds how many stepping stones (below) a model's role
+// may keep besides its newest releases: one per hardware id at most, and
+// fosterd allows 64 hardware ids per model.
+const MaxSteppingStones = 256
+
+// release is what publishing reads from a target's custom metadata
+// (docs/CONTRACTS.md).
+type release struct {
+	Model       string   `json:"model"`
+	Counter     int64    `json:"release_counter"`
+	HardwareIDs []string `json:"hardware_ids"`
+	MinFrom     string   `json:"min_from_version"`
+}
+
 // releaseCounter reads the release counter from a target's custom metadata
 // (0 if none): the order in which a model's targets are kept newest-first.
 func releaseCounter(tf *metadata.TargetFiles) int64 {
@@ -63,17 +78,72 @@ type entry struct {
 	path string
 	tf   *metadata.TargetFiles
 	n    int64
+	// full: a device of the path's model can install it from any version
+	// (custom metadata names the model and no min_from_version).
+	full bool
+	hw   []string // hardware ids it is for; none: every hardware id
+}
+
+func entryOf(p string, tf *metadata.TargetFiles) entry {
+	e := entry{path: p, tf: tf}
+	if tf.Custom == nil {
+		return e
+	}
+	var c release
+	if json.Unmarshal(*tf.Custom, &c) != nil {
+		e.n = releaseCounter(tf)
+		return e
+	}
+	model, _, _ := strings.Cut(p, "/")
+	e.n, e.hw = c.Counter, c.HardwareIDs
+	e.full = c.Model == model && c.MinFrom == ""
+	return e
+}
+
+// compareEntries orders oldest first: lowest counter, then path.
+func compareEntries(a, b entry) int {
+	return cmp.Or(cmp.Compare(a.n, b.n), strings.Compare(a.path, b.path))
 }
 
 func entries(m map[string]*metadata.TargetFiles) []entry {
 	out := make([]entry, 0, len(m))
 	for p, tf := range m {
-		out = append(out, entry{p, tf, releaseCounter(tf)})
+		out = append(out, entryOf(p, tf))
 	}
-	// Oldest first: lowest counter, then path.
-	slices.SortFunc(out, func(a, b entry) int {
-		return cmp.Or(cmp.Compare(a.n, b.n), strings.Compare(a.path, b.path))
-	})
+	slices.SortFunc(out, compareEntries)
+	return out
+}
+
+// steppingStones returns the stepping stones among es (one model's
+// targets, oldest first): for every hardware id, the newest full image (no
+// min_from_version) a device of that hardware id can install. That is the
+// newest full image listing no hardware ids (it applies to all), and, for
+// each hardware id a full image lists, the newest full image listing it if
+// that is newer. A device however far behind installs its stone, then
+// the newer releases whose min_from_version the stone satisfies.
+func steppingStones(es []entry) map[string]bool {
+	universal := -1
+	perHW := map[string]int{}
+	for i, e := range es {
+		switch {
+		case !e.full:
+		case len(e.hw) == 0:
+			universal = i
+		default:
+			for _, h := range e.hw {
+				perHW[h] = i
+			}
+		}
+	}
+	out := map[string]bool{}
+	if universal >= 0 {
+		out[es[universal].path] = true
+	}
+	for _, i := range perHW {
+		if i > universal {
+			out[es[i].path] = true
+		}
+	}
 	return out
 }
 
@@ -207,8 +277,9 @@ func pruneKeys(d *metadata.Delegations) {
 	}
 }
 
-// addTarget puts tf into the model's role and moves the oldest targets out
-// to the bins when the role holds more than Options.RecentTargets.
+// addTarget puts tf into the model's role and lays the model's targets out
+// again (placeTargets): usually the oldest of its newest releases moves out
+// to a bin, and a stepping stone the new release supersedes too.
 func (t *txn) addTarget(targetPath string, tf *metadata.TargetFiles) error {
 	model, err := ModelOf(targetPath)
 	if err != nil {
@@ -225,14 +296,77 @@ func (t *txn) addTarget(targetPath string, tf *metadata.TargetFiles) error {
 		return err
 	}
 	mr.Signed.Targets[targetPath] = tf
-	if over := len(mr.Signed.Targets) - t.r.opts.RecentTargets; over > 0 {
-		evict := entries(mr.Signed.Targets)[:over]
-		for _, e := range evict {
-			delete(mr.Signed.Targets, e.path)
-		}
-		return t.archive(model, evict)
+	if t.placed(model) {
+		// The role holds the newest releases and every stepping stone, so
+		// with one more target, what it must keep is among what it holds.
+		return t.placeTargets(model, entries(mr.Signed.Targets))
 	}
-	return nil
+	return t.placeTargets(model, t.modelEntries(model))
+}
+
+// placed reports whether model's role is known to hold its newest releases
+// and every stepping stone (laid out by this Repo, in this txn or an
+// earlier one). A repository published before stepping stones existed, or
+// with another RecentTargets, is laid out again from all its bins once.
+func (t *txn) placed(model string) bool {
+	return t.laidOut[model] || t.r.laidOut[model]
+}
+
+// modelEntries lists all of model's targets, its role's and its bins',
+// oldest first.
+func (t *txn) modelEntries(model string) []entry {
+	var es []entry
+	if mr := t.get(ModelRole(model)); mr != nil {
+		es = entries(mr.Signed.Targets)
+	}
+	es = append(es, t.archived(model)...)
+	slices.SortFunc(es, compareEntries)
+	return es
+}
+
+// placeTargets makes model's role list exactly its Options.RecentTargets
+// newest targets and its stepping stones, moving the rest to the hashed
+// bins and stones that are in a bin up into the role. es are oldest first
+// and hold every target the role must keep. Each target stays in exactly
+// one role, so clients walking the delegations find it where its bin or
+// the role says.
+func (t *txn) placeTargets(model string, es []entry) error {
+	keep := steppingStones(es)
+	if len(keep) > MaxSteppingStones {
+		return fmt.Errorf("%w: model %s would keep %d stepping stones (the newest full image of each hardware id) in its role, max %d: use fewer hardware ids or a release listing none", ErrTooLarge, model, len(keep), MaxSteppingStones)
+	}
+	for _, e := range es[max(0, len(es)-t.r.opts.RecentTargets):] {
+		keep[e.path] = true
+	}
+	mr, err := t.edit(ModelRole(model))
+	if err != nil {
+		return err
+	}
+	var evict []entry
+	for _, e := range es {
+		_, listed := mr.Signed.Targets[e.path]
+		switch {
+		case keep[e.path] && !listed:
+			bin, _ := lookupIn(t.get, e.path)
+			if !strings.HasPrefix(bin, binPrefix(model)) {
+				return fmt.Errorf("%w: %s is in neither %s nor its bins", ErrInconsistent, e.path, ModelRole(model))
+			}
+			bmd, err := t.edit(bin)
+			if err != nil {
+				return err
+			}
+			delete(bmd.Signed.Targets, e.path)
+			mr.Signed.Targets[e.path] = e.tf
+		case !keep[e.path] && listed:
+			delete(mr.Signed.Targets, e.path)
+			evict = append(evict, e)
+		}
+	}
+	t.laidOut[model] = true
+	if len(evict) == 0 {
+		return nil
+	}
+	return t.archive(model, evict)
 }
 
 // bins returns the names of model's bins in this txn, nil if it has none.
@@ -327,7 +461,8 @@ func (t *txn) archive(model string, add []entry) error {
 }
 
 // removeTarget drops targetPath from the role that holds it. A model's role
-// keeps listing its newest targets: the newest archived one moves up.
+// keeps listing its newest targets and its stepping stones: the newest
+// archived target, or the next stepping stone, moves up.
 func (t *txn) removeTarget(targetPath string) (*metadata.TargetFiles, error) {
 	name, tf := lookupIn(t.get, targetPath)
 	if name == "" {
@@ -341,27 +476,19 @@ func (t *txn) removeTarget(targetPath string) (*metadata.TargetFiles, error) {
 		return nil, err
 	}
 	delete(md.Signed.Targets, targetPath)
-	if !strings.HasPrefix(name, modelRolePrefix) || strings.Count(name, "/") != 1 {
+	if name == metadata.TARGETS {
 		return tf, nil
 	}
-	model := strings.TrimPrefix(name, modelRolePrefix)
-	arch := t.archived(model)
-	if len(arch) == 0 {
-		return tf, nil
-	}
-	newest := arch[0]
-	for _, e := range arch[1:] {
-		if cmp.Or(cmp.Compare(e.n, newest.n), strings.Compare(e.path, newest.path)) > 0 {
-			newest = e
-		}
-	}
-	bin, _ := lookupIn(t.get, newest.path)
-	bmd, err := t.edit(bin)
+	model, err := ModelOf(targetPath)
 	if err != nil {
 		return nil, err
 	}
-	delete(bmd.Signed.Targets, newest.path)
-	md.Signed.Targets[newest.path] = newest.tf
+	if name != ModelRole(model) && t.placed(model) {
+		return tf, nil // an archived target is neither recent nor a stone
+	}
+	if err := t.placeTargets(model, t.modelEntries(model)); err != nil {
+		return nil, err
+	}
 	return tf, nil
 }
 

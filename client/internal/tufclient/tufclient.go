@@ -519,8 +519,10 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 // loadModelRoles loads the roles the top-level targets delegates model's
 // paths (<model>/<version>/<file>) to, verified against it. Refresh loads
 // only top-level targets. Deeper roles (fosterd's hashed bins of older
-// releases) are not fetched to discover candidates: the newest releases are
-// listed by the model's own role.
+// releases) are not fetched to discover candidates: the model's own role
+// lists the newest releases and, for every hardware id, the newest full
+// image (no min_from_version), so a device too far behind for the newest
+// deltas takes that image first and the deltas on its next check.
 func (c *Client) loadModelRoles(model string) error {
 	ts := c.up.GetTrustedMetadataSet()
 	top := ts.Targets[metadata.TARGETS]
