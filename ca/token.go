@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,9 +153,21 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	fail := func(format string, args ...any) (*x509.Certificate, identity.Principal, *tokenClaims, error) {
 		return nil, identity.Principal{}, nil, fmt.Errorf("%w: "+format, append([]any{ErrBadToken}, args...)...)
 	}
-	ders, err := x5ctoken.RawChain(tok)
-	if err != nil {
-		return fail("%v", err)
+	if len(tok) > x5ctoken.MaxSize {
+		return fail("token longer than %d bytes", x5ctoken.MaxSize)
+	}
+	// The cache key is the protected header as sent: it carries the x5c
+	// chain, so the same header bytes mean the same chain, and a station's
+	// tokens share one header.
+	head, _, _ := strings.Cut(tok, ".")
+	key := sha256.Sum256([]byte(head))
+	leaf, p, ok := c.chains.get(key, at)
+	var ders [][]byte
+	if !ok {
+		var err error
+		if ders, err = x5ctoken.RawChain(tok); err != nil {
+			return fail("%v", err)
+		}
 	}
 	t, err := jose.ParseSigned(tok)
 	if err != nil {
@@ -163,8 +176,6 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	if len(t.Headers) != 1 {
 		return fail("want exactly one signature")
 	}
-	key := chainKey(ders)
-	leaf, p, ok := c.chains.get(key, at)
 	if !ok {
 		unverified, err := x509.ParseCertificate(ders[0])
 		if err != nil {
@@ -241,16 +252,6 @@ type cachedChain struct {
 }
 
 const maxCachedChains = 1024
-
-func chainKey(ders [][]byte) [32]byte {
-	h := sha256.New()
-	for _, der := range ders {
-		h.Write(der)
-	}
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
-}
 
 // get returns the cached chain's leaf if at(leaf) is within the chain's
 // validity.

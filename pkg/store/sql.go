@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
@@ -31,6 +33,9 @@ type DB struct {
 	now     func() time.Time
 	stmts   sync.Map // query -> *sql.Stmt (see cached)
 	group   group    // concurrent enrollments' group commit (group.go)
+
+	models     sync.Map     // name -> Model, read once (see GetModel)
+	modelCount atomic.Int64 // models cached, bounded by maxCachedModels
 }
 
 // Open opens the store named by dsn and migrates its schema:
@@ -255,7 +260,16 @@ func (d *DB) CreateModel(ctx context.Context, m Model) (Model, error) {
 }
 
 // GetModel returns a model or ErrNotFound.
+//
+// Models are never changed or deleted once created (there is no API for
+// it), so a model read once is kept in memory: every enrollment reads its
+// model. Whoever adds a way to change a model must drop it from d.models.
 func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
+	if v, ok := d.models.Load(name); ok {
+		m := v.(Model)
+		m.HardwareIDs = slices.Clone(m.HardwareIDs)
+		return m, nil
+	}
 	var m Model
 	var hw string
 	var at int64
@@ -271,8 +285,15 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	if err := json.Unmarshal([]byte(hw), &m.HardwareIDs); err != nil {
 		return Model{}, fmt.Errorf("model %q: corrupt hardware ids: %w", name, err)
 	}
+	if d.modelCount.Add(1) <= maxCachedModels {
+		c := m
+		c.HardwareIDs = slices.Clone(m.HardwareIDs)
+		d.models.Store(name, c)
+	}
 	return m, nil
 }
+
+const maxCachedModels = 4096
 
 // ListModels returns all models by name.
 func (d *DB) ListModels(ctx context.Context) ([]Model, error) {
