@@ -273,16 +273,11 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) findRelease(r *http.Request) (store.Release, error) {
 	model, version := r.PathValue("model"), r.PathValue("version")
-	rs, err := s.cfg.Store.ListReleases(r.Context(), model)
-	if err != nil {
-		return store.Release{}, err
+	rel, err := s.cfg.Store.GetRelease(r.Context(), model, version)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Release{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "release %s %s not found", model, version)
 	}
-	for _, rel := range rs {
-		if rel.Version == version {
-			return rel, nil
-		}
-	}
-	return store.Release{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "release %s %s not found", model, version)
+	return rel, err
 }
 
 func (s *Server) showRelease(w http.ResponseWriter, r *http.Request) error {

@@ -181,6 +181,17 @@ func TestReleaseListShowRevoke(t *testing.T) {
 	if shown.TargetPath != "edge-gw/1.0.1/fw.bin" || len(shown.SHA256) != 64 || shown.Status != "published" {
 		t.Fatalf("show = %+v", shown)
 	}
+	for path, msg := range map[string]string{
+		"/v1/releases/edge-gw/9.9.9": "release edge-gw 9.9.9 not found",
+		"/v1/releases/nope/1.0.1":    "release nope 1.0.1 not found",
+	} {
+		r := f.do(auditor, "GET", path, nil)
+		var e struct{ Code, Error string }
+		json.Unmarshal(r.body, &e)
+		if r.status != 404 || e.Code != "not_found" || e.Error != msg {
+			t.Fatalf("show %s: %d %s", path, r.status, r.body)
+		}
+	}
 	if r := f.do(auditor, "POST", "/v1/releases/edge-gw/1.0.1/revoke", nil); r.status != 403 {
 		t.Fatalf("auditor revoked: %d", r.status)
 	}

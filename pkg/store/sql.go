@@ -474,6 +474,19 @@ func (d *DB) LatestRelease(ctx context.Context, model string) (Release, error) {
 	return rs[0], nil
 }
 
+// GetRelease returns model's release version, or ErrNotFound. UNIQUE
+// (model, version) makes it a single-row index lookup.
+func (d *DB) GetRelease(ctx context.Context, model, version string) (Release, error) {
+	rs, err := d.listReleases(ctx, `WHERE model = ? AND version = ?`, model, version)
+	if err != nil {
+		return Release{}, err
+	}
+	if len(rs) == 0 {
+		return Release{}, fmt.Errorf("release %s %s: %w", model, version, ErrNotFound)
+	}
+	return rs[0], nil
+}
+
 // ReleaseByTarget returns the release published as target path p.
 func (d *DB) ReleaseByTarget(ctx context.Context, p string) (Release, error) {
 	rs, err := d.listReleases(ctx, `WHERE target_path = ?`, p)

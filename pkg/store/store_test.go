@@ -164,6 +164,49 @@ func TestReleasesAreMonotonic(t *testing.T) {
 	})
 }
 
+// TestGetReleaseIsScopedToModel: a version is looked up within its model; the
+// same version string in another model is a different release.
+func TestGetReleaseIsScopedToModel(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		if _, err := d.CreateModel(ctx, store.Model{Name: "cam"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []store.Release{
+			{Model: "edge-gw", Version: "1.0.0", Counter: 1, TargetPath: "edge-gw/1.0.0/fw.bin", SHA256: "aa", Length: 3},
+			{Model: "edge-gw", Version: "1.1.0", Counter: 2, TargetPath: "edge-gw/1.1.0/fw.bin", SHA256: "bb", Length: 3},
+			{Model: "cam", Version: "1.0.0", Counter: 7, TargetPath: "cam/1.0.0/fw.bin", SHA256: "cc", Length: 4},
+		} {
+			if _, err := d.AddRelease(ctx, r, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tests := []struct {
+			name, model, version string
+			wantTarget           string
+			wantErr              error
+		}{
+			{name: "found", model: "edge-gw", version: "1.0.0", wantTarget: "edge-gw/1.0.0/fw.bin"},
+			{name: "same version in another model", model: "cam", version: "1.0.0", wantTarget: "cam/1.0.0/fw.bin"},
+			{name: "version of another model only", model: "cam", version: "1.1.0", wantErr: store.ErrNotFound},
+			{name: "unknown version", model: "edge-gw", version: "9.9.9", wantErr: store.ErrNotFound},
+			{name: "unknown model", model: "nope", version: "1.0.0", wantErr: store.ErrNotFound},
+		}
+		for _, tt := range tests {
+			got, err := d.GetRelease(ctx, tt.model, tt.version)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("%s: err = %v, want %v", tt.name, err, tt.wantErr)
+			}
+			if tt.wantErr != nil {
+				continue
+			}
+			if got.Model != tt.model || got.Version != tt.version || got.TargetPath != tt.wantTarget || got.ID == 0 || got.CreatedAt.IsZero() {
+				t.Fatalf("%s: got %+v", tt.name, got)
+			}
+		}
+	})
+}
+
 // TestReleasesArePaged: PageReleases pages in ListReleases' order (model,
 // then newest counter first) inside the query, and refuses a cursor that is
 // not a release (of the filtered model).
