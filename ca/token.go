@@ -158,11 +158,18 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 	}
 	// The cache key is the protected header as sent: it carries the x5c
 	// chain, so the same header bytes mean the same chain, and a station's
-	// tokens share one header.
+	// tokens share one header. CR and LF are dropped first: RawChain's
+	// base64 decoder skips them and jose strips them, so they make no
+	// other header, and must not make another cache entry (one genuine
+	// token with line breaks moved around would otherwise flush the cache).
 	head, _, _ := strings.Cut(tok, ".")
+	if strings.ContainsAny(head, "\r\n") {
+		head = strings.NewReplacer("\r", "", "\n", "").Replace(head)
+	}
 	key := sha256.Sum256([]byte(head))
 	leaf, p, ok := c.chains.get(key, at)
 	var ders [][]byte
+	var verified []*x509.Certificate // the chain verified below (cache miss)
 	if !ok {
 		var err error
 		if ders, err = x5ctoken.RawChain(tok); err != nil {
@@ -199,13 +206,17 @@ func (c *CA) verifyX5C(tok string, at func(*x509.Certificate) time.Time) (*x509.
 		if p, err = identity.FromCertificate(leaf); err != nil {
 			return fail("signing certificate: %v", err)
 		}
-		if p.Role == identity.RoleStation {
-			c.chains.put(key, chains[0], leaf, p)
-		}
+		verified = chains[0]
 	}
 	var claims tokenClaims
 	if err := t.Claims(leaf.PublicKey, &claims.std, &claims.foster); err != nil {
 		return fail("signature does not verify with the certificate's key: %v", err)
+	}
+	// Cached only once the station's key signed this header: anyone can
+	// send its (public) chain under new headers with a bad signature, and
+	// such tokens must not fill the cache and evict the stations' chains.
+	if verified != nil && p.Role == identity.RoleStation {
+		c.chains.put(key, verified, leaf, p)
 	}
 	return leaf, p, &claims, nil
 }
