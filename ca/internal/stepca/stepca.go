@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/smallstep/certificates/cas/apiv1"
@@ -150,7 +151,14 @@ func (a *Authority) Sign(ctx context.Context, l Leaf) ([]*x509.Certificate, erro
 	if !ok {
 		return nil, fmt.Errorf("step-ca: unknown certificate profile %d", l.Profile)
 	}
-	// crt is a copy of the profile; its slices are only read.
+	// crt is a copy of the profile. GetCertificate appends the SANs to its
+	// name slices: give this leaf its own, so concurrent Signs never share
+	// an array even if a profile one day names hosts. The other slices
+	// (key usages) are only read.
+	crt.DNSNames = slices.Clone(crt.DNSNames)
+	crt.EmailAddresses = slices.Clone(crt.EmailAddresses)
+	crt.IPAddresses = slices.Clone(crt.IPAddresses)
+	crt.URIs = slices.Clone(crt.URIs)
 	crt.Subject = x509util.Subject{CommonName: l.CommonName}
 	crt.SANs = nil
 	for _, u := range l.URIs {
