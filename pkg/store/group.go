@@ -145,8 +145,10 @@ func (d *DB) takeGroup() []*groupReq {
 // runGroup runs batch in one transaction and returns each write's outcome.
 // If the transaction itself fails (begin, a savepoint statement, commit), no
 // write of the batch is durable: the writes that had succeeded are run again
-// one transaction each, so one bad batch (say, a PostgreSQL deadlock with
-// another replica) costs time, not enrollments.
+// one transaction each, so one bad batch (say, a constraint checked at commit
+// or an I/O error) costs time, not enrollments. A write refused because of
+// an earlier write of the same failed batch (say, the same token used twice)
+// keeps its refusal: the safe direction, though its reason may then be moot.
 func (d *DB) runGroup(batch []*groupReq) []error {
 	ctx, cancel := context.WithTimeout(context.Background(), groupTimeout)
 	defer cancel()
