@@ -40,10 +40,10 @@ func stationClaims(station identity.Principal, jti string) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// TestCachedStationHeaderStillNeedsTheStationsSignature: a token that reuses
-// the exact protected header of a station's cached token (so the chain comes
-// from the cache) but is signed by another key is refused.
-func TestCachedStationHeaderStillNeedsTheStationsSignature(t *testing.T) {
+// verifiedStationToken is a CA that has verified (and so cached the chain
+// of) one genuine token of station line-1.
+func verifiedStationToken(t *testing.T) (*CA, identity.Principal, credential, string) {
+	t.Helper()
 	c, _ := newTestCA(t, Options{})
 	station := identity.Principal{Role: identity.RoleStation, Name: "line-1"}
 	st := clientCred(t, c, station)
@@ -52,6 +52,14 @@ func TestCachedStationHeaderStillNeedsTheStationsSignature(t *testing.T) {
 	if _, err := c.VerifyStationToken(legit); err != nil {
 		t.Fatal(err)
 	}
+	return c, station, st, legit
+}
+
+// TestCachedStationHeaderStillNeedsTheStationsSignature: a token that reuses
+// the exact protected header of a station's cached token (so the chain comes
+// from the cache) but is signed by another key is refused.
+func TestCachedStationHeaderStillNeedsTheStationsSignature(t *testing.T) {
+	c, station, _, legit := verifiedStationToken(t)
 	head, _, _ := strings.Cut(legit, ".")
 	if _, _, ok := c.chains.get(sha256.Sum256([]byte(head)), func(*x509.Certificate) time.Time { return time.Now() }); !ok {
 		t.Fatal("the station's chain was not cached")
@@ -69,14 +77,7 @@ func TestCachedStationHeaderStillNeedsTheStationsSignature(t *testing.T) {
 // cache entries: the cache holds 1024 and is emptied when full, so they
 // would evict every station's verified chain.
 func TestForgedTokensDoNotFillTheChainCache(t *testing.T) {
-	c, _ := newTestCA(t, Options{})
-	station := identity.Principal{Role: identity.RoleStation, Name: "line-1"}
-	st := clientCred(t, c, station)
-	legit := mint(t, st, x5ctoken.Claims{Issuer: station.URI(), Subject: identity.Device(testModel, testSerial).URI(),
-		Audience: x5ctoken.EnrollAudience, IssuedAt: time.Now(), Expiry: time.Now().Add(time.Hour)})
-	if _, err := c.VerifyStationToken(legit); err != nil {
-		t.Fatal(err)
-	}
+	c, station, st, legit := verifiedStationToken(t)
 	var x5c []string
 	for _, cert := range st.chain {
 		x5c = append(x5c, base64.StdEncoding.EncodeToString(cert.Raw))
