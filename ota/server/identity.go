@@ -55,7 +55,7 @@ func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth st
 	}
 	auth.KeySHA256 = dr.KeySHA256
 	if err := s.cfg.Store.CheckEnroll(ctx, auth); err != nil {
-		return s.identityError(err)
+		return s.replayOrRefuse(w, r, auth, err)
 	}
 	chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr, ca.WithValidity(model.CertValidity()))
 	if err != nil {
@@ -67,9 +67,33 @@ func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth st
 	}
 	dev, err := s.cfg.Store.EnrollDevice(ctx, auth, func() (store.Issued, error) { return is, nil })
 	if err != nil {
-		return s.identityError(err)
+		// A retry that raced its own first attempt (the client timed out
+		// while that one was committing) lands here: the certificate just
+		// signed is dropped, and the committed one is returned.
+		return s.replayOrRefuse(w, r, auth, err)
 	}
 	s.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
+	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
+}
+
+// replayOrRefuse answers an enrollment the store refused with refusal: when
+// it retries, with the same token and key, an enrollment that committed but
+// whose response was lost, with what that enrollment answered (201 and the
+// device's certificate chain as stored; store.ReplayEnrollment says when);
+// otherwise with the refusal, unchanged. A replay issues, spends and records
+// nothing; it is logged, not counted as a refusal. Only the holder of the
+// device key (the CSR's signature was verified) with the original token gets
+// the certificate back, and it is the certificate that key already owns.
+func (s *Server) replayOrRefuse(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, refusal error) error {
+	dev, ok, err := s.cfg.Store.ReplayEnrollment(r.Context(), auth, refusal)
+	if err != nil {
+		s.log.Error("checking whether a refused enrollment is a retry", "device", auth.Serial, "model", auth.Model, "err", err)
+	}
+	if !ok {
+		return s.identityError(refusal)
+	}
+	s.log.Info("device enrollment replayed: returning the certificate this token already issued to this key",
+		"device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
 	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
 }
 

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -53,7 +54,13 @@ func newFixtureOverrides(t testing.TB, ov instance.Overrides) *fixture {
 // admin and an anonymous client.
 func serveInstance(t testing.TB, dir string, ov instance.Overrides) *fixture {
 	t.Helper()
-	in, err := instance.Open(context.Background(), dir, ov, nil, nil)
+	return serveInstanceLog(t, dir, ov, nil)
+}
+
+// serveInstanceLog is serveInstance with fosterd logging to log.
+func serveInstanceLog(t testing.TB, dir string, ov instance.Overrides, log *slog.Logger) *fixture {
+	t.Helper()
+	in, err := instance.Open(context.Background(), dir, ov, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +210,9 @@ func TestEnrollRefusesBadInputAndIssuesNothing(t *testing.T) {
 	}
 	// None of the refusals consumed the token.
 	f.mustJSON(f.anon, "POST", "/v1/enroll", map[string]string{"token": tok, "serial": "SN-1", "model": "edge-gw", "csr": good}, 201)
-	r := f.do(f.anon, "POST", "/v1/enroll", []byte(js(map[string]string{"token": tok, "serial": "SN-1", "model": "edge-gw", "csr": good})))
+	// The spent token enrolls no other key (the same key gets its own
+	// certificate back: TestEnrollRetryAfterLostResponse).
+	r := f.do(f.anon, "POST", "/v1/enroll", []byte(js(map[string]string{"token": tok, "serial": "SN-1", "model": "edge-gw", "csr": csrPEM(t, newKey(t), "SN-1")})))
 	if r.status != 409 || r.code() != "token_used" {
 		t.Fatalf("token reuse: %d %s", r.status, r.body)
 	}

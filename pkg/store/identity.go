@@ -148,6 +148,14 @@ var deviceIdentityColumns = [][2]string{
 	{"revoke_reason", "TEXT NOT NULL DEFAULT ''"},
 }
 
+// certIdentityColumns extend the certificates table. enroll_token names the
+// one-time token an enrollment spent (enrollRef), so a device that lost the
+// response can get that very certificate back (ReplayEnrollment); empty for
+// every other certificate, and for those enrolled before it was recorded.
+var certIdentityColumns = [][2]string{
+	{"enroll_token", "TEXT NOT NULL DEFAULT ''"},
+}
+
 func (d *DB) migrateIdentity(ctx context.Context) error {
 	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
 	if d.dialect == postgres {
@@ -163,6 +171,11 @@ func (d *DB) migrateIdentity(ctx context.Context) error {
 	}
 	for _, c := range deviceIdentityColumns {
 		if err := d.addColumn(ctx, "devices", c[0], c[1]); err != nil {
+			return err
+		}
+	}
+	for _, c := range certIdentityColumns {
+		if err := d.addColumn(ctx, "certificates", c[0], c[1]); err != nil {
 			return err
 		}
 	}
@@ -207,6 +220,20 @@ type EnrollRequest struct {
 	JTIExpiresAt time.Time
 }
 
+// enrollRef names the one-time token that authorises r, as recorded on the
+// certificate it issues: the admin token's hash, or the station and its
+// token id (station names cannot contain "/"). Empty when a station submits
+// the CSR itself: that enrollment cannot be replayed.
+func (r EnrollRequest) enrollRef() string {
+	switch {
+	case r.TokenHash != "":
+		return "token:" + r.TokenHash
+	case r.JTI != "":
+		return "jti:" + r.Station + "/" + r.JTI
+	}
+	return ""
+}
+
 func (r EnrollRequest) via() string {
 	if r.Station != "" {
 		return "station:" + r.Station
@@ -222,7 +249,9 @@ func (r EnrollRequest) via() string {
 // retrying an interrupted enrollment) or after an admin allowed
 // re-provisioning; then the device's older certificates are revoked as
 // superseded. Any other second enrollment is refused with ErrClone, and clone
-// attempts and enrollments of revoked devices are recorded as refusals.
+// attempts and enrollments of revoked devices are recorded as refusals. The
+// certificate records the token it spent, so that a retry with that token
+// after a lost response can get it back (ReplayEnrollment).
 func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Issued, error)) (Device, error) {
 	if (r.TokenHash == "") == (r.Station == "") {
 		return Device{}, errors.New("enrollment needs exactly one of a token and a station")
@@ -272,7 +301,7 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			dev.LastAttestationAt, dev.LastSequence = old.LastAttestationAt, old.LastSequence
 		}
 		if err := d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: id, KeySHA256: is.KeySHA256,
-			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via}); err != nil {
+			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via}, r.enrollRef()); err != nil {
 			return err
 		}
 		// Last, so the station's row (shared by every enrollment of the
@@ -309,6 +338,74 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 }
 
 func (r EnrollRequest) deviceID() string { return "urn:foster:device:" + r.Model + ":" + r.Serial }
+
+// ReplayEnrollment answers a retried enrollment whose first attempt
+// committed but whose response never reached the device (network drop,
+// power cut, client timeout): refusal is what CheckEnroll or EnrollDevice
+// returned for r. It reports true, with the device as the first attempt
+// recorded it, when r's token was spent by the enrollment that issued the
+// device's current certificate, for r's key:
+//
+//   - the refusal is ErrTokenUsed, or ErrStationQuota (the first attempt may
+//     have spent the station's last unit);
+//   - the token is unexpired: the admin token by its expires_at, still bound
+//     to this serial and model; the station token id by the token's expiry,
+//     and the station is active, inside its window and its policy still
+//     admits the device (its quota is not looked at: nothing is charged);
+//   - the device is active and not marked for re-provisioning, its key is
+//     r.KeySHA256 (the caller verified the CSR's signature, so the requester
+//     holds that key), and its current certificate is unrevoked, for that
+//     key, and recorded as issued by this very token (certificates.enroll_token).
+//
+// Otherwise it reports false and the caller returns refusal unchanged. It
+// only reads: a replay spends no token, charges no quota, issues nothing
+// and records no refusal. A renewal, a re-provisioning or a revocation since
+// the first attempt ends the token's replays for good; a key that is not the
+// device's gets the refusal as before. The error is a failed read only.
+func (d *DB) ReplayEnrollment(ctx context.Context, r EnrollRequest, refusal error) (Device, bool, error) {
+	ref := r.enrollRef()
+	if ref == "" || r.KeySHA256 == "" || (!errors.Is(refusal, ErrTokenUsed) && !errors.Is(refusal, ErrStationQuota)) {
+		return Device{}, false, nil
+	}
+	now := d.now()
+	var token string
+	var args []any
+	if r.TokenHash != "" {
+		token = `SELECT 1 FROM tokens t WHERE t.hash = ? AND t.used_at != 0 AND t.expires_at > ? AND t.serial = ? AND t.model = ?`
+		args = []any{r.TokenHash, ts(now), r.Serial, r.Model}
+	} else {
+		if r.Station == "" || !now.Before(r.JTIExpiresAt) {
+			return Device{}, false, nil
+		}
+		st, err := d.GetStation(ctx, r.Station)
+		if errors.Is(err, ErrNotFound) {
+			return Device{}, false, nil
+		}
+		if err != nil {
+			return Device{}, false, err
+		}
+		if st.permits(r.Serial, r.Model, now, false) != nil {
+			return Device{}, false, nil
+		}
+		token = `SELECT 1 FROM used_token_ids u WHERE u.jti = ? AND u.issuer = ? AND u.expires_at > ?`
+		args = []any{r.JTI, "urn:foster:station:" + r.Station, ts(now)}
+	}
+	// One statement, so device, certificate and token are read as of one
+	// moment (a revocation commits either wholly before or wholly after).
+	dev, err := scanDevice(d.db.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices
+		WHERE devices.id = ? AND devices.status = ? AND devices.reprovision_at = 0 AND devices.key_sha256 = ?
+		AND EXISTS (SELECT 1 FROM certificates c WHERE c.serial = devices.cert_serial AND c.subject = devices.id
+			AND c.key_sha256 = devices.key_sha256 AND c.revoked_at = 0 AND c.enroll_token = ?)
+		AND EXISTS (`+token+`)`),
+		append([]any{r.deviceID(), DeviceActive, r.KeySHA256, ref}, args...)...))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, false, nil
+	}
+	if err != nil {
+		return Device{}, false, fmt.Errorf("checking for a replayed enrollment: %w", err)
+	}
+	return dev, true, nil
+}
 
 // noteRefusal records clone attempts and enrollments of revoked devices,
 // and passes err through.
@@ -641,7 +738,7 @@ func (d *DB) RenewDevice(ctx context.Context, r RenewRequest, issue func() (Issu
 		dev = old
 		dev.CertSerial, dev.CertNotAfter, dev.CertPEM, dev.KeySHA256 = is.Serial, is.NotAfter, is.ChainPEM, is.KeySHA256
 		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: r.DeviceID, KeySHA256: is.KeySHA256,
-			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via, IssuedBy: r.PresentedSerial})
+			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via, IssuedBy: r.PresentedSerial}, "")
 	})
 	if err != nil {
 		return Device{}, err
@@ -720,9 +817,11 @@ func scanCert(s scanner) (Certificate, error) {
 	return c, err
 }
 
-func (d *DB) insertCert(ctx context.Context, tx runner, c Certificate) error {
-	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		c.Serial, c.Subject, c.KeySHA256, ts(c.NotBefore), ts(c.NotAfter), ts(c.IssuedAt), c.IssuedVia, c.IssuedBy)
+// insertCert records c; enrollToken is the enrollment's enrollRef ("" for
+// anything but an enrollment).
+func (d *DB) insertCert(ctx context.Context, tx runner, c Certificate, enrollToken string) error {
+	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by, enroll_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		c.Serial, c.Subject, c.KeySHA256, ts(c.NotBefore), ts(c.NotAfter), ts(c.IssuedAt), c.IssuedVia, c.IssuedBy, enrollToken)
 	if isUnique(err) {
 		return fmt.Errorf("certificate serial %s: %w", c.Serial, ErrConflict)
 	}
@@ -749,7 +848,7 @@ func (d *DB) RecordCertificate(ctx context.Context, c Certificate) error {
 	if c.IssuedAt.IsZero() {
 		c.IssuedAt = d.now()
 	}
-	return d.tx(ctx, func(tx *sql.Tx) error { return d.insertCert(ctx, tx, c) })
+	return d.tx(ctx, func(tx *sql.Tx) error { return d.insertCert(ctx, tx, c, "") })
 }
 
 // GetCertificate returns an issued certificate by hex serial, or ErrNotFound.

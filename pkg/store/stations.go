@@ -63,15 +63,22 @@ func (s Station) Validate() error {
 	return nil
 }
 
-// Permits checks the station's status, validity window, models and serial
-// pattern (not its quota, which is charged atomically at issuance).
+// Permits checks the station's status, validity window, remaining quota,
+// models and serial pattern. The quota is checked here to refuse early; it is
+// charged atomically at issuance (consume).
 func (s Station) Permits(serial, model string, now time.Time) error {
+	return s.permits(serial, model, now, true)
+}
+
+// permits is Permits, without the quota check when quota is false (a
+// replayed enrollment charges nothing).
+func (s Station) permits(serial, model string, now time.Time, quota bool) error {
 	switch {
 	case s.Status != StationActive:
 		return fmt.Errorf("station %q: %w", s.Name, ErrStationRevoked)
 	case now.Before(s.NotBefore) || !now.Before(s.NotAfter):
 		return fmt.Errorf("station %q is valid from %s to %s: %w", s.Name, s.NotBefore.Format(time.RFC3339), s.NotAfter.Format(time.RFC3339), ErrStationExpired)
-	case s.Used >= s.Quota:
+	case quota && s.Used >= s.Quota:
 		return fmt.Errorf("station %q (%d of %d): %w", s.Name, s.Used, s.Quota, ErrStationQuota)
 	case len(s.Models) > 0 && !slices.Contains(s.Models, model):
 		return fmt.Errorf("%w: model %q is not among the station's models %v", ErrStationPolicy, model, s.Models)
@@ -141,7 +148,7 @@ func (d *DB) CreateStation(ctx context.Context, s Station, cert Certificate) (St
 			return fmt.Errorf("creating station: %w", err)
 		}
 		cert.IssuedAt = s.CreatedAt
-		return d.insertCert(ctx, tx, cert)
+		return d.insertCert(ctx, tx, cert, "")
 	})
 	if err != nil {
 		return Station{}, err

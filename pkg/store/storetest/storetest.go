@@ -62,6 +62,28 @@ func Postgres(t testing.TB) *store.DB { return PostgresFrom(t, "") }
 // PostgresFrom is SQLiteFrom for PostgreSQL (legacy runs in the fresh schema).
 func PostgresFrom(t testing.TB, legacy string) *store.DB {
 	t.Helper()
+	dsn := PostgresDSN(t)
+	if legacy != "" {
+		raw, err := sql.Open("pgx", dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		execAll(t, raw, legacy)
+		raw.Close()
+	}
+	d, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// PostgresDSN creates a fresh schema in the test PostgreSQL, dropped when the
+// test ends, and returns a store DSN that uses it (for tests that open the
+// store through a whole fosterd instance). Unreachable: as Postgres.
+func PostgresDSN(t testing.TB) string {
+	t.Helper()
 	base := env.TestPostgres.Get()
 	if base == "" {
 		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
@@ -88,20 +110,7 @@ func PostgresFrom(t testing.TB, legacy string) *store.DB {
 		admin.Exec("DROP SCHEMA " + schema + " CASCADE")
 		admin.Close()
 	})
-	if legacy != "" {
-		raw, err := sql.Open("pgx", base+"&search_path="+schema)
-		if err != nil {
-			t.Fatal(err)
-		}
-		execAll(t, raw, legacy)
-		raw.Close()
-	}
-	d, err := store.Open(context.Background(), base+"&search_path="+schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
+	return base + "&search_path=" + schema
 }
 
 // Each runs fn against a fresh store of every back end.
