@@ -54,6 +54,11 @@ func BenchmarkEnrollHTTP(b *testing.B) {
 		{"sqlite/station-jwt", "sqlite", "station"},
 		{"sqlite/admin-token", "sqlite", "admin"},
 		{"postgres/station-jwt", "postgres", "station"},
+		{"postgres/admin-token", "postgres", "admin"},
+		// Each enrollment charges its station's quota row, which PostgreSQL
+		// keeps locked until the commit: one station's enrollments commit one
+		// after another; several stations' in parallel.
+		{"postgres/station-jwt-4-stations", "postgres", "station4"},
 	} {
 		b.Run(tc.name, func(b *testing.B) { benchEnroll(b, tc.backend, tc.token) })
 	}
@@ -67,9 +72,14 @@ func benchEnroll(b *testing.B, backend, tokenKind string) {
 
 	// Devices: keys, CSRs and tokens, prepared off the clock.
 	bodies := make([][]byte, b.N)
-	var st cred
-	if tokenKind == "station" {
-		st = f.station(b, int64(b.N)+1)
+	var stations []cred
+	switch tokenKind {
+	case "station":
+		stations = []cred{f.station(b, "line-1", int64(b.N)+1)}
+	case "station4":
+		for i := range 4 {
+			stations = append(stations, f.station(b, fmt.Sprintf("line-%d", i+1), int64(b.N)+1))
+		}
 	}
 	var wg sync.WaitGroup
 	var next atomic.Int64
@@ -86,8 +96,8 @@ func benchEnroll(b *testing.B, backend, tokenKind string) {
 				key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 				csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: serial}}, key)
 				var tok string
-				if tokenKind == "station" {
-					tok = benchStationToken(b, st, serial)
+				if len(stations) > 0 {
+					tok = benchStationToken(b, stations[i%len(stations)], serial)
 				} else {
 					tok = fmt.Sprintf("fst_bench%08d", i)
 					if err := f.in.Store.CreateToken(ctx, store.Token{Hash: hashTok(tok), Serial: serial, Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
@@ -265,9 +275,9 @@ func (e *benchEnv) post(b *testing.B, c *http.Client, path, body string, out any
 	}
 }
 
-func (e *benchEnv) station(b *testing.B, quota int64) cred {
+func (e *benchEnv) station(b *testing.B, name string, quota int64) cred {
 	var out struct{ Certificate, Key string }
-	e.post(b, e.admin, "/v1/stations", fmt.Sprintf(`{"name":"line-1","quota":%d,"models":["edge-gw"]}`, quota), &out)
+	e.post(b, e.admin, "/v1/stations", fmt.Sprintf(`{"name":%q,"quota":%d,"models":["edge-gw"]}`, name, quota), &out)
 	pair, err := tls.X509KeyPair([]byte(out.Certificate), []byte(out.Key))
 	if err != nil {
 		b.Fatal(err)
