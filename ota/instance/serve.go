@@ -36,7 +36,11 @@ type Instance struct {
 	Log    *tlog.Log // install-attestation transparency log
 	API    *server.Server
 	TLS    *tls.Config
-	log    *slog.Logger
+	// SyncInterval is how often, with a PostgreSQL store, fosterd checks
+	// whether another replica published the TUF repository and reloads it
+	// (Repo.Follow). Default DefaultSyncInterval; set before Serve.
+	SyncInterval time.Duration
+	log          *slog.Logger
 }
 
 // Open loads dir and builds every component.
@@ -83,7 +87,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		st.Close()
 		return nil, err
 	}
-	repo, err := openRepo(ctx, dir, cfg, blobs, passphrase)
+	repo, err := openRepo(ctx, dir, cfg, st, blobs, passphrase)
 	if err != nil {
 		authority.Close()
 		st.Close()
@@ -115,7 +119,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api,
-		TLS: server.TLSConfig(cert, authority.RootPool()), log: log,
+		TLS: server.TLSConfig(cert, authority.RootPool()), SyncInterval: DefaultSyncInterval, log: log,
 	}, nil
 }
 
@@ -132,6 +136,12 @@ const (
 	RefreshMargin   = 6 * time.Hour
 )
 
+// DefaultSyncInterval is how often replicas sharing a PostgreSQL store look
+// for each other's TUF publishes (one point read of the publish record; the
+// repository is reloaded from the bucket only when it changed): a replica
+// serves another's new timestamp at most about this long after it.
+const DefaultSyncInterval = 5 * time.Second
+
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
 func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
@@ -143,6 +153,9 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelDebug),
 	}
 	go in.refreshLoop(ctx)
+	go in.Repo.Follow(ctx, in.SyncInterval, func(err error) {
+		in.log.Error("checking for TUF metadata published by another fosterd", "err", err)
+	})
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {

@@ -11,6 +11,7 @@ import (
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/signing"
+	"github.com/foster-ota/foster/pkg/store"
 	"github.com/sigstore/sigstore/pkg/signature"
 )
 
@@ -174,7 +175,7 @@ func repoOptions() (tufrepo.Options, error) {
 }
 
 // openRepo opens the TUF repository with the instance's keys and options.
-func openRepo(ctx context.Context, dir string, cfg *Config, blobs blob.Store, pass []byte) (*tufrepo.Repo, error) {
+func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs blob.Store, pass []byte) (*tufrepo.Repo, error) {
 	keys, err := loadRepoKeys(ctx, dir, cfg.TUFKeys, pass)
 	if err != nil {
 		return nil, err
@@ -183,9 +184,26 @@ func openRepo(ctx context.Context, dir string, cfg *Config, blobs blob.Store, pa
 	if err != nil {
 		return nil, err
 	}
+	if st.IsPostgres() {
+		// Replicas may share the database and the bucket: publish one at a
+		// time, through the database. SQLite serves a single fosterd.
+		opts.Arbiter = repoArbiter{st}
+	}
 	repo, err := tufrepo.Open(ctx, blobs, keys, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening TUF repository: %w", err)
 	}
 	return repo, nil
+}
+
+// repoArbiter is the TUF repository's Arbiter on a PostgreSQL store: a row
+// lock on the store's publish record (pkg/store tufstate.go).
+type repoArbiter struct{ db *store.DB }
+
+func (a repoArbiter) Publish(ctx context.Context, fn func(tufrepo.Lease) error) error {
+	return a.db.PublishTUF(ctx, func(l *store.TUFLock) error { return fn(l) })
+}
+
+func (a repoArbiter) Published(ctx context.Context) (int64, string, error) {
+	return a.db.PublishedTUF(ctx)
 }

@@ -142,11 +142,13 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 	t := pending.Target()
 	p, _ := principalFrom(r.Context())
 	published := false
-	rel, err := s.cfg.Store.AddRelease(r.Context(), store.Release{
+	rel, err := s.cfg.Store.PublishRelease(r.Context(), store.Release{
 		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
-	}, func() error {
-		// Publish inside the store's transaction: if the store refuses, nothing is published.
-		_, err := s.cfg.Repo.Commit(r.Context(), pending)
+	}, func(lock *store.TUFLock) error {
+		// Publish inside the store's transaction, which holds the publish
+		// lock of replicas sharing the database and records the published
+		// timestamp: if the store refuses, nothing is published.
+		_, err := s.cfg.Repo.CommitLeased(r.Context(), pending, lock)
 		published = err == nil
 		return err
 	})

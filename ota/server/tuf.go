@@ -21,6 +21,9 @@ import (
 type TUFRepo interface {
 	Upload(ctx context.Context, u tufrepo.Upload) (*tufrepo.Pending, error)
 	Commit(ctx context.Context, p *tufrepo.Pending) (tufrepo.Target, error)
+	// CommitLeased commits holding the caller's publish lock (the store
+	// transaction that records the release; replicas sharing PostgreSQL).
+	CommitLeased(ctx context.Context, p *tufrepo.Pending, lease tufrepo.Lease) (tufrepo.Target, error)
 	Discard(ctx context.Context, p *tufrepo.Pending)
 	RemoveTarget(ctx context.Context, path string) (tufrepo.Target, error)
 	Lookup(path string) (t tufrepo.Target, role string, ok bool)

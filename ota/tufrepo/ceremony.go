@@ -376,8 +376,10 @@ func (r *Repo) PublishStaged(ctx context.Context, rootRaw, targetsRaw []byte) er
 	if rootRaw == nil && targetsRaw == nil {
 		return fmt.Errorf("%w: nothing to publish", ErrStaged)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	return r.locked(ctx, nil, func() error { return r.publishStaged(ctx, rootRaw, targetsRaw) })
+}
+
+func (r *Repo) publishStaged(ctx context.Context, rootRaw, targetsRaw []byte) error {
 	t := r.begin(ctx)
 	if rootRaw != nil {
 		if typ, err := stagedType(rootRaw); err != nil {

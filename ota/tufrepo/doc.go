@@ -49,9 +49,12 @@
 // instead of on a device. Upload input (target paths, bodies, custom
 // metadata) is validated and bounded; a refused upload publishes nothing.
 //
-// One Repo is the only writer of a repository: its mutex serialises
-// publishing within a process, but two processes publishing to one store
-// would race on version numbers.
+// A Repo's mutex serialises publishing within a process. Several Repos
+// (processes) may publish to one store only through a shared Arbiter
+// (replicas.go; fosterd's is its PostgreSQL store): it excludes the others'
+// publishes, and each Repo catches up with the store before publishing and
+// polls (Sync, Follow) to serve what the others published. Without one, a
+// Repo must be its store's only writer.
 //
 // # Layout in the blob store (docs/CONTRACTS.md)
 //

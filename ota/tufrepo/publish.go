@@ -519,9 +519,7 @@ func (r *Repo) Refresh(ctx context.Context, margin time.Duration) error {
 	if margin < 0 || margin >= min(r.opts.SnapshotExpiry, r.opts.TimestampExpiry) {
 		return fmt.Errorf("refresh margin %v must be >= 0 and shorter than the snapshot and timestamp expiries, or every call re-signs", margin)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.refreshLocked(ctx, r.opts.Now().Add(margin))
+	return r.locked(ctx, nil, func() error { return r.refreshLocked(ctx, r.opts.Now().Add(margin)) })
 }
 
 func (r *Repo) refreshLocked(ctx context.Context, deadline time.Time) error {

@@ -105,6 +105,10 @@ type Options struct {
 	// AfterWrite, if set, is called after each metadata object of a publish
 	// is written (tests use it to crash a publish midway).
 	AfterWrite func(key string)
+	// Arbiter, if set, makes publishing safe for several Repos (fosterd
+	// replicas) sharing one blob store: see Arbiter. Nil: this Repo is the
+	// only writer of its store.
+	Arbiter Arbiter
 }
 
 const day = 24 * time.Hour
@@ -172,8 +176,12 @@ type Repo struct {
 	opts  Options
 	ring  *keyring
 
-	mu  sync.Mutex            // serialises publishing
-	cur atomic.Pointer[state] // the published repository; replaced whole, never mutated
+	// lockMu queues this process's own publishes before they take the
+	// Arbiter's lock (one database connection waiting, not one per caller).
+	// Lock order: lockMu, then the Arbiter's lock, then mu.
+	lockMu sync.Mutex
+	mu     sync.Mutex            // serialises publishing
+	cur    atomic.Pointer[state] // the published repository; replaced whole, never mutated
 	// laidOut are the models whose role this Repo laid out (under mu): it
 	// holds their newest releases and every stepping stone, so a release
 	// needs no scan of their bins.
@@ -304,7 +312,7 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 	if err != nil {
 		return nil, err
 	}
-	st, err := load(ctx, store)
+	st, err := load(ctx, store, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -335,19 +343,30 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 	return r, nil
 }
 
-func load(ctx context.Context, store blob.Store) (*state, error) {
+// load reads and verifies the repository in store. With prev (a reload
+// after another writer published), the root chain is walked on from prev's
+// root, and delegated roles whose version prev already holds are not read
+// again (versioned files are written once); they are verified all the same.
+func load(ctx context.Context, store blob.Store, prev *state) (*state, error) {
 	st := &state{roles: map[string]*role{}}
-	raw, err := readBounded(ctx, store, rootKey(1), MaxRootSize)
-	if errors.Is(err, blob.ErrNotFound) {
-		return nil, fmt.Errorf("opening tuf repository: %w", ErrNotInitialized)
+	var raw []byte
+	var root *metadata.Metadata[metadata.RootType]
+	if prev != nil {
+		raw, root = prev.rootRaw, prev.root
+	} else {
+		var err error
+		raw, err = readBounded(ctx, store, rootKey(1), MaxRootSize)
+		if errors.Is(err, blob.ErrNotFound) {
+			return nil, fmt.Errorf("opening tuf repository: %w", ErrNotInitialized)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if root, err = parseRoot(raw, nil, 1); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	root, err := parseRoot(raw, nil, 1)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	for {
 		next, err := readBounded(ctx, store, rootKey(root.Signed.Version+1), MaxRootSize)
 		if errors.Is(err, blob.ErrNotFound) {
@@ -393,7 +412,7 @@ func load(ctx context.Context, store blob.Store) (*state, error) {
 		return nil, err
 	}
 	st.roles[metadata.TARGETS] = &role{md: tmd, raw: traw}
-	if err := loadDelegated(ctx, store, st); err != nil {
+	if err := loadDelegated(ctx, store, st, prev); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -405,7 +424,7 @@ const loadConcurrency = 16
 
 // loadDelegated loads every role delegated from the roles already in st,
 // level by level, verifying each against its delegator.
-func loadDelegated(ctx context.Context, store blob.Store, st *state) error {
+func loadDelegated(ctx context.Context, store blob.Store, st, prev *state) error {
 	type job struct{ name, parent string }
 	level := []string{metadata.TARGETS}
 	for len(level) > 0 {
@@ -426,7 +445,7 @@ func loadDelegated(ctx context.Context, store blob.Store, st *state) error {
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				loaded[i], errs[i] = loadRole(ctx, store, st, j.name, st.roles[j.parent].md)
+				loaded[i], errs[i] = loadRole(ctx, store, st, prev, j.name, st.roles[j.parent].md)
 			})
 		}
 		wg.Wait()
@@ -442,14 +461,22 @@ func loadDelegated(ctx context.Context, store blob.Store, st *state) error {
 	return nil
 }
 
-func loadRole(ctx context.Context, store blob.Store, st *state, name string, delegator *metadata.Metadata[metadata.TargetsType]) (*role, error) {
+func loadRole(ctx context.Context, store blob.Store, st, prev *state, name string, delegator *metadata.Metadata[metadata.TargetsType]) (*role, error) {
 	meta := st.snapshot.Signed.Meta[name+".json"]
 	if meta == nil {
 		return nil, fmt.Errorf("%w: snapshot has no entry for delegated role %s", ErrInconsistent, name)
 	}
-	raw, err := readBounded(ctx, store, roleKey(name, meta.Version), MaxTargetsSize)
-	if err != nil {
-		return nil, err
+	var raw []byte
+	if prev != nil {
+		if rl := prev.roles[name]; rl != nil && rl.md.Signed.Version == meta.Version {
+			raw = rl.raw
+		}
+	}
+	if raw == nil {
+		var err error
+		if raw, err = readBounded(ctx, store, roleKey(name, meta.Version), MaxTargetsSize); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkMetaFile(meta, raw); err != nil {
 		return nil, fmt.Errorf("%w: %s does not match its snapshot entry: %w", ErrInconsistent, name, err)

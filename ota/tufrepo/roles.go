@@ -507,15 +507,20 @@ func (r *Repo) Lookup(targetPath string) (Target, string, bool) {
 // release): devices stop being offered it on their next refresh. The blobs
 // stay, for devices midway through a download and for audits.
 func (r *Repo) RemoveTarget(ctx context.Context, targetPath string) (Target, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t := r.begin(ctx)
-	tf, err := t.removeTarget(targetPath)
+	var tf *metadata.TargetFiles
+	err := r.locked(ctx, nil, func() error {
+		t := r.begin(ctx)
+		var err error
+		if tf, err = t.removeTarget(targetPath); err != nil {
+			return err
+		}
+		if err := t.commit(); err != nil {
+			return fmt.Errorf("publishing removal of %s: %w", targetPath, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return Target{}, err
-	}
-	if err := t.commit(); err != nil {
-		return Target{}, fmt.Errorf("publishing removal of %s: %w", targetPath, err)
 	}
 	return fromTargetFiles(targetPath, tf), nil
 }

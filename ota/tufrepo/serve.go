@@ -70,9 +70,7 @@ func (r *Repo) fresh(ctx context.Context) (*state, error) {
 	if st.timestamp.Signed.Expires.After(guard) && st.snapshot.Signed.Expires.After(guard) {
 		return st, nil
 	}
-	r.mu.Lock()
-	err := r.refreshLocked(ctx, guard)
-	r.mu.Unlock()
+	err := r.locked(ctx, nil, func() error { return r.refreshLocked(ctx, guard) })
 	st = r.cur.Load()
 	now := r.opts.Now()
 	if !st.timestamp.Signed.Expires.After(now) || !st.snapshot.Signed.Expires.After(now) {

@@ -228,19 +228,31 @@ func (r *Repo) Upload(ctx context.Context, u Upload) (*Pending, error) {
 // snapshot and timestamp. If writing fails midway, clients and r keep the
 // previous repository; the call can be retried.
 func (r *Repo) Commit(ctx context.Context, p *Pending) (Target, error) {
+	return r.CommitLeased(ctx, p, nil)
+}
+
+// CommitLeased is Commit for a caller that holds the Arbiter's lock (lease:
+// e.g. the store transaction that records the release): the publish is
+// recorded through lease. A nil lease, or a Repo without an Arbiter, is
+// Commit.
+func (r *Repo) CommitLeased(ctx context.Context, p *Pending, lease Lease) (Target, error) {
 	if p.committed {
 		return Target{}, fmt.Errorf("%w: %s", ErrTargetExists, p.t.Path)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t := r.begin(ctx)
-	if err := t.addTarget(p.t.Path, toTargetFiles(p.t)); err != nil {
+	err := r.locked(ctx, lease, func() error {
+		t := r.begin(ctx)
+		if err := t.addTarget(p.t.Path, toTargetFiles(p.t)); err != nil {
+			return err
+		}
+		if err := t.commit(); err != nil {
+			return fmt.Errorf("publishing %s: %w", p.t.Path, err)
+		}
+		p.committed = true
+		return nil
+	})
+	if err != nil {
 		return Target{}, err
 	}
-	if err := t.commit(); err != nil {
-		return Target{}, fmt.Errorf("publishing %s: %w", p.t.Path, err)
-	}
-	p.committed = true
 	return p.t, nil
 }
 

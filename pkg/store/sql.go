@@ -178,6 +178,9 @@ func (d *DB) migrate(ctx context.Context) error {
 	if err := d.migrateIdentity(ctx); err != nil {
 		return err
 	}
+	if err := d.migrateTUFState(ctx); err != nil {
+		return err
+	}
 	return d.migrateAttestations(ctx)
 }
 
@@ -428,8 +431,32 @@ func (d *DB) SetDeviceStatus(ctx context.Context, id, status string) error {
 // model; check runs inside the transaction so concurrent adds are ordered, and
 // if it fails nothing is recorded.
 func (d *DB) AddRelease(ctx context.Context, r Release, check func() error) (Release, error) {
+	var fn func(*TUFLock) error
+	if check != nil {
+		fn = func(*TUFLock) error { return check() }
+	}
+	return d.addRelease(ctx, r, false, fn)
+}
+
+// PublishRelease is AddRelease for a release that publish publishes: the
+// transaction holds the TUF publish lock (tufstate.go) from its start, so
+// replicas sharing a PostgreSQL database publish one at a time, check
+// counters against each other's committed releases, and record the published
+// timestamp (TUFLock.Record) in the transaction that records the release.
+func (d *DB) PublishRelease(ctx context.Context, r Release, publish func(*TUFLock) error) (Release, error) {
+	return d.addRelease(ctx, r, true, publish)
+}
+
+func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check func(*TUFLock) error) (Release, error) {
 	r.CreatedAt = d.now()
 	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var l *TUFLock
+		if lock {
+			var err error
+			if l, err = d.lockTUF(ctx, tx); err != nil {
+				return err
+			}
+		}
 		var max sql.NullInt64
 		if err := tx.QueryRowContext(ctx, d.q(`SELECT MAX(counter) FROM releases WHERE model = ?`), r.Model).Scan(&max); err != nil {
 			return fmt.Errorf("reading latest release: %w", err)
@@ -445,7 +472,7 @@ func (d *DB) AddRelease(ctx context.Context, r Release, check func() error) (Rel
 			return fmt.Errorf("release %s %s: %w", r.Model, r.Version, ErrConflict)
 		}
 		if check != nil {
-			if err := check(); err != nil {
+			if err := check(l); err != nil {
 				return err
 			}
 		}
