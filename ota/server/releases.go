@@ -110,14 +110,21 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 			return badRequest("hardware id %q is not one of model %s's (%v)", h, model, m.HardwareIDs)
 		}
 	}
-	var counter int64
+	var counter int64 // 0: the latest + 1, chosen under the publish lock
 	if c := q.Get("counter"); c != "" {
 		if counter, err = strconv.ParseInt(c, 10, 64); err != nil || counter <= 0 {
 			return badRequest("counter must be a positive integer")
 		}
 	}
 	// Cheap refusal before streaming the body; checked again under the lock.
-	if _, err := s.nextCounter(r.Context(), model, version, counter); err != nil {
+	latest, err := s.cfg.Store.LatestRelease(r.Context(), model)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		err = checkAboveLatest(model, version, counter, nil)
+	case err == nil:
+		err = checkAboveLatest(model, version, counter, &latest)
+	}
+	if err != nil {
 		return err
 	}
 
@@ -132,22 +139,24 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 
 	s.releaseMu.Lock()
 	defer s.releaseMu.Unlock()
-	if counter, err = s.nextCounter(r.Context(), model, version, counter); err != nil {
-		return err
-	}
-	custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
-	if err := pending.SetCustom(custom); err != nil {
-		return s.publishError(tpath, err)
-	}
 	t := pending.Target()
 	p, _ := principalFrom(r.Context())
 	published := false
 	rel, err := s.cfg.Store.PublishRelease(r.Context(), store.Release{
 		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
-	}, func(lock *store.TUFLock) error {
-		// Publish inside the store's transaction, which holds the publish
-		// lock of replicas sharing the database and records the published
-		// timestamp: if the store refuses, nothing is published.
+	}, func(lock *store.TUFLock, rel store.Release, latest *store.Release) error {
+		// Inside the store's transaction, which holds the publish lock of
+		// replicas sharing the database: the version check and the counter
+		// (chosen by the store if not given) are as of the lock, and the
+		// counter is signed into the target before it is published. If the
+		// store refuses, nothing is published.
+		if err := checkAboveLatest(model, version, counter, latest); err != nil {
+			return err
+		}
+		custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: rel.Counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
+		if err := pending.SetCustom(custom); err != nil {
+			return err
+		}
 		_, err := s.cfg.Repo.CommitLeased(r.Context(), pending, lock)
 		published = err == nil
 		return err
@@ -160,7 +169,10 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 				s.log.Error("release published but not recorded, and unpublishing failed", "target", t.Path, "err", rerr)
 			}
 		}
+		var apiErr *apierr.Error
 		switch {
+		case errors.As(err, &apiErr) && !published:
+			return err
 		case errors.Is(err, store.ErrStale), errors.Is(err, store.ErrConflict):
 			return apierr.New(http.StatusConflict, codeStaleRelease, "%v", err)
 		case published:
@@ -168,35 +180,27 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		}
 		return s.publishError(tpath, err)
 	}
+	counter = rel.Counter
 	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
 	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
 	return writeJSON(w, http.StatusCreated, s.releaseView(rel))
 }
 
-// nextCounter checks that version is above the model's latest release and
-// returns the release counter to use: want if given (it must be above the
-// latest counter), else latest + 1.
-func (s *Server) nextCounter(ctx context.Context, model, version string, want int64) (int64, error) {
-	latest, err := s.cfg.Store.LatestRelease(ctx, model)
-	if errors.Is(err, store.ErrNotFound) {
-		return max(want, 1), nil
+// checkAboveLatest refuses a release of version (with counter want, 0 if the
+// store chooses it) that is not above latest, the model's latest release
+// (nil if none).
+func checkAboveLatest(model, version string, want int64, latest *store.Release) error {
+	switch {
+	case latest == nil:
+		return nil
+	case version == latest.Version:
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "release %s %s already exists", model, version)
+	case compareVersions(version, latest.Version) <= 0:
+		return apierr.New(http.StatusConflict, codeStaleRelease, "version %s is not above the latest release of %s (%s)", version, model, latest.Version)
+	case want != 0 && want <= latest.Counter:
+		return apierr.New(http.StatusConflict, codeStaleRelease, "release counter %d is not above the latest (%d) for %s", want, latest.Counter, model)
 	}
-	if err != nil {
-		return 0, err
-	}
-	if version == latest.Version {
-		return 0, apierr.New(http.StatusConflict, apierr.CodeConflict, "release %s %s already exists", model, version)
-	}
-	if compareVersions(version, latest.Version) <= 0 {
-		return 0, apierr.New(http.StatusConflict, codeStaleRelease, "version %s is not above the latest release of %s (%s)", version, model, latest.Version)
-	}
-	if want == 0 {
-		return latest.Counter + 1, nil
-	}
-	if want <= latest.Counter {
-		return 0, apierr.New(http.StatusConflict, codeStaleRelease, "release counter %d is not above the latest (%d) for %s", want, latest.Counter, model)
-	}
-	return want, nil
+	return nil
 }
 
 // publishError maps repository errors to API errors.

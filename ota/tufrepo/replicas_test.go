@@ -164,7 +164,7 @@ func TestReplicasConcurrentPublishesDoNotClobber(t *testing.T) {
 						}
 						_, err = db.PublishRelease(ctx, store.Release{Model: model, Version: version, Counter: int64(i + 1),
 							TargetPath: p, SHA256: pend.Target().SHA256, Length: int64(len(p)), CreatedBy: "test"},
-							func(l *store.TUFLock) error {
+							func(l *store.TUFLock, _ store.Release, _ *store.Release) error {
 								_, err := repo.CommitLeased(ctx, pend, l)
 								return err
 							})

@@ -428,27 +428,41 @@ func (d *DB) SetDeviceStatus(ctx context.Context, id, status string) error {
 
 // AddRelease records a release after check confirms it (typically by
 // publishing it). The counter must be above every earlier counter for the
-// model; check runs inside the transaction so concurrent adds are ordered, and
-// if it fails nothing is recorded.
+// model (a counter of 0 takes the model's latest + 1); check runs inside the
+// transaction so concurrent adds are ordered, and if it fails nothing is
+// recorded.
 func (d *DB) AddRelease(ctx context.Context, r Release, check func() error) (Release, error) {
-	var fn func(*TUFLock) error
+	var fn PublishFunc
 	if check != nil {
-		fn = func(*TUFLock) error { return check() }
+		fn = func(*TUFLock, Release, *Release) error { return check() }
 	}
 	return d.addRelease(ctx, r, false, fn)
 }
+
+// PublishFunc publishes a release under the TUF publish lock: rel is the
+// release as it will be recorded (its counter chosen), latest the model's
+// latest release as of the lock (nil if it has none). If it fails, nothing
+// is recorded.
+type PublishFunc func(lock *TUFLock, rel Release, latest *Release) error
 
 // PublishRelease is AddRelease for a release that publish publishes: the
 // transaction holds the TUF publish lock (tufstate.go) from its start, so
 // replicas sharing a PostgreSQL database publish one at a time, check
 // counters against each other's committed releases, and record the published
 // timestamp (TUFLock.Record) in the transaction that records the release.
-func (d *DB) PublishRelease(ctx context.Context, r Release, publish func(*TUFLock) error) (Release, error) {
+//
+// A counter of 0 is chosen under the lock: the model's latest + 1 (1 for its
+// first release), so concurrent adds of one model on several replicas get
+// distinct, increasing counters in the order they publish. publish sees
+// that counter, and the latest release it was chosen after, before it
+// signs anything.
+func (d *DB) PublishRelease(ctx context.Context, r Release, publish PublishFunc) (Release, error) {
 	return d.addRelease(ctx, r, true, publish)
 }
 
-func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check func(*TUFLock) error) (Release, error) {
+func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check PublishFunc) (Release, error) {
 	r.CreatedAt = d.now()
+	want := r.Counter
 	err := d.tx(ctx, func(tx *sql.Tx) error {
 		var l *TUFLock
 		if lock {
@@ -457,12 +471,28 @@ func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check func(*T
 				return err
 			}
 		}
-		var max sql.NullInt64
-		if err := tx.QueryRowContext(ctx, d.q(`SELECT MAX(counter) FROM releases WHERE model = ?`), r.Model).Scan(&max); err != nil {
+		// Read after the lock: under PostgreSQL's READ COMMITTED each
+		// statement sees what the replica that held it before committed.
+		var latest *Release
+		var lr Release
+		var at int64
+		err := tx.QueryRowContext(ctx, d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases WHERE model = ? ORDER BY counter DESC LIMIT 1`), r.Model).
+			Scan(&lr.ID, &lr.Model, &lr.Version, &lr.Counter, &lr.TargetPath, &lr.SHA256, &lr.Length, &lr.CreatedBy, &at)
+		switch {
+		case err == nil:
+			lr.CreatedAt = fromTS(at)
+			latest = &lr
+		case !errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("reading latest release: %w", err)
 		}
-		if max.Valid && r.Counter <= max.Int64 {
-			return fmt.Errorf("%w: counter %d, latest is %d", ErrStale, r.Counter, max.Int64)
+		r.Counter = want
+		switch {
+		case want == 0 && latest == nil:
+			r.Counter = 1
+		case want == 0:
+			r.Counter = latest.Counter + 1
+		case latest != nil && want <= latest.Counter:
+			return fmt.Errorf("%w: counter %d, latest is %d", ErrStale, want, latest.Counter)
 		}
 		var dup int
 		if err := tx.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM releases WHERE model = ? AND version = ?`), r.Model, r.Version).Scan(&dup); err != nil {
@@ -472,11 +502,11 @@ func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check func(*T
 			return fmt.Errorf("release %s %s: %w", r.Model, r.Version, ErrConflict)
 		}
 		if check != nil {
-			if err := check(l); err != nil {
+			if err := check(l, r, latest); err != nil {
 				return err
 			}
 		}
-		err := tx.QueryRowContext(ctx, d.q(`INSERT INTO releases (model, version, counter, target_path, sha256, length, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+		err = tx.QueryRowContext(ctx, d.q(`INSERT INTO releases (model, version, counter, target_path, sha256, length, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 			r.Model, r.Version, r.Counter, r.TargetPath, r.SHA256, r.Length, r.CreatedBy, ts(r.CreatedAt)).Scan(&r.ID)
 		if isUnique(err) {
 			return fmt.Errorf("release %s %s: %w", r.Model, r.Version, ErrConflict)

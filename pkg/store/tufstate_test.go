@@ -21,7 +21,7 @@ func TestPublishRecordIsAtomicWithRelease(t *testing.T) {
 		}
 		rel := store.Release{Model: "edge-gw", Version: "1.0.0", Counter: 1, TargetPath: "edge-gw/1.0.0/fw", SHA256: "ab", Length: 1}
 		failed := errors.New("publish failed")
-		if _, err := d.PublishRelease(ctx, rel, func(l *store.TUFLock) error {
+		if _, err := d.PublishRelease(ctx, rel, func(l *store.TUFLock, _ store.Release, _ *store.Release) error {
 			if err := l.Record(ctx, 7, `"e7"`); err != nil {
 				return err
 			}
@@ -35,7 +35,7 @@ func TestPublishRecordIsAtomicWithRelease(t *testing.T) {
 		if _, err := d.GetRelease(ctx, "edge-gw", "1.0.0"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("a failed publish recorded the release: %v", err)
 		}
-		if _, err := d.PublishRelease(ctx, rel, func(l *store.TUFLock) error { return l.Record(ctx, 7, `"e7"`) }); err != nil {
+		if _, err := d.PublishRelease(ctx, rel, func(l *store.TUFLock, _ store.Release, _ *store.Release) error { return l.Record(ctx, 7, `"e7"`) }); err != nil {
 			t.Fatal(err)
 		}
 		if v, etag, err := d.PublishedTUF(ctx); err != nil || v != 7 || etag != `"e7"` {
