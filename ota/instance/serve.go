@@ -14,6 +14,7 @@ import (
 	"github.com/foster-ota/foster/ota/server"
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/ota/tufrepo"
+	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/store"
 )
 
@@ -38,7 +39,8 @@ type Instance struct {
 	TLS    *tls.Config
 	// SyncInterval is how often, with a PostgreSQL store, fosterd checks
 	// whether another replica published the TUF repository and reloads it
-	// (Repo.Follow). Default DefaultSyncInterval; set before Serve.
+	// (Repo.Follow). Default DefaultSyncInterval (FOSTER_TEST_SYNC_INTERVAL in
+	// tests); set before Serve.
 	SyncInterval time.Duration
 	log          *slog.Logger
 }
@@ -117,9 +119,15 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		st.Close()
 		return nil, fmt.Errorf("loading server certificate: %w", err)
 	}
+	syncEvery, err := syncInterval()
+	if err != nil {
+		authority.Close()
+		st.Close()
+		return nil, err
+	}
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api,
-		TLS: server.TLSConfig(cert, authority.RootPool()), SyncInterval: DefaultSyncInterval, log: log,
+		TLS: server.TLSConfig(cert, authority.RootPool()), SyncInterval: syncEvery, log: log,
 	}, nil
 }
 
@@ -141,6 +149,20 @@ const (
 // repository is reloaded from the bucket only when it changed): a replica
 // serves another's new timestamp at most about this long after it.
 const DefaultSyncInterval = 5 * time.Second
+
+// syncInterval is DefaultSyncInterval, or FOSTER_TEST_SYNC_INTERVAL so that
+// tests of several replicas need not wait 5 s for each other.
+func syncInterval() (time.Duration, error) {
+	v := env.TestSyncInterval.Get()
+	if v == "" {
+		return DefaultSyncInterval, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q: want a positive duration", env.TestSyncInterval.Name, v)
+	}
+	return d, nil
+}
 
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
 func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {

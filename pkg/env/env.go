@@ -30,6 +30,8 @@ var (
 		Description: "tests only: foster-agent appends the name of every kill point it passes to this file"})
 	TestPublishDelay = register(Var{Name: "FOSTER_TEST_PUBLISH_DELAY",
 		Description: "tests only: fosterd sleeps this long (Go duration) after each TUF metadata write of a publish, so a test can kill it midway"})
+	TestSyncInterval = register(Var{Name: "FOSTER_TEST_SYNC_INTERVAL",
+		Description: "tests only: how often (Go duration) fosterd looks for TUF publishes of other replicas sharing its PostgreSQL store (default 5s)"})
 	TestPostgres = register(Var{Name: "FOSTER_TEST_POSTGRES",
 		Description: "tests: PostgreSQL URL for the store suite (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable)"})
 )
