@@ -65,7 +65,7 @@ func newFixture(t *testing.T, wrap func(blob.Store) blob.Store) *fixture {
 	return f
 }
 
-func ed25519Keys(t *testing.T) tufrepo.Keys {
+func ed25519Keys(t testing.TB) tufrepo.Keys {
 	t.Helper()
 	gen := func() signature.Signer {
 		_, priv, err := ed25519.GenerateKey(rand.Reader)

@@ -2,8 +2,6 @@ package tufrepo_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -16,10 +14,8 @@ import (
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/blob/s3test"
 	"github.com/foster-ota/foster/ota/tufrepo"
-	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/store/storetest"
-	"github.com/sigstore/sigstore/pkg/signature"
 )
 
 // dbArbiter is fosterd's Arbiter (ota/instance repoArbiter): the store's
@@ -376,7 +372,7 @@ func BenchmarkPublishArbiter(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				keys := replicaBenchKeys(b)
+				keys := ed25519Keys(b)
 				if _, err := tufrepo.Init(ctx, st, keys, tufrepo.Options{}); err != nil {
 					b.Fatal(err)
 				}
@@ -404,19 +400,4 @@ func BenchmarkPublishArbiter(b *testing.B) {
 			})
 		}
 	}
-}
-
-func replicaBenchKeys(b testing.TB) tufrepo.Keys {
-	gen := func() signature.Signer {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, err := signing.FromPrivateKey(priv)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return s
-	}
-	return tufrepo.Keys{Root: gen(), Targets: gen(), Snapshot: gen(), Timestamp: gen()}
 }
