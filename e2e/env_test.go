@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -198,4 +199,23 @@ func (d *Device) Enroll(token string) Result {
 // RunOnce runs one update cycle with the file installer.
 func (d *Device) RunOnce() Result {
 	return d.env.Run("foster-agent", "--state-dir", d.StateDir, "run", "--once", "--installer", "file", "--target", d.Firmware)
+}
+
+// addReleasesAtOnce runs `foster release add` of version for every model at
+// the same time, each through its fosterd (adds: model -> instance), with
+// the firmware file paths[model]; it returns each model's result.
+func addReleasesAtOnce(adds map[string]*Env, version string, paths map[string]string) map[string]Result {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	results := map[string]Result{}
+	for m, via := range adds {
+		wg.Go(func() {
+			r := via.Run("foster", "--instance", via.DataDir, "release", "add", "--model", m, "--version", version, paths[m])
+			mu.Lock()
+			results[m] = r
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return results
 }

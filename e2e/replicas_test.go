@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -144,18 +143,7 @@ func TestReplicasPublishWithoutClobberingAndFollowEachOther(t *testing.T) {
 	for m := range adds {
 		paths[m], fws[m] = writeFirmware(t, 4<<20)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	results := map[string]Result{}
-	for m, via := range adds {
-		wg.Go(func() {
-			r := via.Run("foster", "--instance", via.DataDir, "release", "add", "--model", m, "--version", "1.0.1", paths[m])
-			mu.Lock()
-			results[m] = r
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := addReleasesAtOnce(adds, "1.0.1", paths)
 	for m, r := range results {
 		if r.Code != 0 {
 			t.Fatalf("release add %s through %s: exit %d\n%s", m, adds[m].URL, r.Code, r.Stderr)

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -344,18 +343,7 @@ func TestTwoReleaseAddsAtOnce(t *testing.T) {
 	for _, m := range []string{"edge-gw", "cam-x"} {
 		paths[m], fws[m] = writeFirmware(t, 9<<20)
 	}
-	var wg sync.WaitGroup
-	results := map[string]Result{}
-	var mu sync.Mutex
-	for _, m := range []string{"edge-gw", "cam-x"} {
-		wg.Go(func() {
-			r := env.Run("foster", "--instance", env.DataDir, "release", "add", "--model", m, "--version", "2.0.0", paths[m])
-			mu.Lock()
-			results[m] = r
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := addReleasesAtOnce(map[string]*Env{"edge-gw": env, "cam-x": env}, "2.0.0", paths)
 	c := env.stockClient(nil)
 	up := c.mustRefresh()
 	for m, r := range results {
