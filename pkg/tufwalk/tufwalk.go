@@ -82,7 +82,7 @@ func Find(target string, maxDelegations int, load Loader) (Found, error) {
 		}
 		md, err := load(v.role, v.parent)
 		if err != nil {
-			return Found{}, fmt.Errorf("loading role %s delegated by %s: %w", v.role, v.parent, err)
+			return Found{}, err // the loader names the role and the failure
 		}
 		if md == nil {
 			return Found{}, fmt.Errorf("loading role %s delegated by %s: no metadata", v.role, v.parent)

@@ -41,6 +41,7 @@ import (
 	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/tufwalk"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/fetcher"
@@ -290,46 +291,25 @@ func (c *Client) Versions() (targets, snapshot int64) {
 	return s.Targets, s.Snapshot
 }
 
-// TargetInfo finds targetPath by a pre-order depth-first walk of the
-// delegation graph (TUF client workflow 5.7), loading each delegated role
-// verified against the delegator on the current path.
+// TargetInfo finds targetPath by the specification's pre-order depth-first
+// walk of the delegation graph (pkg/tufwalk, shared with fosterd and the
+// offline verifier), loading each delegated role verified against the
+// delegator on the current path.
 func (c *Client) TargetInfo(targetPath string) (*metadata.TargetFiles, error) {
 	ts := c.up.GetTrustedMetadataSet()
 	if ts.Targets[metadata.TARGETS] == nil {
 		return nil, errors.New("TUF metadata not refreshed")
 	}
-	type visit struct{ role, parent string }
-	stack := []visit{{metadata.TARGETS, metadata.ROOT}}
-	visited := map[string]bool{}
-	for len(stack) > 0 && len(visited) <= c.ucfg.MaxDelegations {
-		v := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if visited[v.role] {
-			continue
-		}
-		md, err := c.loadRole(&ts, v.role, v.parent)
-		if err != nil {
-			return nil, err
-		}
-		if tf, ok := md.Signed.Targets[targetPath]; ok {
-			return tf, nil
-		}
-		visited[v.role] = true
-		if md.Signed.Delegations == nil {
-			continue
-		}
-		var children []visit
-		for _, r := range md.Signed.Delegations.GetRolesForTarget(targetPath) {
-			children = append(children, visit{r.Name, v.role})
-			if r.Terminating {
-				stack = nil
-				break
-			}
-		}
-		slices.Reverse(children)
-		stack = append(stack, children...)
+	f, err := tufwalk.Find(targetPath, c.ucfg.MaxDelegations, func(role, parent string) (*tufwalk.Targets, error) {
+		return c.loadRole(&ts, role, parent)
+	})
+	if errors.Is(err, tufwalk.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrTargetNotFound, targetPath)
 	}
-	return nil, fmt.Errorf("%w: %s", ErrTargetNotFound, targetPath)
+	if err != nil {
+		return nil, err
+	}
+	return f.Target, nil
 }
 
 // loadRole returns role verified against parent: from this session, the
