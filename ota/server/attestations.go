@@ -5,18 +5,12 @@ import (
 	"context"
 	"crypto/x509"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
-	"github.com/theupdateframework/go-tuf/v2/metadata"
-
-	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/attest"
 	"github.com/foster-ota/foster/pkg/bundle"
@@ -85,6 +79,9 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 			in.New.Name, in.New.SHA256, in.New.Length, in.New.Version, in.New.ReleaseCounter, p.Model)
 	}
 	ev, err := s.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
+	if errors.Is(err, bundle.ErrTargetNotSigned) {
+		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "%v", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -219,223 +216,4 @@ func verifiedChain(r *http.Request) []*x509.Certificate {
 		chain = chain[:len(chain)-1]
 	}
 	return chain
-}
-
-// tufEvidence finds and caches the signed TUF metadata a bundle carries.
-// Consistent snapshots make every N.<role>.json immutable, so the cache
-// never goes stale. Safe for concurrent use.
-type tufEvidence struct {
-	blobs    blob.Store
-	versions func() (root, targets, snapshot, timestamp int64)
-
-	mu        sync.Mutex
-	releases  map[string]store.Release // by target path; releases are immutable
-	roots     map[int64]json.RawMessage
-	snapshots map[int64]*metadata.Metadata[metadata.SnapshotType]
-	targets   map[string]*targetsDoc // by "<version>.<role>"
-}
-
-type targetsDoc struct {
-	raw  json.RawMessage
-	meta *metadata.Metadata[metadata.TargetsType]
-}
-
-const evidenceCache = 256 // entries per map; a full map is emptied
-
-// forTarget returns the evidence that t is signed for model: root versions
-// 2..current, and the targets metadata chain (top-level targets, then the
-// delegated roles down to the one listing t) of snapshot version claimed
-// (the one the device says it used) if the repository has it and it lists
-// t, else of the current snapshot.
-func (e *tufEvidence) forTarget(ctx context.Context, claimed int64, t attest.Target, model string) (bundle.TUFEvidence, error) {
-	rootV, _, snapV, _ := e.versions()
-	candidates := []int64{snapV}
-	if claimed >= 1 && claimed < snapV {
-		candidates = []int64{claimed, snapV}
-	}
-	var ev bundle.TUFEvidence
-	lastErr := fmt.Errorf("%w: %q is not in signed targets metadata", bundle.ErrTargetNotSigned, t.Name)
-	found := false
-	for _, v := range candidates {
-		snap, err := e.snapshotAt(ctx, v)
-		if errors.Is(err, blob.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return ev, err
-		}
-		top, ok := snap.Signed.Meta["targets.json"]
-		if !ok {
-			return ev, fmt.Errorf("snapshot v%d lists no targets.json", v)
-		}
-		doc, err := e.targetsAt(ctx, metadata.TARGETS, top.Version)
-		if err != nil {
-			return ev, err
-		}
-		dels, err := e.walk(ctx, snap, doc, t, model, nil)
-		if err == nil {
-			ev.Targets, ev.Delegations, found = doc.raw, dels, true
-			break
-		}
-		if !errors.Is(err, bundle.ErrTargetNotSigned) {
-			return ev, err
-		}
-		lastErr = err
-	}
-	if !found {
-		return ev, apierr.New(http.StatusBadRequest, codeUnsignedTarget, "%v", lastErr)
-	}
-	ev.Roots = []json.RawMessage{}
-	for v := int64(2); v <= rootV; v++ {
-		raw, err := e.rootAt(ctx, v)
-		if err != nil {
-			return bundle.TUFEvidence{}, err
-		}
-		ev.Roots = append(ev.Roots, raw)
-	}
-	return ev, nil
-}
-
-// walk searches doc and the roles it delegates t's path to (pre-order, as
-// a TUF client does, stopping at terminating roles) for t, and returns the
-// chain of delegated roles below doc that lists it.
-func (e *tufEvidence) walk(ctx context.Context, snap *metadata.Metadata[metadata.SnapshotType], doc *targetsDoc, t attest.Target, model string, chain []bundle.DelegatedRole) ([]bundle.DelegatedRole, error) {
-	if _, ok := doc.meta.Signed.Targets[t.Name]; ok {
-		return chain, bundle.CheckTarget(doc.meta, t, model)
-	}
-	d := doc.meta.Signed.Delegations
-	notFound := fmt.Errorf("%w: %q is not in signed targets metadata", bundle.ErrTargetNotSigned, t.Name)
-	if d == nil || len(chain) >= bundle.MaxDelegations {
-		return nil, notFound
-	}
-	if d.SuccinctRoles != nil && (d.SuccinctRoles.BitLength < 1 || d.SuccinctRoles.BitLength > 32) {
-		return nil, fmt.Errorf("succinct roles with bit length %d", d.SuccinctRoles.BitLength)
-	}
-	for _, r := range d.GetRolesForTarget(t.Name) {
-		mf, ok := snap.Signed.Meta[r.Name+".json"]
-		if !ok {
-			continue
-		}
-		child, err := e.targetsAt(ctx, r.Name, mf.Version)
-		if err != nil {
-			return nil, err
-		}
-		found, err := e.walk(ctx, snap, child, t, model, append(chain[:len(chain):len(chain)], bundle.DelegatedRole{Name: r.Name, Metadata: child.raw}))
-		if err == nil || !errors.Is(err, bundle.ErrTargetNotSigned) {
-			return found, err
-		}
-		notFound = err
-		if r.Terminating {
-			break
-		}
-	}
-	return nil, notFound
-}
-
-// release is the store's release published as target path p (cached).
-func (e *tufEvidence) release(ctx context.Context, st *store.DB, p string) (store.Release, error) {
-	e.mu.Lock()
-	rel, ok := e.releases[p]
-	e.mu.Unlock()
-	if ok {
-		return rel, nil
-	}
-	rel, err := st.ReleaseByTarget(ctx, p)
-	if err != nil {
-		return rel, err
-	}
-	e.mu.Lock()
-	if len(e.releases) >= evidenceCache {
-		clear(e.releases)
-	}
-	e.releases[p] = rel
-	e.mu.Unlock()
-	return rel, nil
-}
-
-func (e *tufEvidence) snapshotAt(ctx context.Context, v int64) (*metadata.Metadata[metadata.SnapshotType], error) {
-	e.mu.Lock()
-	s := e.snapshots[v]
-	e.mu.Unlock()
-	if s != nil {
-		return s, nil
-	}
-	raw, err := e.read(ctx, fmt.Sprintf("tuf/%d.snapshot.json", v), bundle.MaxTargetsSize)
-	if err != nil {
-		return nil, err
-	}
-	if s, err = metadata.Snapshot().FromBytes(raw); err != nil {
-		return nil, fmt.Errorf("parsing tuf/%d.snapshot.json: %w", v, err)
-	}
-	e.mu.Lock()
-	if len(e.snapshots) >= evidenceCache {
-		clear(e.snapshots)
-	}
-	e.snapshots[v] = s
-	e.mu.Unlock()
-	return s, nil
-}
-
-func (e *tufEvidence) targetsAt(ctx context.Context, role string, v int64) (*targetsDoc, error) {
-	key := fmt.Sprintf("tuf/%d.%s.json", v, role)
-	e.mu.Lock()
-	d := e.targets[key]
-	e.mu.Unlock()
-	if d != nil {
-		return d, nil
-	}
-	raw, err := e.read(ctx, key, bundle.MaxTargetsSize)
-	if err != nil {
-		return nil, err
-	}
-	meta, err := metadata.Targets().FromBytes(raw)
-	if err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", key, err)
-	}
-	d = &targetsDoc{raw: raw, meta: meta}
-	e.mu.Lock()
-	if len(e.targets) >= evidenceCache {
-		clear(e.targets)
-	}
-	e.targets[key] = d
-	e.mu.Unlock()
-	return d, nil
-}
-func (e *tufEvidence) rootAt(ctx context.Context, v int64) (json.RawMessage, error) {
-	e.mu.Lock()
-	raw := e.roots[v]
-	e.mu.Unlock()
-	if raw != nil {
-		return raw, nil
-	}
-	raw, err := e.read(ctx, fmt.Sprintf("tuf/%d.root.json", v), bundle.MaxRootSize)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	if len(e.roots) >= evidenceCache {
-		clear(e.roots)
-	}
-	e.roots[v] = raw
-	e.mu.Unlock()
-	return raw, nil
-}
-
-func (e *tufEvidence) read(ctx context.Context, key string, limit int64) ([]byte, error) {
-	f, _, err := e.blobs.Open(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if int64(len(raw)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", key, limit)
-	}
-	if !json.Valid(raw) {
-		return nil, fmt.Errorf("%s is not JSON", key)
-	}
-	return raw, nil
 }

@@ -2,18 +2,13 @@ package server
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 
-	"github.com/theupdateframework/go-tuf/v2/metadata"
-
-	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
-	"github.com/foster-ota/foster/pkg/store"
 )
 
 // Transparency log API (docs/ATTESTATIONS.md). The checkpoint and
@@ -30,13 +25,6 @@ func (s *Server) logRoutes(mux *http.ServeMux, reader []identity.Role) {
 	mux.Handle("GET /v1/log/entries", s.handle(reader, s.logEntries))
 	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.handle(reader, s.attestationBundle))
 	mux.Handle("GET /v1/reports/fleet", s.handle(reader, s.fleetReport))
-}
-
-func newTUFEvidence(blobs blob.Store, repo Repo) *tufEvidence {
-	return &tufEvidence{
-		blobs: blobs, versions: repo.Versions,
-		releases: map[string]store.Release{}, roots: map[int64]json.RawMessage{}, snapshots: map[int64]*metadata.Metadata[metadata.SnapshotType]{}, targets: map[string]*targetsDoc{},
-	}
 }
 
 // logCheckpoint serves the latest signed checkpoint as text (C2SP signed note).
