@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
@@ -75,39 +76,31 @@ func (v *Verifier) fastChain(leaf, inter *x509.Certificate, t time.Time) bool {
 // anchorFor returns the remembered anchor of inter, establishing it (at
 // time t, the first time) if inter and its root are eligible.
 func (v *Verifier) anchorFor(inter *x509.Certificate, t time.Time) *anchor {
-	key := sha256.Sum256(inter.Raw)
-	v.mu.Lock()
-	a, ok := v.anchors[key]
-	v.mu.Unlock()
-	if ok {
-		return a
-	}
-	if !inter.BasicConstraintsValid || !inter.IsCA || hasExtension(inter, oidNameConstraints, oidPolicies, oidPolicyMappings, oidPolicyConstraint, oidInhibitAnyPolicy) {
+	a, err := v.anchors.Get(context.Background(), sha256.Sum256(inter.Raw), func(context.Context) (*anchor, error) {
+		if !inter.BasicConstraintsValid || !inter.IsCA || hasExtension(inter, oidNameConstraints, oidPolicies, oidPolicyMappings, oidPolicyConstraint, oidInhibitAnyPolicy) {
+			return nil, nil // not eligible: remembered, not tried again
+		}
+		chains, err := inter.Verify(x509.VerifyOptions{Roots: v.roots.CARoots, CurrentTime: t, KeyUsages: clientAuth})
+		if err != nil {
+			return nil, err // not remembered: time may be the problem; the full path reports it
+		}
+		for _, c := range chains {
+			if len(c) != 2 {
+				continue
+			}
+			root := c[1]
+			if hasExtension(root, oidNameConstraints, oidPolicies, oidPolicyMappings, oidPolicyConstraint, oidInhibitAnyPolicy) ||
+				(root.BasicConstraintsValid && root.MaxPathLen == 0 && root.MaxPathLenZero) {
+				continue
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(inter)
+			return &anchor{root: root, pool: pool}, nil
+		}
+		return nil, nil
+	})
+	if err != nil {
 		return nil
 	}
-	chains, err := inter.Verify(x509.VerifyOptions{Roots: v.roots.CARoots, CurrentTime: t, KeyUsages: clientAuth})
-	if err != nil {
-		return nil // not cached: time may be the problem; the full path reports it
-	}
-	for _, c := range chains {
-		if len(c) != 2 {
-			continue
-		}
-		root := c[1]
-		if hasExtension(root, oidNameConstraints, oidPolicies, oidPolicyMappings, oidPolicyConstraint, oidInhibitAnyPolicy) ||
-			(root.BasicConstraintsValid && root.MaxPathLen == 0 && root.MaxPathLenZero) {
-			continue
-		}
-		pool := x509.NewCertPool()
-		pool.AddCert(inter)
-		a = &anchor{root: root, pool: pool}
-		break
-	}
-	v.mu.Lock()
-	if len(v.anchors) >= cacheEntries {
-		clear(v.anchors)
-	}
-	v.anchors[key] = a // nil: not eligible, do not try again
-	v.mu.Unlock()
 	return a
 }

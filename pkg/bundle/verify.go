@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
@@ -8,15 +9,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/foster-ota/foster/pkg/attest"
+	"github.com/foster-ota/foster/pkg/cache"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/tlogverify"
+	"github.com/foster-ota/foster/pkg/tufwalk"
 )
 
 // TrustRoots are the auditor's out-of-band trust anchors.
@@ -81,47 +83,23 @@ type Verifier struct {
 	roots   TrustRoots
 	tufRoot *metadata.Metadata[metadata.RootType]
 
-	mu            sync.Mutex
-	targets       map[[32]byte]*verifiedTargets
-	checkpoints   map[string]tlogverify.Checkpoint
-	intermediates map[[32]byte]*intermediates
-	anchors       map[[32]byte]*anchor
+	tuf           *cache.Cache[[32]byte, *verifiedTargets] // by evidence and target name
+	checkpoints   *cache.Cache[string, tlogverify.Checkpoint]
+	intermediates *cache.Cache[[32]byte, *intermediates]
+	anchors       *cache.Cache[[32]byte, *anchor] // nil: not eligible for the fast path
 }
 
-// verifiedTargets is a targets role whose signature chains to the trusted
-// root through parent (nil for the top-level targets role).
+// verifiedTargets is the targets role that signs a target, found by the
+// TUF search (pkg/tufwalk) through metadata whose signatures chain to the
+// trusted root.
 type verifiedTargets struct {
 	meta        *metadata.Metadata[metadata.TargetsType]
 	role        string
-	parent      *verifiedTargets
 	rootVersion int64
 	topVersion  int64 // version of the top-level targets metadata
 }
 
-// delegatedPath reports whether every delegation on vt's chain covers path.
-// Signatures alone do not suffice: a role may only sign the paths its
-// delegator gave it (a model's key must not sign another model's images).
-func (vt *verifiedTargets) delegatedPath(path string) error {
-	for v := vt; v.parent != nil; v = v.parent {
-		d := v.parent.meta.Signed.Delegations
-		if d == nil {
-			return fmt.Errorf("%w: %s delegates nothing", ErrTargetNotSigned, v.parent.role)
-		}
-		if d.SuccinctRoles != nil && (d.SuccinctRoles.BitLength < 1 || d.SuccinctRoles.BitLength > 32) {
-			return fmt.Errorf("%w: %s has succinct roles with bit length %d", ErrTargetNotSigned, v.parent.role, d.SuccinctRoles.BitLength)
-		}
-		ok := false
-		for _, r := range d.GetRolesForTarget(path) {
-			ok = ok || r.Name == v.role
-		}
-		if !ok {
-			return fmt.Errorf("%w: %s does not delegate %q to %s", ErrTargetNotSigned, v.parent.role, path, v.role)
-		}
-	}
-	return nil
-}
-
-// cacheEntries bounds each cache; a full cache is simply emptied.
+// cacheEntries bounds each cache.
 const cacheEntries = 256
 
 // NewVerifier checks the trust roots and returns a Verifier.
@@ -138,10 +116,10 @@ func NewVerifier(tr TrustRoots) (*Verifier, error) {
 	}
 	return &Verifier{
 		roots: tr, tufRoot: root,
-		targets:       map[[32]byte]*verifiedTargets{},
-		checkpoints:   map[string]tlogverify.Checkpoint{},
-		intermediates: map[[32]byte]*intermediates{},
-		anchors:       map[[32]byte]*anchor{},
+		tuf:           cache.New[[32]byte, *verifiedTargets](cacheEntries),
+		checkpoints:   cache.New[string, tlogverify.Checkpoint](cacheEntries),
+		intermediates: cache.New[[32]byte, *intermediates](cacheEntries),
+		anchors:       cache.New[[32]byte, *anchor](cacheEntries),
 	}, nil
 }
 
@@ -199,11 +177,8 @@ func (v *Verifier) Verify(b *Bundle) (*Result, error) {
 	}
 
 	// Firmware: signed for this model.
-	vt, err := v.verifyTUF(b.TUF)
+	vt, err := v.verifyTUF(b.TUF, in.New.Name)
 	if err != nil {
-		return nil, err
-	}
-	if err := vt.delegatedPath(in.New.Name); err != nil {
 		return nil, err
 	}
 	if err := checkTarget(vt.meta, in.New, p.Model); err != nil {
@@ -252,27 +227,21 @@ func (v *Verifier) certificates(e Entry) (*x509.Certificate, *intermediates, err
 	}
 	var key [32]byte
 	h.Sum(key[:0])
-	v.mu.Lock()
-	in, ok := v.intermediates[key]
-	v.mu.Unlock()
-	if ok {
-		return leaf, in, nil
-	}
-	in = &intermediates{pool: x509.NewCertPool()}
-	for i, der := range e.CertChain[1:] {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: certificate %d: %v", ErrMalformed, i+1, err)
+	in, err := v.intermediates.Get(context.Background(), key, func(context.Context) (*intermediates, error) {
+		in := &intermediates{pool: x509.NewCertPool()}
+		for i, der := range e.CertChain[1:] {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return nil, fmt.Errorf("%w: certificate %d: %v", ErrMalformed, i+1, err)
+			}
+			in.certs = append(in.certs, c)
+			in.pool.AddCert(c)
 		}
-		in.certs = append(in.certs, c)
-		in.pool.AddCert(c)
+		return in, nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	v.mu.Lock()
-	if len(v.intermediates) >= cacheEntries {
-		clear(v.intermediates)
-	}
-	v.intermediates[key] = in
-	v.mu.Unlock()
 	return leaf, in, nil
 }
 
@@ -292,53 +261,47 @@ func reclass(err, class error) error {
 }
 
 func (v *Verifier) checkpoint(signed string) (tlogverify.Checkpoint, error) {
-	v.mu.Lock()
-	cp, ok := v.checkpoints[signed]
-	v.mu.Unlock()
-	if ok {
+	return v.checkpoints.Get(context.Background(), signed, func(context.Context) (tlogverify.Checkpoint, error) {
+		cp, err := tlogverify.ParseCheckpoint([]byte(signed), v.roots.LogKey)
+		if err != nil {
+			return cp, reclass(err, ErrCheckpointSignature)
+		}
 		return cp, nil
-	}
-	cp, err := tlogverify.ParseCheckpoint([]byte(signed), v.roots.LogKey)
-	if err != nil {
-		return cp, reclass(err, ErrCheckpointSignature)
-	}
-	v.mu.Lock()
-	if len(v.checkpoints) >= cacheEntries {
-		clear(v.checkpoints)
-	}
-	v.checkpoints[signed] = cp
-	v.mu.Unlock()
-	return cp, nil
+	})
 }
 
-// verifyTUF walks the root chain from the trusted root and verifies the
-// targets metadata with the last root. Expiry is deliberately ignored.
-func (v *Verifier) verifyTUF(ev TUFEvidence) (*verifiedTargets, error) {
+// verifyTUF walks the root chain from the trusted root, verifies the
+// top-level targets metadata with the last root, and finds the role that
+// signs target by the TUF search (pkg/tufwalk: the same rules as the agent
+// and fosterd), loading each delegated role from the bundle and verifying it
+// against its delegator. A role the search needs that the bundle lacks fails
+// the check. Expiry is deliberately ignored.
+func (v *Verifier) verifyTUF(ev TUFEvidence, target string) (*verifiedTargets, error) {
 	h := sha256.New()
 	var n [8]byte
-	for _, r := range ev.Roots {
-		binary.BigEndian.PutUint64(n[:], uint64(len(r)))
+	field := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
 		h.Write(n[:])
-		h.Write(r)
+		h.Write(b)
+	}
+	for _, r := range ev.Roots {
+		field(r)
 	}
 	h.Write([]byte{0xff})
-	h.Write(ev.Targets)
+	field(ev.Targets)
 	for _, d := range ev.Delegations {
-		for _, b := range [][]byte{[]byte(d.Name), d.Metadata} {
-			binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-			h.Write(n[:])
-			h.Write(b)
-		}
+		field([]byte(d.Name))
+		field(d.Metadata)
 	}
+	field([]byte(target))
 	var key [32]byte
 	h.Sum(key[:0])
-	v.mu.Lock()
-	vt, ok := v.targets[key]
-	v.mu.Unlock()
-	if ok {
-		return vt, nil
-	}
+	return v.tuf.Get(context.Background(), key, func(context.Context) (*verifiedTargets, error) {
+		return v.searchTUF(ev, target)
+	})
+}
 
+func (v *Verifier) searchTUF(ev TUFEvidence, target string) (*verifiedTargets, error) {
 	cur := v.tufRoot
 	for i, raw := range ev.Roots {
 		next, err := metadata.Root().FromBytes(raw)
@@ -366,24 +329,37 @@ func (v *Verifier) verifyTUF(ev TUFEvidence) (*verifiedTargets, error) {
 	if err := cur.VerifyDelegate(metadata.TARGETS, tg); err != nil {
 		return nil, fmt.Errorf("%w: targets v%d is not signed by the targets keys of root v%d: %v", ErrTargetNotSigned, tg.Signed.Version, cur.Signed.Version, err)
 	}
-	vt = &verifiedTargets{meta: tg, rootVersion: cur.Signed.Version, topVersion: tg.Signed.Version, role: metadata.TARGETS}
+	bundled := map[string][]byte{}
 	for _, d := range ev.Delegations {
-		next, err := metadata.Targets().FromBytes(d.Metadata)
+		bundled[d.Name] = d.Metadata
+	}
+	verified := map[string]*metadata.Metadata[metadata.TargetsType]{metadata.TARGETS: tg}
+	f, err := tufwalk.Find(target, MaxDelegations, func(role, parent string) (*tufwalk.Targets, error) {
+		if role == metadata.TARGETS {
+			return tg, nil
+		}
+		raw, ok := bundled[role]
+		if !ok {
+			return nil, fmt.Errorf("%w: the bundle lacks role %s, which %s delegates %q to", ErrTargetNotSigned, role, parent, target)
+		}
+		md, err := metadata.Targets().FromBytes(raw)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s metadata: %v", ErrTargetNotSigned, d.Name, err)
+			return nil, fmt.Errorf("%w: %s metadata: %v", ErrTargetNotSigned, role, err)
 		}
-		if err := vt.meta.VerifyDelegate(d.Name, next); err != nil {
-			return nil, fmt.Errorf("%w: %s is not signed by the keys %s delegates to it: %v", ErrTargetNotSigned, d.Name, vt.role, err)
+		if err := verified[parent].VerifyDelegate(role, md); err != nil {
+			return nil, fmt.Errorf("%w: %s is not signed by the keys %s delegates to it: %v", ErrTargetNotSigned, role, parent, err)
 		}
-		vt = &verifiedTargets{meta: next, rootVersion: vt.rootVersion, topVersion: vt.topVersion, role: d.Name, parent: vt}
+		verified[role] = md
+		return md, nil
+	})
+	if errors.Is(err, tufwalk.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %v", ErrTargetNotSigned, err)
 	}
-	v.mu.Lock()
-	if len(v.targets) >= cacheEntries {
-		clear(v.targets)
+	if err != nil {
+		return nil, err
 	}
-	v.targets[key] = vt
-	v.mu.Unlock()
-	return vt, nil
+	last := f.Chain[len(f.Chain)-1]
+	return &verifiedTargets{meta: last.Meta, role: last.Role, rootVersion: cur.Signed.Version, topVersion: tg.Signed.Version}, nil
 }
 
 // targetCustom is the signed custom metadata of a Foster target (docs/CONTRACTS.md).
