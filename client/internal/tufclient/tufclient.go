@@ -395,7 +395,7 @@ type Candidate struct {
 
 // Criteria select a target.
 type Criteria struct {
-	Model      string
+	Model string
 	// HardwareID is the device's hardware id ("" when its model declares
 	// none): an image listing hardware ids must list it.
 	HardwareID string
