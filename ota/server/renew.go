@@ -121,6 +121,8 @@ func (s *Server) checkDeviceCert(ctx context.Context, p identity.Principal, seri
 	switch {
 	case err != nil:
 		return err
+	case acc.CertSuperseded:
+		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s of %s is revoked as superseded: the device renewed and has used its newer certificate", serial, p.URI())
 	case acc.CertRevoked:
 		return revoked()
 	case !acc.Enrolled:

@@ -232,6 +232,8 @@ type DeviceAccess struct {
 	Enrolled    bool   // the device exists
 	Status      string // its status (DeviceActive, ...) when enrolled
 	CertRevoked bool   // the presented certificate is revoked
+	// CertSuperseded: it is revoked as superseded (a newer one replaced it).
+	CertSuperseded bool
 	// CertCurrent: the presented certificate is the device's current one.
 	CertCurrent bool
 	// CertReplaced: the presented certificate is the one the last renewal
@@ -249,15 +251,17 @@ type DeviceAccess struct {
 // the very next request.
 func (d *DB) CheckDeviceAccess(ctx context.Context, deviceID, certSerial string) (DeviceAccess, error) {
 	var status, current, replaced string
-	var revokedAt sql.NullInt64
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT status, cert_serial, replaced_cert_serial, (SELECT revoked_at FROM certificates WHERE serial = ?) FROM devices WHERE id = ?`),
-		certSerial, deviceID).Scan(&status, &current, &replaced, &revokedAt)
+	var revokedAt, reason sql.NullInt64
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT d.status, d.cert_serial, d.replaced_cert_serial, c.revoked_at, c.revoke_reason_code
+		FROM devices d LEFT JOIN certificates c ON c.serial = ? WHERE d.id = ?`),
+		certSerial, deviceID).Scan(&status, &current, &replaced, &revokedAt, &reason)
 	if errors.Is(err, sql.ErrNoRows) {
 		return DeviceAccess{}, nil
 	}
 	if err != nil {
 		return DeviceAccess{}, fmt.Errorf("checking device access: %w", err)
 	}
-	return DeviceAccess{Enrolled: true, Status: status, CertRevoked: revokedAt.Valid && revokedAt.Int64 != 0,
+	revoked := revokedAt.Valid && revokedAt.Int64 != 0
+	return DeviceAccess{Enrolled: true, Status: status, CertRevoked: revoked, CertSuperseded: revoked && reason.Int64 == ReasonSuperseded,
 		CertCurrent: certSerial == current, CertReplaced: replaced != "" && certSerial == replaced, Pending: replaced != ""}, nil
 }
