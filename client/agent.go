@@ -97,6 +97,10 @@ type Agent struct {
 	// serverNotBefore is the newest NotBefore of a verified server certificate (unix seconds).
 	serverNotBefore atomic.Int64
 	warnedClock     bool
+	// closeIdle drops pooled connections, whose TLS handshakes presented
+	// the certificate a renewal just replaced: fosterd refuses that one
+	// once the new one has been used on another connection.
+	closeIdle func()
 }
 
 // New loads the device identity from cfg.StateDir.
@@ -156,6 +160,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	a.api = userAgent{api, cfg.UserAgent}
+	a.closeIdle = func() { api.CloseIdleConnections(); dl.CloseIdleConnections() }
 	a.dl = &fetch.Downloader{
 		Client:          userAgent{dl, cfg.UserAgent},
 		StallTimeout:    cfg.StallTimeout,

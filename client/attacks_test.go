@@ -213,21 +213,32 @@ func TestAttackSlowRetrieval(t *testing.T) {
 }
 
 // Wrong hardware: a correctly signed image for another hardware revision of
-// the same model is not installed, not even downloaded.
+// the same model is not installed, not even downloaded, by a rev-a device
+// nor by a device that knows no hardware id (it used to take "none" for
+// "any" and install it).
 func TestAttackWrongHardware(t *testing.T) {
-	srv := newEnv(t, false)
-	d := newDevice(t, srv)
-	setHardwareID(t, d.dir, "rev-a")
-	srv.Lock(func() {
-		srv.Repo.AddTarget(t, model+"/2.0.0/firmware.bin", []byte("rev-b only"),
-			clienttest.Custom{Model: model, Version: "2.0.0", ReleaseCounter: 7, HardwareIDs: []string{"rev-b", "rev-c"}})
-		srv.Repo.Publish(t)
-	})
-	rep, err := d.runOnce()
-	if err != nil || !rep.UpToDate || len(srv.TargetRequests) != 0 {
-		t.Fatalf("%+v %v, target requests %v", rep, err, srv.TargetRequests)
+	for name, hw := range map[string]string{
+		"rev-a device offered a rev-b image":                 "rev-a",
+		"device without a hardware id offered a rev-b image": "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := newEnv(t, false)
+			d := newDevice(t, srv)
+			if hw != "" {
+				setHardwareID(t, d.dir, hw)
+			}
+			srv.Lock(func() {
+				srv.Repo.AddTarget(t, model+"/2.0.0/firmware.bin", []byte("rev-b only"),
+					clienttest.Custom{Model: model, Version: "2.0.0", ReleaseCounter: 7, HardwareIDs: []string{"rev-b", "rev-c"}})
+				srv.Repo.Publish(t)
+			})
+			rep, err := d.runOnce()
+			if err != nil || !rep.UpToDate || len(srv.TargetRequests) != 0 {
+				t.Fatalf("%+v %v, target requests %v", rep, err, srv.TargetRequests)
+			}
+			assertNothingInstalled(t, d)
+		})
 	}
-	assertNothingInstalled(t, d)
 }
 
 func setHardwareID(t *testing.T, dir, hw string) {

@@ -22,7 +22,9 @@ type EnrollConfig struct {
 	Token  string
 	Serial string
 	Model  string
-	// HardwareID optionally restricts later installs to targets listing it.
+	// HardwareID is the device's hardware id, required when its model
+	// declares hardware ids: later installs take only targets listing it
+	// (or listing none).
 	HardwareID string
 	// CARootPath is the Foster root CA certificate (PEM), copied to DIR/ca.pem.
 	CARootPath string

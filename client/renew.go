@@ -140,6 +140,9 @@ func (a *Agent) renew(ctx context.Context, force bool) (*RenewResult, error) {
 		return nil, err
 	}
 	a.id.setChain(chain)
+	if a.closeIdle != nil {
+		a.closeIdle()
+	}
 	res.Renewed, res.NotAfter, res.DueAt = true, chain[0].NotAfter, RenewDue(chain[0])
 	a.log.Info("device certificate renewed", "serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter,
 		"after_expiry", res.AfterExpiry)

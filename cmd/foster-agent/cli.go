@@ -230,7 +230,7 @@ func enrollCmd() command {
 			fs.StringVar(&tokenFile, "token-file", "", "read the enrollment token from `FILE` instead of --token")
 			fs.StringVar(&c.Serial, "serial", "", "device serial number `SN`; becomes the certificate CN (required)")
 			fs.StringVar(&c.Model, "model", "", "device `MODEL`, as registered on the server (required)")
-			fs.StringVar(&c.HardwareID, "hardware-id", "", "optional hardware `ID`: only targets listing it (or no hardware ids) will be installed")
+			fs.StringVar(&c.HardwareID, "hardware-id", "", "hardware `ID` of this device, one of its model's (required when the model declares hardware ids): only images listing it (or listing none) will be installed")
 			fs.StringVar(&c.CARootPath, "ca-root", "", "Foster root CA certificate `PEM` file that the server's TLS certificate must chain to (required)")
 			fs.StringVar(&c.TUFRootPath, "tuf-root", "", "initial trusted TUF root metadata `FILE` (root.json) (required)")
 			fs.DurationVar(&c.Timeout, "timeout", client.DefaultRequestTimeout, "timeout of the enrollment request")

@@ -176,12 +176,15 @@ func cmdDeviceShow(ctx context.Context, c *client, args []string, stdout, stderr
 	rows := [][]string{
 		{"device", d.ID}, {"serial", d.Serial}, {"model", d.Model}, {"status", d.Status},
 		{"certificate serial", d.CertSerial}, {"certificate expires", fmtTime(d.CertNotAfter)},
-		{"key sha256", orDash(d.KeySHA256)},
+		{"key sha256", orDash(d.KeySHA256)}, {"hardware id", orDash(d.HardwareID)},
 		{"enrolled", fmtTime(d.EnrolledAt)}, {"installed version", orDash(d.InstalledVersion)},
 		{"installed target", orDash(d.InstalledTarget)}, {"last attestation", fmtTime(d.LastAttestationAt)},
 	}
 	if !d.RevokedAt.IsZero() {
 		rows = append(rows, []string{"revoked", fmtTime(d.RevokedAt) + " (" + d.RevokeReason + ")"})
+	}
+	if d.ReplacedCertSerial != "" {
+		rows = append(rows, []string{"replaced certificate", d.ReplacedCertSerial + " (accepted until the device uses its current one)"})
 	}
 	if !d.ReprovisionAllowedAt.IsZero() {
 		rows = append(rows, []string{"re-provisioning allowed", fmtTime(d.ReprovisionAllowedAt) + " by " + d.ReprovisionBy})

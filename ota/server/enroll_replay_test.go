@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"log/slog"
 	"strings"
@@ -150,7 +151,7 @@ func TestEnrollReplayIsNotAClone(t *testing.T) {
 				f.mustJSON(f.admin, "POST", "/v1/devices/"+e.serial+"/revoke", map[string]string{"reason": "keyCompromise"}, 200)
 			}, "token_used"},
 			{"station token, device renewed", func(s string) string { return stationToken(t, line1, s, "edge-gw") }, true, func(e enrolled) {
-				f.mustJSON(e.cred.client, "POST", "/v1/renew", map[string]string{"csr": csrPEM(t, newKey(t), e.serial)}, 201)
+				f.mustJSON(e.cred.client, "POST", "/v1/renew", map[string]string{"csr": csrPEM(t, e.cred.key.(*ecdsa.PrivateKey), e.serial)}, 201)
 			}, "token_used"},
 		}
 		for i, tt := range tests {

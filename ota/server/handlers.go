@@ -33,6 +33,9 @@ type enrollRequest struct {
 	Serial string `json:"serial"`
 	Model  string `json:"model"`
 	CSR    string `json:"csr"`
+	// HardwareID is required for a model that declares hardware ids, and
+	// must be one of them (checkHardwareID).
+	HardwareID string `json:"hardware_id,omitempty"`
 }
 
 type enrollResponse struct {
@@ -51,7 +54,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	if err := p.Validate(); err != nil {
 		return badRequest("device identity: %v", err)
 	}
-	auth := store.EnrollRequest{Serial: req.Serial, Model: req.Model}
+	auth := store.EnrollRequest{Serial: req.Serial, Model: req.Model, HardwareID: req.HardwareID}
 	switch {
 	case strings.HasPrefix(req.Token, tokenPrefix) && len(req.Token) <= 256:
 		auth.TokenHash = hashToken(req.Token)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -15,7 +14,6 @@ import (
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
-	"github.com/foster-ota/foster/pkg/x5ctoken"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 )
 
@@ -30,7 +28,6 @@ const (
 	DefaultStationValidity = 30 * 24 * time.Hour
 	MaxStationValidity     = 5 * 365 * 24 * time.Hour
 	MaxStationQuota        = 1 << 40
-	maxRenewBody           = 32 << 10 // bytes: a CSR and a token
 )
 
 // issueEnrollment checks the CSR and (read-only) everything the store will
@@ -47,6 +44,9 @@ func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth st
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", auth.Model)
 	} else if err != nil {
+		return err
+	}
+	if err := checkHardwareID(model, auth.HardwareID); err != nil {
 		return err
 	}
 	dr, err := s.cfg.Issuer.CheckDeviceCSR(csr, auth.Model, auth.Serial)
@@ -134,6 +134,8 @@ func (s *Server) identityError(err error) error {
 		return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v", err)
 	case errors.Is(err, store.ErrClone):
 		return apierr.New(http.StatusConflict, apierr.CodeClone, "%v", err)
+	case errors.Is(err, store.ErrKeyMismatch):
+		return apierr.New(http.StatusConflict, apierr.CodeKeyMismatch, "%v", err)
 	case errors.Is(err, store.ErrDeviceRevoked), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrStationRevoked):
 		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "%v", err)
 	case errors.Is(err, store.ErrReprovisioning):
@@ -164,6 +166,8 @@ type stationEnrollRequest struct {
 	Serial string `json:"serial"`
 	Model  string `json:"model"`
 	CSR    string `json:"csr"`
+	// HardwareID: as in enrollRequest.
+	HardwareID string `json:"hardware_id,omitempty"`
 }
 
 // stationEnroll lets a factory station submit a device's CSR itself.
@@ -179,97 +183,7 @@ func (s *Server) stationEnroll(w http.ResponseWriter, r *http.Request) error {
 		return badRequest("csr is required")
 	}
 	p, _ := principalFrom(r.Context())
-	return s.issueEnrollment(w, r, store.EnrollRequest{Serial: req.Serial, Model: req.Model, Station: p.Name}, []byte(req.CSR))
-}
-
-// --- renewal
-
-type renewRequest struct {
-	CSR string `json:"csr"`
-}
-
-type renewExpiredRequest struct {
-	Token string `json:"token"`
-	CSR   string `json:"csr"`
-}
-
-// renew issues a fresh certificate to a device authenticated by its current
-// certificate; the CSR may carry the same key or a new one.
-func (s *Server) renew(w http.ResponseWriter, r *http.Request) error {
-	var req renewRequest
-	if err := decodeJSON(w, r, maxRenewBody, &req); err != nil {
-		return err
-	}
-	p, cert := principalFrom(r.Context())
-	return s.issueRenewal(w, r, p, cert, []byte(req.CSR), store.RenewRequest{})
-}
-
-// renewExpired renews a device whose certificate expired (TLS would refuse
-// it), within the grace period: the token, signed by the old key and
-// carrying the old certificate, proves possession and binds the CSR.
-func (s *Server) renewExpired(w http.ResponseWriter, r *http.Request) error {
-	var req renewExpiredRequest
-	if err := decodeJSON(w, r, maxRenewBody, &req); err != nil {
-		return err
-	}
-	if !x5ctoken.LooksLikeJWT(req.Token) {
-		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "renew token is malformed")
-	}
-	rt, err := s.cfg.Issuer.VerifyRenewToken(req.Token, s.cfg.RenewGrace)
-	if err != nil {
-		return tokenError(err)
-	}
-	der, err := csrDER([]byte(req.CSR))
-	if err != nil {
-		return err
-	}
-	if x5ctoken.CSRDigest(der) != rt.CSRSHA256 {
-		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "renew token was minted for another CSR")
-	}
-	return s.issueRenewal(w, r, rt.Device, rt.Cert, []byte(req.CSR), store.RenewRequest{Expired: true, JTI: rt.ID, JTIExpiresAt: rt.Expiry})
-}
-
-func (s *Server) issueRenewal(w http.ResponseWriter, r *http.Request, p identity.Principal, cert *x509.Certificate, csr []byte, rr store.RenewRequest) error {
-	ctx := r.Context()
-	if len(csr) == 0 {
-		return badRequest("csr is required")
-	}
-	dr, err := s.cfg.Issuer.CheckDeviceCSR(csr, p.Model, p.Serial())
-	if err != nil {
-		return s.csrError(err)
-	}
-	model, err := s.cfg.Store.GetModel(ctx, p.Model)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	rr.DeviceID, rr.PresentedSerial, rr.PresentedKeySHA256 = p.URI(), cert.SerialNumber.Text(16), ca.PublicKeySHA256(cert.PublicKey)
-	dev, err := s.cfg.Store.RenewDevice(ctx, rr, func() (store.Issued, error) {
-		chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr, ca.WithValidity(model.CertValidity()))
-		if err != nil {
-			return store.Issued{}, err
-		}
-		return issued(chain)
-	})
-	if err != nil {
-		return s.identityError(err)
-	}
-	s.log.Info("device certificate renewed", "device", dev.ID, "cert_serial", dev.CertSerial, "after_expiry", rr.Expired,
-		"rekeyed", dr.KeySHA256 != rr.PresentedKeySHA256)
-	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
-}
-
-// csrDER returns the DER of one PEM CSR (or of raw DER).
-func csrDER(b []byte) ([]byte, error) {
-	if len(b) == 0 {
-		return nil, badRequest("csr is required")
-	}
-	if len(b) > ca.MaxCSRSize {
-		return nil, badRequest("csr larger than %d bytes", ca.MaxCSRSize)
-	}
-	if block, _ := pem.Decode(b); block != nil {
-		return block.Bytes, nil
-	}
-	return b, nil
+	return s.issueEnrollment(w, r, store.EnrollRequest{Serial: req.Serial, Model: req.Model, Station: p.Name, HardwareID: req.HardwareID}, []byte(req.CSR))
 }
 
 // --- CRL

@@ -408,17 +408,14 @@ func TestRenewalOverMTLS(t *testing.T) {
 	if same.chain[0].SerialNumber.Cmp(dev.chain[0].SerialNumber) == 0 || !same.chain[0].NotAfter.After(dev.chain[0].NotAfter.Add(-time.Second)) {
 		t.Fatal("renewal did not issue a fresh certificate")
 	}
-	// New key.
-	newK := newKey(t)
-	json.Unmarshal(f.mustJSON(same.client, "POST", "/v1/renew", map[string]string{"csr": csrPEM(t, newK, "SN-1")}, 201), &out)
-	rekeyed := f.withKey(out.Certificate, newK)
-	if r := f.do(rekeyed.client, "GET", "/tuf/timestamp.json", nil); r.status != 200 {
-		t.Fatalf("rekeyed certificate: %d", r.status)
+	if r := f.do(same.client, "GET", "/tuf/timestamp.json", nil); r.status != 200 {
+		t.Fatalf("renewed certificate: %d", r.status)
 	}
 	got, _ := f.in.Store.GetDevice(context.Background(), "urn:foster:device:edge-gw:SN-1")
-	if got.KeySHA256 != ca.PublicKeySHA256(newK.Public()) || got.CertSerial != rekeyed.chain[0].SerialNumber.Text(16) {
-		t.Fatalf("store after rekey: %+v", got)
+	if got.KeySHA256 != ca.PublicKeySHA256(dev.key.Public()) || got.CertSerial != same.chain[0].SerialNumber.Text(16) {
+		t.Fatalf("store after renewal: %+v", got)
 	}
+	rekeyed, newK := same, dev.key.(*ecdsa.PrivateKey)
 	before := f.issuedState()
 	for _, tt := range []struct {
 		name   string
@@ -430,6 +427,8 @@ func TestRenewalOverMTLS(t *testing.T) {
 		{"CSR for another device", rekeyed.client, js(map[string]string{"csr": csrPEM(t, newK, "SN-2")}), 400, "bad_request"},
 		{"no CSR", rekeyed.client, `{}`, 400, "bad_request"},
 		{"admin renews", f.admin, js(map[string]string{"csr": csrPEM(t, newK, "SN-1")}), 403, "forbidden"},
+		{"CSR for a new key", rekeyed.client, js(map[string]string{"csr": csrPEM(t, newKey(t), "SN-1")}), 409, "key_mismatch"},
+		{"certificate the renewal replaced, after the new one was used", dev.client, js(map[string]string{"csr": csrPEM(t, newK, "SN-1")}), 403, "revoked"},
 		{"oversized", rekeyed.client, `{"csr":"` + strings.Repeat("a", 40<<10) + `"}`, 413, "too_large"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -444,7 +443,7 @@ func TestRenewalOverMTLS(t *testing.T) {
 	}
 	// Revocation: immediate on every mTLS endpoint, and in the CRL.
 	f.mustJSON(f.admin, "POST", "/v1/devices/SN-1/revoke", map[string]string{"reason": "keyCompromise"}, 200)
-	for _, c := range []cred{dev, same, rekeyed} {
+	for _, c := range []cred{dev, same} {
 		for _, ep := range []struct{ method, path, body string }{
 			{"POST", "/v1/renew", js(map[string]string{"csr": csrPEM(t, c.key.(*ecdsa.PrivateKey), "SN-1")})},
 			{"GET", "/tuf/timestamp.json", ""},
@@ -456,10 +455,8 @@ func TestRenewalOverMTLS(t *testing.T) {
 		}
 	}
 	crl := f.crl()
-	for _, c := range []cred{dev, same, rekeyed} {
-		if !crlLists(crl, c.chain[0], 1) {
-			t.Fatalf("CRL does not list %s as keyCompromise", c.chain[0].SerialNumber.Text(16))
-		}
+	if !crlLists(crl, same.chain[0], 1) || !crlLists(crl, dev.chain[0], 4) {
+		t.Fatalf("CRL does not list the current certificate as keyCompromise and the replaced one as superseded: %+v", crl.RevokedCertificateEntries)
 	}
 	if r := f.do(f.admin, "POST", "/v1/devices/SN-1/revoke", []byte(`{"reason":"keyCompromise"}`)); r.status != 409 {
 		t.Fatalf("second revoke: %d %s", r.status, r.body)
@@ -589,6 +586,11 @@ func TestRenewalAfterYearsOffline(t *testing.T) {
 	if !renewed.chain[0].NotAfter.After(now.Add(80 * 24 * time.Hour)) {
 		t.Fatalf("renewed certificate expires %s", renewed.chain[0].NotAfter)
 	}
+	// The token is single use, even while the old certificate may still
+	// retry (the device has not used the new one yet).
+	if r := f.do(f.anon, "POST", "/v1/renew-expired", body(tok1, csr1)); r.status != 409 || r.code() != "token_used" {
+		t.Fatalf("replayed token: %d %s", r.status, r.body)
+	}
 	if r := f.do(renewed.client, "GET", "/tuf/timestamp.json", nil); r.status != 200 {
 		t.Fatalf("renewed device: %d %s", r.status, r.body)
 	}
@@ -607,7 +609,7 @@ func TestRenewalAfterYearsOffline(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"replayed token", body(tok1, csr1), 409, "token_used"},
+		{"replayed token of the certificate the device has replaced", body(tok1, csr1), 403, "revoked"},
 		{"token bound to another CSR", body(renewToken(old["SN-1"], csr1), csrPEM(t, newKey(t), "SN-1")), 401, "token_invalid"},
 		{"revoked device", body(renewToken(old["SN-2"], csr2), csr2), 403, "revoked"},
 		{"device being re-provisioned", body(renewToken(old["SN-3"], csr3), csr3), 403, "forbidden"},

@@ -240,17 +240,9 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", serial, p.URI())
 	}
 	if p.Role == identity.RoleDevice {
-		// The hot path (every poll of every device): one query.
-		acc, err := s.cfg.Store.CheckDeviceAccess(r.Context(), p.URI(), serial)
-		switch {
-		case err != nil:
+		// The hot path (every poll of every device): one query (renew.go).
+		if err := s.checkDeviceCert(r.Context(), p, serial, revoked); err != nil {
 			return caller{}, err
-		case acc.CertRevoked:
-			return caller{}, revoked()
-		case !acc.Enrolled:
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "device %s is not enrolled", p.URI())
-		case acc.Status != store.DeviceActive:
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "device %s is %s", p.URI(), acc.Status)
 		}
 		return caller{p: p, cert: leaf}, nil
 	}

@@ -32,6 +32,12 @@ const (
 	CodeStationRefused = "station_refused"
 	// CodeGraceExpired: a certificate expired longer ago than the renewal grace period.
 	CodeGraceExpired = "grace_expired"
+	// CodeKeyMismatch: a renewal asked for a certificate for a key that is
+	// not the device's current key (re-keying needs `device reprovision`).
+	CodeKeyMismatch = "key_mismatch"
+	// CodeHardwareID: an enrollment did not name one of the model's
+	// hardware ids (or named one for a model that declares none).
+	CodeHardwareID = "hardware_id"
 )
 
 // Error is an API error with its HTTP status.

@@ -100,10 +100,11 @@ CREATE TABLE IF NOT EXISTS certificates (
 CREATE INDEX IF NOT EXISTS certificates_subject ON certificates (subject);
 CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (revoked_at);
 CREATE TABLE IF NOT EXISTS used_token_ids (
-	jti TEXT PRIMARY KEY,
 	issuer TEXT NOT NULL,
+	jti TEXT NOT NULL,
 	expires_at BIGINT NOT NULL,
-	used_at BIGINT NOT NULL
+	used_at BIGINT NOT NULL,
+	PRIMARY KEY (issuer, jti)
 );
 CREATE TABLE IF NOT EXISTS device_refusals (
 	id @ID@,
@@ -146,6 +147,12 @@ var deviceIdentityColumns = [][2]string{
 	{"reprovision_by", "TEXT NOT NULL DEFAULT ''"},
 	{"revoked_at", "BIGINT NOT NULL DEFAULT 0"},
 	{"revoke_reason", "TEXT NOT NULL DEFAULT ''"},
+	// replaced_cert_serial: the certificate the last renewal replaced, still
+	// accepted until the device first uses its current one (renewal.go).
+	{"replaced_cert_serial", "TEXT NOT NULL DEFAULT ''"},
+	// hardware_id: the hardware id the device enrolled with (one of its
+	// model's; '' when the model declares none).
+	{"hardware_id", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // certIdentityColumns extend the certificates table. enroll_token names the
@@ -179,7 +186,7 @@ func (d *DB) migrateIdentity(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return d.migrateTokenIDs(ctx)
 }
 
 // addColumn adds a column unless it exists (stores created by older versions).
@@ -214,6 +221,9 @@ type EnrollRequest struct {
 	KeySHA256 string
 	TokenHash string
 	Station   string
+	// HardwareID is the device's hardware id, one of its model's (checked
+	// by the caller); "" when the model declares none.
+	HardwareID string
 	// JTI is the station token's id, recorded so the token is single use;
 	// empty when the station submitted the CSR itself over mTLS.
 	JTI          string
@@ -233,6 +243,10 @@ func (r EnrollRequest) enrollRef() string {
 	}
 	return ""
 }
+
+// jtiIssuer is who issued the station token whose id is r.JTI: token ids
+// are single use per issuer (used_token_ids is keyed by issuer and id).
+func (r EnrollRequest) jtiIssuer() string { return "urn:foster:station:" + r.Station }
 
 func (r EnrollRequest) via() string {
 	if r.Station != "" {
@@ -263,7 +277,7 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 		tx := cached{d, sqltx}
 		now := d.now()
 		useJTI := func() error {
-			return d.useTokenID(ctx, tx, r.JTI, "urn:foster:station:"+r.Station, r.JTIExpiresAt, now)
+			return d.useTokenID(ctx, tx, r.JTI, r.jtiIssuer(), r.JTIExpiresAt, now)
 		}
 		old, exists, err := d.authorize(ctx, tx, r, now, d.forUpdate(), useJTI)
 		if err != nil {
@@ -281,14 +295,23 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			}
 			via = "reprovision:" + via
 		}
+		// A second enrollment with the same key (the device lost the first
+		// reply and used a new token) replaces the certificate the way a
+		// renewal does: the old one is accepted until the device uses the
+		// new one, then superseded (SupersedeReplaced).
+		replaced := ""
+		if exists && !reprovision {
+			replaced = old.CertSerial
+		}
 		dev = Device{ID: id, Serial: r.Serial, Model: r.Model, Status: DeviceActive, CertSerial: is.Serial,
-			CertNotAfter: is.NotAfter, CertPEM: is.ChainPEM, EnrolledAt: now, KeySHA256: is.KeySHA256}
+			CertNotAfter: is.NotAfter, CertPEM: is.ChainPEM, EnrolledAt: now, KeySHA256: is.KeySHA256,
+			ReplacedCertSerial: replaced, HardwareID: r.HardwareID}
 		if exists {
-			_, err = tx.ExecContext(ctx, d.q(`UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '' WHERE id = ?`),
-				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, id)
+			_, err = tx.ExecContext(ctx, d.q(`UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '', replaced_cert_serial = ?, hardware_id = ? WHERE id = ?`),
+				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, replaced, r.HardwareID, id)
 		} else {
-			_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, key_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256)
+			_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, key_sha256, hardware_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, r.HardwareID)
 		}
 		if isUnique(err) {
 			return fmt.Errorf("device %s: %w", id, ErrConflict)
@@ -324,7 +347,7 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 	}
 	jtiUnused := func() error {
 		var one int
-		err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE jti = ?`), r.JTI).Scan(&one)
+		err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE issuer = ? AND jti = ?`), r.jtiIssuer(), r.JTI).Scan(&one)
 		switch {
 		case err == nil:
 			return ErrTokenUsed
@@ -388,7 +411,7 @@ func (d *DB) ReplayEnrollment(ctx context.Context, r EnrollRequest, refusal erro
 			return Device{}, false, nil
 		}
 		token = `SELECT 1 FROM used_token_ids u WHERE u.jti = ? AND u.issuer = ? AND u.expires_at > ?`
-		args = []any{r.JTI, "urn:foster:station:" + r.Station, ts(now)}
+		args = []any{r.JTI, r.jtiIssuer(), ts(now)}
 	}
 	// One statement, so device, certificate and token are read as of one
 	// moment (a revocation commits either wholly before or wholly after).
@@ -568,12 +591,13 @@ func (d *DB) checkStation(ctx context.Context, q querier, r EnrollRequest, now t
 	return st.Permits(r.Serial, r.Model, now)
 }
 
-// useTokenID records a token id; a second use is ErrTokenUsed.
+// useTokenID records a token id of issuer; a second use of the same
+// (issuer, id) is ErrTokenUsed. Two issuers may pick the same id.
 func (d *DB) useTokenID(ctx context.Context, tx runner, jti, issuer string, exp, now time.Time) error {
 	if jti == "" {
 		return fmt.Errorf("%w: token has no id", ErrTokenInvalid)
 	}
-	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO used_token_ids (jti, issuer, expires_at, used_at) VALUES (?, ?, ?, ?)`), jti, issuer, ts(exp), ts(now))
+	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES (?, ?, ?, ?)`), issuer, jti, ts(exp), ts(now))
 	if isUnique(err) {
 		return ErrTokenUsed
 	}
@@ -662,88 +686,6 @@ func (d *DB) AllowReprovision(ctx context.Context, id, by string) (Device, error
 		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
 	return d.GetDevice(ctx, id)
-}
-
-// --- renewal
-
-// RenewRequest is one renewal of a device certificate.
-type RenewRequest struct {
-	DeviceID string
-	// PresentedSerial and PresentedKeySHA256 identify the certificate that
-	// authenticated the request (over mTLS, or in the renew-expired token).
-	PresentedSerial    string
-	PresentedKeySHA256 string
-	// Expired marks renewal after expiry (proof of possession of the old key).
-	Expired bool
-	// JTI is the renew-expired token's id (single use).
-	JTI          string
-	JTIExpiresAt time.Time
-}
-
-// RenewDevice checks that the device may renew with the presented
-// certificate, runs issue and records the new certificate, in one
-// transaction. A revoked device gets ErrDeviceRevoked; a revoked, superseded
-// or foreign certificate ErrSuperseded; after expiry, a device marked for
-// re-provisioning gets ErrReprovisioning and only the device's current key may
-// renew.
-func (d *DB) RenewDevice(ctx context.Context, r RenewRequest, issue func() (Issued, error)) (Device, error) {
-	var dev Device
-	err := d.tx(ctx, func(tx *sql.Tx) error {
-		now := d.now()
-		old, err := scanDevice(tx.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+d.forUpdate()), r.DeviceID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("device %s: %w", r.DeviceID, ErrNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("reading device: %w", err)
-		}
-		if old.Status == DeviceRevoked {
-			return fmt.Errorf("device %s: %w", r.DeviceID, ErrDeviceRevoked)
-		}
-		if r.Expired && !old.ReprovisionAllowedAt.IsZero() {
-			return fmt.Errorf("device %s: %w", r.DeviceID, ErrReprovisioning)
-		}
-		c, err := getCert(ctx, tx, d, r.PresentedSerial)
-		switch {
-		case errors.Is(err, ErrNotFound):
-			// Issued before certificates were recorded: only the current one counts.
-			if r.PresentedSerial != old.CertSerial {
-				return fmt.Errorf("certificate %s: %w", r.PresentedSerial, ErrSuperseded)
-			}
-		case err != nil:
-			return err
-		case c.Subject != r.DeviceID || !c.RevokedAt.IsZero():
-			return fmt.Errorf("certificate %s: %w", r.PresentedSerial, ErrSuperseded)
-		}
-		if r.Expired && r.PresentedSerial != old.CertSerial && r.PresentedKeySHA256 != old.KeySHA256 {
-			return fmt.Errorf("certificate %s is not for the device's current key: %w", r.PresentedSerial, ErrSuperseded)
-		}
-		if r.JTI != "" {
-			if err := d.useTokenID(ctx, tx, r.JTI, r.DeviceID, r.JTIExpiresAt, now); err != nil {
-				return err
-			}
-		}
-		is, err := issue()
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, d.q(`UPDATE devices SET cert_serial = ?, cert_not_after = ?, cert_pem = ?, key_sha256 = ? WHERE id = ?`),
-			is.Serial, ts(is.NotAfter), is.ChainPEM, is.KeySHA256, r.DeviceID); err != nil {
-			return fmt.Errorf("recording renewal: %w", err)
-		}
-		via := "renew"
-		if r.Expired {
-			via = "renew-expired"
-		}
-		dev = old
-		dev.CertSerial, dev.CertNotAfter, dev.CertPEM, dev.KeySHA256 = is.Serial, is.NotAfter, is.ChainPEM, is.KeySHA256
-		return d.insertCert(ctx, tx, Certificate{Serial: is.Serial, Subject: r.DeviceID, KeySHA256: is.KeySHA256,
-			NotBefore: is.NotBefore, NotAfter: is.NotAfter, IssuedAt: now, IssuedVia: via, IssuedBy: r.PresentedSerial}, "")
-	})
-	if err != nil {
-		return Device{}, err
-	}
-	return dev, nil
 }
 
 // --- revocation
@@ -868,27 +810,6 @@ func (d *DB) IsRevoked(ctx context.Context, serial string) (bool, error) {
 		return false, fmt.Errorf("checking revocation: %w", err)
 	}
 	return ra != 0, nil
-}
-
-// DeviceAccess is what an mTLS request of a device is allowed on.
-type DeviceAccess struct {
-	Enrolled    bool   // the device exists
-	Status      string // its status (DeviceActive, ...) when enrolled
-	CertRevoked bool   // the presented certificate is revoked
-}
-
-// CheckDeviceAccess reads, in one query, the device's status and whether
-// the certificate it presented is revoked: every mTLS request of a device
-// asks both, so revocation takes effect on the very next request.
-func (d *DB) CheckDeviceAccess(ctx context.Context, deviceID, certSerial string) (DeviceAccess, error) {
-	var status sql.NullString
-	var revokedAt sql.NullInt64
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT (SELECT status FROM devices WHERE id = ?), (SELECT revoked_at FROM certificates WHERE serial = ?)`),
-		deviceID, certSerial).Scan(&status, &revokedAt)
-	if err != nil {
-		return DeviceAccess{}, fmt.Errorf("checking device access: %w", err)
-	}
-	return DeviceAccess{Enrolled: status.Valid, Status: status.String, CertRevoked: revokedAt.Valid && revokedAt.Int64 != 0}, nil
 }
 
 // ListCertificates returns the certificates issued to subject ("" for all),

@@ -195,15 +195,17 @@ func TestRenewalRules(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		renewed, err := d.RenewDevice(ctx, store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA"}, issuer("keyA"))
-		if err != nil || renewed.CertSerial == dev.CertSerial {
+		renewed, err := d.RenewDevice(ctx, store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA", KeySHA256: "keyA"}, issuer("keyA"))
+		if err != nil || renewed.CertSerial == dev.CertSerial || renewed.Replayed || renewed.ReplacedCertSerial != dev.CertSerial {
 			t.Fatalf("renew: %+v %v", renewed, err)
 		}
-		// The older certificate is still valid (not revoked) and may renew too.
-		if _, err := d.RenewDevice(ctx, store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA"}, issuer("keyA")); err != nil {
-			t.Fatal(err)
+		// The replaced certificate, until the new one is used, may retry
+		// (a lost reply): it gets the same new certificate, nothing issued.
+		again, err := d.RenewDevice(ctx, store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA", KeySHA256: "keyA"}, issuer("keyA"))
+		if err != nil || !again.Replayed || again.CertSerial != renewed.CertSerial {
+			t.Fatalf("retry with the replaced certificate: %+v %v", again, err)
 		}
-		exp := store.RenewRequest{DeviceID: id, PresentedSerial: renewed.CertSerial, PresentedKeySHA256: "keyA", Expired: true, JTI: "r1", JTIExpiresAt: time.Now().Add(time.Minute)}
+		exp := store.RenewRequest{DeviceID: id, PresentedSerial: renewed.CertSerial, PresentedKeySHA256: "keyA", KeySHA256: "keyA", Expired: true, JTI: "r1", JTIExpiresAt: time.Now().Add(time.Minute)}
 		if _, err := d.RenewDevice(ctx, exp, issuer("keyA")); err != nil {
 			t.Fatalf("renew after expiry: %v", err)
 		}
@@ -215,8 +217,9 @@ func TestRenewalRules(t *testing.T) {
 			req     store.RenewRequest
 			wantErr error
 		}{
-			{"unknown device", store.RenewRequest{DeviceID: "urn:foster:device:edge-gw:SN-9", PresentedSerial: dev.CertSerial}, store.ErrNotFound},
-			{"certificate of another subject", store.RenewRequest{DeviceID: id, PresentedSerial: "unknown"}, store.ErrSuperseded},
+			{"unknown device", store.RenewRequest{DeviceID: "urn:foster:device:edge-gw:SN-9", PresentedSerial: dev.CertSerial, KeySHA256: "keyA"}, store.ErrNotFound},
+			{"certificate of another subject", store.RenewRequest{DeviceID: id, PresentedSerial: "unknown", PresentedKeySHA256: "keyA", KeySHA256: "keyA"}, store.ErrSuperseded},
+			{"certificate the renewal before last replaced", store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA", KeySHA256: "keyA"}, store.ErrSuperseded},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -240,19 +243,21 @@ func TestRenewalRules(t *testing.T) {
 			t.Fatalf("second revoke: %v", err)
 		}
 		for _, expired := range []bool{false, true} {
-			r := store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA", Expired: expired, JTI: fmt.Sprint("r3", expired)}
+			r := store.RenewRequest{DeviceID: id, PresentedSerial: dev.CertSerial, PresentedKeySHA256: "keyA", KeySHA256: "keyA", Expired: expired, JTI: fmt.Sprint("r3", expired)}
 			if _, err := d.RenewDevice(ctx, r, issuer("keyA")); !errors.Is(err, store.ErrDeviceRevoked) {
 				t.Fatalf("revoked device renewing (expired=%v): %v", expired, err)
 			}
 		}
 		all, _ := d.ListCertificates(ctx, id)
 		rev, _ := d.RevokedCertificates(ctx)
-		if len(all) != 4 || len(rev) != 4 {
-			t.Fatalf("%d certificates, %d revoked; want all 4 revoked", len(all), len(rev))
+		if len(all) != 3 || len(rev) != 3 {
+			t.Fatalf("%d certificates, %d revoked; want all 3 revoked", len(all), len(rev))
 		}
 		for _, c := range rev {
-			if c.RevokeReasonCode != 1 {
-				t.Fatalf("%+v", c)
+			// The first was superseded by the renewal after expiry; the
+			// others revoked with the device.
+			if want := map[bool]int{true: store.ReasonSuperseded, false: 1}[c.Serial == dev.CertSerial]; c.RevokeReasonCode != want {
+				t.Fatalf("%+v: want reason %d", c, want)
 			}
 			if r, _ := d.IsRevoked(ctx, c.Serial); !r {
 				t.Fatalf("IsRevoked(%s) = false", c.Serial)
@@ -345,11 +350,11 @@ func TestDeviceAccessSeesRevocationAtOnce(t *testing.T) {
 				t.Fatalf("access(%s, %s) = %+v, %v; want %+v", id, serial, got, err, want)
 			}
 		}
-		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceActive})
+		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceActive, CertCurrent: true})
 		check("urn:foster:device:edge-gw:SN-NONE", "ffff", store.DeviceAccess{})
 		if _, err := d.RevokeDevice(ctx, dev.ID, 1, "keyCompromise", "urn:foster:admin:admin"); err != nil {
 			t.Fatal(err)
 		}
-		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceRevoked, CertRevoked: true})
+		check(dev.ID, dev.CertSerial, store.DeviceAccess{Enrolled: true, Status: store.DeviceRevoked, CertRevoked: true, CertCurrent: true})
 	})
 }

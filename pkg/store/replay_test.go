@@ -212,7 +212,7 @@ func TestEnrollReplayRefusals(t *testing.T) {
 			return r // the current certificate is t2's, not t1's
 		}},
 		"device renewed": {after: func(t *testing.T, d *store.DB, r store.EnrollRequest, dev store.Device) store.EnrollRequest {
-			if _, err := d.RenewDevice(context.Background(), store.RenewRequest{DeviceID: dev.ID, PresentedSerial: dev.CertSerial, PresentedKeySHA256: r.KeySHA256}, issuer(r.KeySHA256)); err != nil {
+			if _, err := d.RenewDevice(context.Background(), store.RenewRequest{DeviceID: dev.ID, PresentedSerial: dev.CertSerial, PresentedKeySHA256: r.KeySHA256, KeySHA256: r.KeySHA256}, issuer(r.KeySHA256)); err != nil {
 				t.Fatal(err)
 			}
 			return r

@@ -350,7 +350,7 @@ func (d *DB) forUpdate() string {
 
 // --- devices
 
-const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence, key_sha256, reprovision_at, reprovision_by, revoked_at, revoke_reason`
+const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence, key_sha256, reprovision_at, reprovision_by, revoked_at, revoke_reason, replaced_cert_serial, hardware_id`
 
 type scanner interface{ Scan(...any) error }
 
@@ -359,7 +359,7 @@ func scanDevice(s scanner) (Device, error) {
 	var notAfter, enrolled, lastAtt, reprov, revoked int64
 	err := s.Scan(&dv.ID, &dv.Serial, &dv.Model, &dv.Status, &dv.CertSerial, &notAfter, &dv.CertPEM, &enrolled,
 		&dv.InstalledVersion, &dv.InstalledTarget, &dv.InstalledCounter, &lastAtt, &dv.LastSequence,
-		&dv.KeySHA256, &reprov, &dv.ReprovisionBy, &revoked, &dv.RevokeReason)
+		&dv.KeySHA256, &reprov, &dv.ReprovisionBy, &revoked, &dv.RevokeReason, &dv.ReplacedCertSerial, &dv.HardwareID)
 	dv.CertNotAfter, dv.EnrolledAt, dv.LastAttestationAt = fromTS(notAfter), fromTS(enrolled), fromTS(lastAtt)
 	dv.ReprovisionAllowedAt, dv.RevokedAt = fromTS(reprov), fromTS(revoked)
 	return dv, err

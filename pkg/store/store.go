@@ -82,6 +82,14 @@ type Device struct {
 	ReprovisionBy        string    `json:"reprovision_by,omitempty"`
 	RevokedAt            time.Time `json:"revoked_at,omitzero"`
 	RevokeReason         string    `json:"revoke_reason,omitempty"`
+	// ReplacedCertSerial is the certificate the last renewal replaced while
+	// the device has not yet used its current one: until then it may still
+	// authenticate (to retry a renewal whose reply was lost); at the first
+	// use of the current certificate it is revoked as superseded.
+	ReplacedCertSerial string `json:"replaced_cert_serial,omitempty"`
+	// HardwareID is the hardware id the device enrolled with, one of its
+	// model's; empty when the model declares none.
+	HardwareID string `json:"hardware_id,omitempty"`
 }
 
 // Release is a published firmware target.

@@ -146,7 +146,7 @@ func Run(ctx context.Context, r Request) (*Result, error) {
 	}
 	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})
 
-	resp, err := post(ctx, server, roots, r.Timeout, enrollRequest{Token: r.Token, Serial: r.Serial, Model: r.Model, CSR: string(csrPEM)})
+	resp, err := post(ctx, server, roots, r.Timeout, enrollRequest{Token: r.Token, Serial: r.Serial, Model: r.Model, CSR: string(csrPEM), HardwareID: r.HardwareID})
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +182,9 @@ type enrollRequest struct {
 	Serial string `json:"serial"`
 	Model  string `json:"model"`
 	CSR    string `json:"csr"`
+	// HardwareID binds the device to its hardware: fosterd requires one of
+	// the model's hardware ids when the model declares them.
+	HardwareID string `json:"hardware_id,omitempty"`
 }
 
 type enrollResponse struct {

@@ -17,8 +17,10 @@
 //   - a durable copy of the newest trusted root (go-tuf writes its cache
 //     without fsync; a torn root.json must not orphan the device);
 //   - the Foster rules: the model must be ours, the release counter above the
-//     installed one (no downgrades, even to a signed older image), the
-//     hardware id must match when both sides name one.
+//     installed one (no downgrades, even to a signed older image), and an
+//     image whose signed hardware ids are not empty must list the device's
+//     own (a device that knows no hardware id installs only images listing
+//     none: "no hardware id" never means "any hardware").
 package tufclient
 
 import (
@@ -393,8 +395,10 @@ type Candidate struct {
 
 // Criteria select a target.
 type Criteria struct {
-	Model      string
-	HardwareID string // optional
+	Model string
+	// HardwareID is the device's hardware id ("" when its model declares
+	// none): an image listing hardware ids must list it.
+	HardwareID string
 	// MinReleaseCounter: only targets with a strictly greater counter qualify.
 	MinReleaseCounter int64
 	// Refused lists sha256 (hex) of images not to try again (rolled back before).
@@ -422,8 +426,8 @@ func (cr Criteria) Qualifies(c Custom) (reason string) {
 		return "other model"
 	case c.ReleaseCounter <= cr.MinReleaseCounter:
 		return "rollback: release counter not above installed"
-	case cr.HardwareID != "" && len(c.HardwareIDs) > 0 && !slices.Contains(c.HardwareIDs, cr.HardwareID):
-		return "wrong hardware"
+	case len(c.HardwareIDs) > 0 && (cr.HardwareID == "" || !slices.Contains(c.HardwareIDs, cr.HardwareID)):
+		return "wrong hardware: the image's signed hardware ids do not list this device's"
 	case c.MinFromVersion != "" && (cr.InstalledVersion == "" ||
 		semver.Compare("v"+cr.InstalledVersion, "v"+c.MinFromVersion) < 0 || !semver.IsValid("v"+c.MinFromVersion)):
 		return "installed version below the image's min_from_version"

@@ -1,6 +1,9 @@
 package tufclient
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestCriteria(t *testing.T) {
 	cr := Criteria{Model: "edge-gw", HardwareID: "rev-a", MinReleaseCounter: 3, InstalledVersion: "1.9.1"}
@@ -24,9 +27,14 @@ func TestCriteria(t *testing.T) {
 			t.Errorf("%s: qualifies = %v, want %v", tt.name, got, tt.ok)
 		}
 	}
-	// A device that does not know its hardware id accepts hardware-specific images of its model.
-	if why := (Criteria{Model: "edge-gw"}).Qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{"x"}}); why != "" {
-		t.Errorf("unexpected refusal: %s", why)
+	// A device that does not know its hardware id takes no hardware-specific
+	// image for its own ("no hardware id" is not "any hardware"), only
+	// images listing none.
+	if why := (Criteria{Model: "edge-gw"}).Qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{"x"}}); !strings.HasPrefix(why, "wrong hardware") {
+		t.Errorf("device without a hardware id, hardware-specific image: %q, want wrong hardware", why)
+	}
+	if why := (Criteria{Model: "edge-gw"}).Qualifies(Custom{Model: "edge-gw", ReleaseCounter: 1, HardwareIDs: []string{}}); why != "" {
+		t.Errorf("device without a hardware id, image for every hardware: %q", why)
 	}
 }
 
