@@ -293,9 +293,9 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 func TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), roots *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		GetCertificate: getCert,
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    roots,
-		MinVersion:   tls.VersionTLS12,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      roots,
+		MinVersion:     tls.VersionTLS12,
 	}
 }
 
