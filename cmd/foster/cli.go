@@ -19,6 +19,7 @@ import (
 
 	"github.com/foster-ota/foster/ota/instance"
 	"github.com/foster-ota/foster/pkg/apierr"
+	"github.com/foster-ota/foster/pkg/atomicfile"
 	"github.com/foster-ota/foster/pkg/env"
 )
 
@@ -44,6 +45,9 @@ Usage:
   foster [connection] station list [--json]
   foster [connection] station revoke NAME
   foster [connection] admin create NAME --role admin|auditor --out NAME.cred
+  foster [connection] admin list [--json]
+  foster [connection] admin revoke NAME [--reason keyCompromise]
+  foster [connection] admin renew                 a fresh credential for the caller, written over its files
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
@@ -151,6 +155,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdStationRevoke
 	case "admin create":
 		fn = cmdAdminCreate
+	case "admin list":
+		fn = cmdAdminList
+	case "admin revoke":
+		fn = cmdAdminRevoke
+	case "admin renew":
+		fn = cmdAdminRenew
 	case "enroll ":
 		fn = cmdStationEnroll
 	default:
@@ -184,8 +194,11 @@ type client struct {
 	base  *url.URL
 	http  *http.Client
 	caPEM []byte
-	// cred is the credential bundle in use (--cred or --station), if any.
-	cred *credential
+	// cred is the credential bundle in use (--cred or --station), if any,
+	// read from credPath; certPath and keyPath are the certificate and key
+	// files in use otherwise (admin renew rewrites them).
+	cred                        *credential
+	credPath, certPath, keyPath string
 }
 
 func (c conn) client() (*client, error) {
@@ -218,6 +231,10 @@ func (c conn) client() (*client, error) {
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("--server %q: want an https:// URL", c.server)
 	}
+	// Finish an `admin renew` a crash interrupted, so the pair matches.
+	if err := atomicfile.RecoverPair(c.cert, c.key); err != nil {
+		return nil, fmt.Errorf("recovering %s: %w", c.cert, err)
+	}
 	cert, err := tls.LoadX509KeyPair(c.cert, c.key)
 	if err != nil {
 		return nil, fmt.Errorf("loading client certificate: %w", err)
@@ -230,7 +247,9 @@ func (c conn) client() (*client, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
 	}
-	return newClient(u, cert, pool, caPEM), nil
+	cl := newClient(u, cert, pool, caPEM)
+	cl.certPath, cl.keyPath = c.cert, c.key
+	return cl, nil
 }
 
 func newClient(u *url.URL, cert tls.Certificate, pool *x509.CertPool, caPEM []byte) *client {
@@ -271,7 +290,7 @@ func (c conn) bundleClient(path string) (*client, error) {
 		return nil, fmt.Errorf("%s holds no CA root", path)
 	}
 	cl := newClient(u, cred.pair, pool, caPEM)
-	cl.cred = cred
+	cl.cred, cl.credPath = cred, path
 	return cl, nil
 }
 

@@ -353,32 +353,4 @@ func cmdDeviceReprovision(ctx context.Context, c *client, args []string, stdout,
 	return nil
 }
 
-// --- admins and auditors
-
-func cmdAdminCreate(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("admin create", "admin create NAME --role admin|auditor --out NAME.cred [--valid-for 8760h]", stderr)
-	role := fs.String("role", "", "admin (full control) or auditor (read-only) (required)")
-	out := fs.String("out", "", "write the credential bundle (mode 0600) to FILE (required)")
-	validFor := fs.Duration("valid-for", 0, "certificate lifetime (default 1 year)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || *out == "" || (*role != "admin" && *role != "auditor") {
-		return usageError(fs, "want one NAME, --role admin|auditor and --out FILE")
-	}
-	if _, err := os.Stat(*out); err == nil {
-		return fmt.Errorf("%s already exists: refusing to overwrite a credential", *out)
-	}
-	var resp credentialResponse
-	if err := c.postJSON(ctx, "/v1/admins", map[string]any{"name": pos[0], "role": *role, "valid_for_seconds": int64(validFor.Seconds())}, &resp); err != nil {
-		return err
-	}
-	if err := c.saveCredential(*out, resp); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s created, valid until %s; credential written to %s (use it with: foster --cred %s ...)\n", resp.Principal, fmtTime(resp.NotAfter), *out, *out)
-	return nil
-}
-
 var errNoServer = errors.New("no server URL: give --server, or use a credential bundle or --instance that names one")

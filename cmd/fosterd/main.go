@@ -24,6 +24,10 @@ On an empty or missing --data-dir, fosterd initialises a development instance
 (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
 certificate) and prints where everything is. Later starts reuse it.
 
+fosterd renews its own TLS server certificate when two thirds of its life
+have passed, without a restart; SIGHUP makes it re-read a replaced
+server.crt/server.key (docs/CA.md).
+
 Flags:
 `
 

@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/foster-ota/foster/ota/instance"
 	"github.com/foster-ota/foster/pkg/env"
@@ -57,5 +59,26 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 Admin CLI:  foster --instance %s device list
 `, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
 	log.Info("serving", "addr", ln.Addr().String())
+	reloadOnHangup(ctx, in, log)
 	return in.Serve(ctx, ln)
+}
+
+// reloadOnHangup re-reads server.crt and server.key on SIGHUP (an operator
+// replaced them), keeping the current pair if the new one is unusable.
+func reloadOnHangup(ctx context.Context, in *instance.Instance, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := in.ReloadServerCertificate(); err != nil {
+					log.Error("SIGHUP: reloading the server certificate", "err", err)
+				}
+			}
+		}
+	}()
 }

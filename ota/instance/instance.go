@@ -214,6 +214,16 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	if err := writePair(p.AdminCert, chain, p.AdminKey, key); err != nil {
 		return nil, err
 	}
+	// Every credential is recorded, the first one too, so it can be revoked.
+	st, err := openStore(ctx, dir, opts.DB)
+	if err != nil {
+		return nil, err
+	}
+	err = recordAdminCert(ctx, p, authority, st, log)
+	st.Close()
+	if err != nil {
+		return nil, err
+	}
 
 	log.Info("creating TUF repository: root, targets, snapshot, timestamp keys")
 	refs := TUFKeyRefs{

@@ -42,7 +42,12 @@ type Instance struct {
 	// (Repo.Follow). Default DefaultSyncInterval (FOSTER_TEST_SYNC_INTERVAL in
 	// tests); set before Serve.
 	SyncInterval time.Duration
-	log          *slog.Logger
+	// CertCheckInterval is how often fosterd checks whether its server
+	// certificate is due for renewal (servercert.go). Default
+	// DefaultCertCheckInterval; set before Serve.
+	CertCheckInterval time.Duration
+	serverCert        *serverCert
+	log               *slog.Logger
 }
 
 // Open loads dir and builds every component.
@@ -113,11 +118,16 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		st.Close()
 		return nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(p.ServerCert, p.ServerKey)
+	sc, err := loadServerCert(p.ServerCert, p.ServerKey)
 	if err != nil {
 		authority.Close()
 		st.Close()
-		return nil, fmt.Errorf("loading server certificate: %w", err)
+		return nil, err
+	}
+	if err := recordAdminCert(ctx, p, authority, st, log); err != nil {
+		authority.Close()
+		st.Close()
+		return nil, err
 	}
 	syncEvery, err := syncInterval()
 	if err != nil {
@@ -127,7 +137,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api,
-		TLS: server.TLSConfig(cert, authority.RootPool()), SyncInterval: syncEvery, log: log,
+		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
 	}, nil
 }
 
@@ -175,6 +185,7 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelDebug),
 	}
 	go in.refreshLoop(ctx)
+	go in.serverCertLoop(ctx)
 	go in.Repo.Follow(ctx, in.SyncInterval, func(err error) {
 		in.log.Error("checking for TUF metadata published by another fosterd", "err", err)
 	})

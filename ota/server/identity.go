@@ -19,7 +19,7 @@ import (
 
 // Device identity lifecycle endpoints: enrollment through factory stations,
 // renewal (mTLS, and after expiry by proof of possession), revocation, the
-// CRL, re-provisioning, and the admin side (stations, admin credentials).
+// CRL, re-provisioning, and stations (admin credentials: admins.go).
 // Every refusal is a 4xx JSON error and leaves the store unchanged (except
 // that refused clone attempts are recorded).
 
@@ -440,51 +440,4 @@ func (s *Server) revokeStation(w http.ResponseWriter, r *http.Request) error {
 	s.audit(r, "station.revoke", st.Name+" reason="+reason)
 	s.refreshCRL(r.Context())
 	return writeJSON(w, http.StatusOK, st)
-}
-
-// --- admin and auditor credentials
-
-type adminRequest struct {
-	Name            string `json:"name"`
-	Role            string `json:"role"`
-	ValidForSeconds int64  `json:"valid_for_seconds"`
-}
-
-func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
-	var req adminRequest
-	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
-		return err
-	}
-	role := identity.Role(req.Role)
-	if role != identity.RoleAdmin && role != identity.RoleAuditor {
-		return badRequest("role must be admin or auditor, got %q", req.Role)
-	}
-	p := identity.Principal{Role: role, Name: req.Name}
-	if err := p.Validate(); err != nil {
-		return badRequest("%v", err)
-	}
-	validFor := time.Duration(req.ValidForSeconds) * time.Second
-	if validFor < 0 || validFor > MaxStationValidity {
-		return badRequest("valid_for must be between 1s and %s", MaxStationValidity)
-	}
-	ctx := r.Context()
-	existing, err := s.cfg.Store.ListCertificates(ctx, p.URI())
-	if err != nil {
-		return err
-	}
-	for _, c := range existing {
-		if c.RevokedAt.IsZero() && c.NotAfter.After(s.cfg.Now()) {
-			return apierr.New(http.StatusConflict, apierr.CodeConflict, "%s already holds a valid credential (serial %s)", p.URI(), c.Serial)
-		}
-	}
-	chainPEM, keyPEM, leaf, err := s.issueCredential(ctx, p, validFor)
-	if err != nil {
-		return err
-	}
-	admin, _ := principalFrom(ctx)
-	if err := s.cfg.Store.RecordCertificate(ctx, certRecord(p, leaf, admin)); err != nil {
-		return err
-	}
-	s.audit(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), leaf.SerialNumber.Text(16), leaf.NotAfter.UTC().Format(time.RFC3339)))
-	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: leaf.NotAfter.UTC()})
 }

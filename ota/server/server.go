@@ -5,8 +5,9 @@
 // one-time enrollment token that bootstraps a device). The TLS layer verifies
 // client chains against the Foster root; this package then maps the verified
 // leaf to a Principal (pkg/identity) and checks the role each route needs and,
-// for devices, that the store still lists the device as active, so revocation
-// takes effect on the next request. Every request body is bounded; every error
+// for devices, that the store still lists the device as active (for admins
+// and auditors, that it recorded the certificate and did not revoke it), so
+// revocation takes effect on the next request. Every request body is bounded; every error
 // is JSON {"error","code"} rendered in one place (pkg/apierr).
 package server
 
@@ -169,6 +170,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/stations/{name}", s.handle(reader, s.getStation))
 	mux.Handle("POST /v1/stations/{name}/revoke", s.handle(admin, s.revokeStation))
 	mux.Handle("POST /v1/admins", s.handle(admin, s.createAdmin))
+	mux.Handle("GET /v1/admins", s.handle(reader, s.listAdmins))
+	mux.Handle("POST /v1/admins/{name}/revoke", s.handle(admin, s.revokeAdmin))
+	mux.Handle("POST /v1/admins/renew", s.handle(reader, s.renewAdmin))
 	s.logRoutes(mux, reader)
 	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -246,6 +250,12 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 		}
 		return caller{p: p, cert: leaf}, nil
 	}
+	if p.Role == identity.RoleAdmin || p.Role == identity.RoleAuditor {
+		if err := s.checkCredential(r.Context(), p, serial); err != nil {
+			return caller{}, err
+		}
+		return caller{p: p, cert: leaf}, nil
+	}
 	isRevoked, err := s.cfg.Store.IsRevoked(r.Context(), serial)
 	if err != nil {
 		return caller{}, err
@@ -270,12 +280,14 @@ func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, e
 
 // TLSConfig returns the server TLS settings: client certificates are optional
 // at the handshake (enrollment has none) and verified against roots when sent.
-func TLSConfig(cert tls.Certificate, roots *x509.CertPool) *tls.Config {
+// getCert supplies the server certificate at every handshake, so fosterd can
+// replace it without a restart (ota/instance).
+func TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), roots *x509.CertPool) *tls.Config {
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    roots,
-		MinVersion:   tls.VersionTLS12,
+		GetCertificate: getCert,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      roots,
+		MinVersion:     tls.VersionTLS12,
 	}
 }
 

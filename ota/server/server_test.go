@@ -88,7 +88,9 @@ func (f *fixture) client(cert *tls.Certificate) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 }
 
-// principalClient issues a credential for p straight from the CA.
+// principalClient issues a credential for p straight from the CA and, for
+// an admin or auditor, records it as fosterd does (only recorded admin and
+// auditor credentials authenticate).
 func (f *fixture) principalClient(p identity.Principal) *http.Client {
 	chain, key, err := f.in.CA.IssueClient(context.Background(), p)
 	if err != nil {
@@ -97,6 +99,13 @@ func (f *fixture) principalClient(p identity.Principal) *http.Client {
 	cert, err := tls.X509KeyPair(chain, key)
 	if err != nil {
 		f.t.Fatal(err)
+	}
+	if p.Role == identity.RoleAdmin || p.Role == identity.RoleAuditor {
+		leaf := cert.Leaf
+		if _, err := f.in.Store.RecordExistingCredential(context.Background(), store.Certificate{Serial: leaf.SerialNumber.Text(16),
+			Subject: p.URI(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, IssuedVia: store.IssuedViaAdmin}); err != nil {
+			f.t.Fatal(err)
+		}
 	}
 	return f.client(&cert)
 }
