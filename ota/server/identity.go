@@ -314,15 +314,9 @@ func (s *Server) resolveDevice(ctx context.Context, id string) (store.Device, er
 		}
 		return d, err
 	}
-	ds, err := s.cfg.Store.ListDevices(ctx)
+	match, err := s.cfg.Store.DevicesBySerial(ctx, id)
 	if err != nil {
 		return store.Device{}, err
-	}
-	var match []store.Device
-	for _, d := range ds {
-		if d.Serial == id {
-			match = append(match, d)
-		}
 	}
 	switch len(match) {
 	case 1:

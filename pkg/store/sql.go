@@ -181,6 +181,9 @@ func (d *DB) migrate(ctx context.Context) error {
 	if err := d.migrateTUFState(ctx); err != nil {
 		return err
 	}
+	if err := d.migrateDeviceSerial(ctx); err != nil {
+		return err
+	}
 	return d.migrateAttestations(ctx)
 }
 
