@@ -61,6 +61,9 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := createPrivate(abs); err != nil {
+			return nil, err
+		}
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(5000)")
 		q.Add("_pragma", "journal_mode(WAL)")
