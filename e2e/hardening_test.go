@@ -31,3 +31,22 @@ func TestReleaseCounterTypoCannotExhaustAModel(t *testing.T) {
 	}
 	env.MustFail("counter_out_of_range", "foster", "--instance", env.DataDir, "release", "add", "--model", "edge-gw", "--version", "1.0.3", "--counter", "2000002", fw)
 }
+
+// TestStationPatternCannotBeMatchedBySubstring: a station allowed
+// 'SN-[0-9]{4}' enrolls SN-1234, not ZZ-SN-1234-x; a station needs its
+// model list (or '*' spelled out), and `station list` shows it.
+func TestStationPatternCannotBeMatchedBySubstring(t *testing.T) {
+	env := NewEnv(t)
+	env.Admin("model", "add", "edge-gw")
+	work := t.TempDir()
+	stationFile := filepath.Join(work, "line-1.station")
+	env.MustFail("--models", "foster", "--instance", env.DataDir, "station", "create", "line-1", "--quota", "10", "--out", stationFile)
+	env.Admin("station", "create", "line-1", "--quota", "10", "--models", "edge-gw", "--serial-pattern", "SN-[0-9]{4}", "--out", stationFile)
+	env.MustFail("pattern", "foster", "--station", stationFile, "enroll", "--csr", writeCSR(t, work, "edge-gw", "ZZ-SN-1234-x"), "--out", filepath.Join(work, "zz.crt"))
+	env.MustRun("foster", "--station", stationFile, "enroll", "--csr", writeCSR(t, work, "edge-gw", "SN-1234"), "--out", filepath.Join(work, "ok.crt"))
+	env.Admin("station", "create", "any", "--quota", "1", "--models", "*", "--out", filepath.Join(work, "any.station"))
+	list := env.Admin("station", "list").Stdout
+	if !strings.Contains(list, "* (every model)") || !strings.Contains(list, "edge-gw") {
+		t.Fatalf("station list does not show the models:\n%s", list)
+	}
+}

@@ -75,3 +75,25 @@ func TestReleaseCounterTypoCannotExhaustAModel(t *testing.T) {
 		t.Fatalf("latest = %+v %v", latest, err)
 	}
 }
+
+// TestStationWithoutModelsCannotEnrollEveryModel: a station created without
+// a model list silently enrolled every model, present and future; the list
+// is required, and every model is spelled out as ["*"].
+func TestStationWithoutModelsCannotEnrollEveryModel(t *testing.T) {
+	f := newFixtureWith(t, fixtureOpts{})
+	for _, body := range []string{
+		`{"name":"l1","quota":10}`,
+		`{"name":"l1","quota":10,"models":[]}`,
+		`{"name":"l1","quota":10,"models":["*","edge-gw"]}`,
+		`{"name":"l1","quota":10,"models":["edge-gw"],"serial_pattern":"a)|(.*"}`,
+	} {
+		if r := f.do(f.admin, "POST", "/v1/stations", []byte(body)); r.status != 400 {
+			t.Fatalf("%s: %d %s, want 400", body, r.status, r.body)
+		}
+	}
+	var st struct{ Station store.Station }
+	json.Unmarshal(f.mustJSON(f.admin, "POST", "/v1/stations", map[string]any{"name": "l1", "quota": 10, "models": []string{"*"}}, 201), &st)
+	if !st.Station.AnyModel() || fmt.Sprint(st.Station.Models) != "[*]" {
+		t.Fatalf("station = %+v", st.Station)
+	}
+}
