@@ -88,10 +88,10 @@ func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (
 		return nil, fmt.Errorf("certifying the new intermediate: %w", err)
 	}
 	backup := filepath.Join(dir, fmt.Sprintf("intermediate-%s.pem", old.SerialNumber.Text(16)))
-	if err := atomicfile.WriteFile(backup, encodeCerts(old), 0o644); err != nil {
+	if err := atomicfile.WriteFile(backup, encodeCerts(old), 0o600); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, interCertFile), encodeCerts(inter), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, interCertFile), encodeCerts(inter), 0o600); err != nil {
 		return nil, err
 	}
 	return inter, nil

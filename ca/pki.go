@@ -126,8 +126,8 @@ func InitPKI(dir string, opts InitOptions) error {
 	}{
 		{rootKeyPath, rootKeyPEM, 0o600},
 		{interKeyPath, interKeyPEM, 0o600},
-		{interPath, encodeCerts(inter), 0o644},
-		{rootPath, encodeCerts(root), 0o644},
+		{interPath, encodeCerts(inter), 0o600},
+		{rootPath, encodeCerts(root), 0o600},
 	} {
 		if err := atomicfile.WriteFile(f.path, f.data, f.perm); err != nil {
 			return err

@@ -98,7 +98,7 @@ func TestEnrollmentsSurviveKillDuringGroupCommit(t *testing.T) {
 	env := NewEnv(t)
 	env.Admin("model", "add", "edge-gw")
 	stationFile := filepath.Join(t.TempDir(), "line-1.station")
-	env.Admin("station", "create", "line-1", "--quota", fmt.Sprint(devices), "--out", stationFile)
+	env.Admin("station", "create", "line-1", "--quota", fmt.Sprint(devices), "--models", "edge-gw", "--out", stationFile)
 	enrollments := stationEnrollments(t, stationFile, devices)
 
 	caPEM, err := os.ReadFile(filepath.Join(env.DataDir, "ca.pem"))

@@ -18,7 +18,7 @@ func TestAgentRetriesEnrollmentAfterLostResponse(t *testing.T) {
 	env := NewEnv(t)
 	env.Admin("model", "add", "edge-gw")
 	stationFile := filepath.Join(t.TempDir(), "line-1.station")
-	env.Admin("station", "create", "line-1", "--quota", "1", "--out", stationFile)
+	env.Admin("station", "create", "line-1", "--quota", "1", "--models", "edge-gw", "--out", stationFile)
 	tok := strings.TrimSpace(env.MustRun("foster", "--station", stationFile, "token", "create", "--serial", "SN-0001", "--model", "edge-gw", "--ttl", "24h").Stdout)
 
 	dev := env.NewDevice("SN-0001", "edge-gw")

@@ -163,7 +163,7 @@ func TestFactoryStationStory(t *testing.T) {
 
 	// A second station with a quota of one.
 	small := filepath.Join(work, "small.station")
-	env.Admin("station", "create", "small", "--quota", "1", "--out", small)
+	env.Admin("station", "create", "small", "--quota", "1", "--models", "edge-gw", "--out", small)
 	env.MustRun("foster", "--station", small, "enroll", "--csr", writeCSR(t, work, "edge-gw", "SN-0006"), "--out", filepath.Join(work, "6.crt"))
 	env.MustFail("quota", "foster", "--station", small, "enroll", "--csr", writeCSR(t, work, "edge-gw", "SN-0007"), "--out", filepath.Join(work, "7.crt"))
 
@@ -183,7 +183,7 @@ func TestRevokedDeviceIsRefusedEverywhere(t *testing.T) {
 	env.Admin("model", "add", "edge-gw")
 	work := t.TempDir()
 	stationFile := filepath.Join(work, "line-1.station")
-	env.Admin("station", "create", "line-1", "--quota", "10", "--out", stationFile)
+	env.Admin("station", "create", "line-1", "--quota", "10", "--models", "edge-gw", "--out", stationFile)
 	dev := env.NewDevice("SN-0001", "edge-gw")
 	dev.Enroll(strings.TrimSpace(env.MustRun("foster", "--station", stationFile, "token", "create", "--serial", "SN-0001", "--model", "edge-gw").Stdout))
 	if r := dev.RunOnce(); r.Code != 0 {
@@ -339,7 +339,7 @@ func TestAdminRolesAndAudit(t *testing.T) {
 	env.MustRun("foster", "--cred", auditor, "device", "list")
 	env.MustRun("foster", "--cred", auditor, "station", "list")
 	env.MustFail("forbidden", "foster", "--cred", auditor, "model", "add", "x")
-	env.MustFail("forbidden", "foster", "--cred", auditor, "station", "create", "s", "--quota", "1", "--out", filepath.Join(work, "s.station"))
+	env.MustFail("forbidden", "foster", "--cred", auditor, "station", "create", "s", "--quota", "1", "--models", "edge-gw", "--out", filepath.Join(work, "s.station"))
 	env.MustFail("forbidden", "foster", "--cred", auditor, "admin", "create", "mallory", "--role", "admin", "--out", filepath.Join(work, "m.cred"))
 
 	pair, err := tls.LoadX509KeyPair(filepath.Join(env.DataDir, "admin.crt"), filepath.Join(env.DataDir, "admin.key"))

@@ -41,7 +41,7 @@ Usage:
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
   foster [connection] device reprovision SERIAL|URN
-  foster [connection] station create NAME --quota N [--valid-for 720h] [--models M,...] [--serial-pattern RE] --out NAME.station
+  foster [connection] station create NAME --quota N --models M,...|'*' [--valid-for 720h] [--serial-pattern RE] --out NAME.station
   foster [connection] station list [--json]
   foster [connection] station revoke NAME
   foster [connection] admin create NAME --role admin|auditor --out NAME.cred

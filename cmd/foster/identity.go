@@ -122,19 +122,19 @@ func (c *client) saveCredential(path string, r credentialResponse) error {
 // --- stations
 
 func cmdStationCreate(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("station create", "station create NAME --quota N [--valid-for 720h] [--models M,...] [--serial-pattern RE] --out FILE", stderr)
+	fs := newFlags("station create", "station create NAME --quota N --models M,...|'*' [--valid-for 720h] [--serial-pattern RE] --out FILE", stderr)
 	quota := fs.Int64("quota", 0, "how many devices the station may enroll (required)")
 	validFor := fs.Duration("valid-for", 720*time.Hour, "validity window of the station (and of its certificate)")
 	var models multi
-	fs.Var(&models, "models", "models the station may enroll, comma-separated or repeated (default: every model)")
-	pattern := fs.String("serial-pattern", "", "RE2 regular expression every serial must match, e.g. '^SN-[0-9]{4,12}$'")
+	fs.Var(&models, "models", "models the station may enroll, comma-separated or repeated, or '*' for every model, present and future (required)")
+	pattern := fs.String("serial-pattern", "", "RE2 regular expression the whole serial must match (anchored), e.g. 'SN-[0-9]{4,12}'")
 	out := fs.String("out", "", "write the station credential bundle (certificate chain, key, CA root, server URL; mode 0600) to FILE (required)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 || *quota <= 0 || *out == "" {
-		return usageError(fs, "want one station NAME, a positive --quota and --out FILE")
+	if len(pos) != 1 || *quota <= 0 || *out == "" || len(models) == 0 {
+		return usageError(fs, "want one station NAME, a positive --quota, --models (or --models '*' for every model) and --out FILE")
 	}
 	if _, err := os.Stat(*out); err == nil {
 		return fmt.Errorf("%s already exists: refusing to overwrite a credential", *out)
@@ -157,8 +157,17 @@ func cmdStationCreate(ctx context.Context, c *client, args []string, stdout, std
 	}
 	st := resp.Station
 	fmt.Fprintf(stdout, "station %s created: quota %d, valid until %s, models %s, serial pattern %s\ncredential written to %s (keep it secret: it mints enrollment tokens)\n",
-		st.Name, st.Quota, fmtTime(st.NotAfter), orDash(strings.Join(st.Models, ",")), orDash(st.SerialPattern), *out)
+		st.Name, st.Quota, fmtTime(st.NotAfter), stationModels(*st), orDash(st.SerialPattern), *out)
 	return nil
+}
+
+// stationModels shows the models a station may enroll ("* (every model)"
+// for ["*"] and for a station created before the list was required).
+func stationModels(s store.Station) string {
+	if s.AnyModel() {
+		return "* (every model)"
+	}
+	return strings.Join(s.Models, ",")
 }
 
 func cmdStationList(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
@@ -185,7 +194,7 @@ func cmdStationList(ctx context.Context, c *client, args []string, stdout, stder
 	var rows [][]string
 	for _, s := range sts {
 		rows = append(rows, []string{s.Name, s.Status, strconv.FormatInt(s.Used, 10), strconv.FormatInt(s.Remaining(), 10),
-			strconv.FormatInt(s.Quota, 10), fmtTime(s.NotAfter), orDash(strings.Join(s.Models, ",")), orDash(s.SerialPattern)})
+			strconv.FormatInt(s.Quota, 10), fmtTime(s.NotAfter), stationModels(s), orDash(s.SerialPattern)})
 	}
 	table(stdout, "STATION\tSTATUS\tUSED\tREMAINING\tQUOTA\tVALID UNTIL\tMODELS\tSERIAL PATTERN", rows)
 	return nil

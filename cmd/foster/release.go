@@ -88,7 +88,7 @@ func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr
 	fs := newFlags("release add", "release add --model M --version V [--counter N] [--hardware-id ID ...] [--min-from-version V] [--sha256 HEX] [--length BYTES] FILE", stderr)
 	model := fs.String("model", "", "device model (required)")
 	version := fs.String("version", "", "semantic version above the model's latest, e.g. 1.0.1 (required)")
-	counter := fs.Int64("counter", 0, "monotonic release counter (default: latest + 1)")
+	counter := fs.Int64("counter", 0, "monotonic release counter, at most 1000000 above the model's latest and at most 2^53-1 (default: latest + 1)")
 	minFrom := fs.String("min-from-version", "", "oldest installed version this image may be applied over (signed; devices below it skip it)")
 	sum := fs.String("sha256", "", "expected SHA-256 (hex) of FILE: fosterd refuses the upload if it differs (default: computed from FILE before the upload, so corruption in transit is refused)")
 	length := fs.Int64("length", -1, "expected size of FILE in bytes: fosterd refuses the upload if it differs")

@@ -45,7 +45,7 @@ func NewFS(root string) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blob store root %q: %w", root, err)
 	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
+	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("creating blob store root: %w", err)
 	}
 	fi, err := os.Stat(abs)
@@ -77,14 +77,14 @@ func (s *FS) Put(ctx context.Context, key string, r io.Reader, size int64) error
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("putting %q: %w", key, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("putting %q: %w", key, err)
 	}
 	src := io.Reader(ctxReader{ctx, r})
 	if size >= 0 {
 		src = io.LimitReader(src, size+1) // never read an endless body
 	}
-	err = atomicfile.WriteFrom(p, 0o644, func(w io.Writer) error {
+	err = atomicfile.WriteFrom(p, 0o600, func(w io.Writer) error {
 		n, err := io.Copy(w, src)
 		if err != nil {
 			return err
@@ -259,7 +259,7 @@ func (s *FS) Copy(ctx context.Context, src, dst string) error {
 		return nil // rename(2) of two links to one file would be a no-op anyway
 	}
 	dir := filepath.Dir(dp)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("copying %q to %q: %w", src, dst, err)
 	}
 	var rnd [8]byte

@@ -249,7 +249,7 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initialising TUF repository: %w", err)
 	}
-	if err := atomicfile.WriteFile(p.TUFRoot, rootJSON, 0o644); err != nil {
+	if err := atomicfile.WriteFile(p.TUFRoot, rootJSON, 0o600); err != nil {
 		return nil, err
 	}
 	log.Info("creating transparency log key")
@@ -269,7 +269,7 @@ func writePair(certPath string, chain []byte, keyPath string, key []byte) error 
 	if err := atomicfile.WriteFile(keyPath, key, 0o600); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(certPath, chain, 0o644)
+	return atomicfile.WriteFile(certPath, chain, 0o600)
 }
 
 // serverNames returns the SANs of the server certificate.

@@ -90,7 +90,7 @@ func ensureLogKey(ctx context.Context, dir, keyRef string, pass []byte) (note.Si
 	old, err := os.ReadFile(pub)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if err := atomicfile.WriteFile(pub, []byte(vkey+"\n"), 0o644); err != nil {
+		if err := atomicfile.WriteFile(pub, []byte(vkey+"\n"), 0o600); err != nil {
 			return nil, "", err
 		}
 	case err != nil:

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -228,15 +227,9 @@ func (s *Server) resolveDevice(ctx context.Context, id string) (store.Device, er
 		}
 		return d, err
 	}
-	ds, err := s.cfg.Store.ListDevices(ctx)
+	match, err := s.cfg.Store.DevicesBySerial(ctx, id)
 	if err != nil {
 		return store.Device{}, err
-	}
-	var match []store.Device
-	for _, d := range ds {
-		if d.Serial == id {
-			match = append(match, d)
-		}
 	}
 	switch len(match) {
 	case 1:
@@ -350,12 +343,16 @@ func (s *Server) createStation(w http.ResponseWriter, r *http.Request) error {
 	case len(req.Models) > 64:
 		return badRequest("at most 64 models per station")
 	}
-	if req.SerialPattern != "" {
-		if _, err := regexp.Compile(req.SerialPattern); err != nil {
-			return badRequest("serial_pattern: %v", err)
-		}
+	if err := checkStationModels(req.Models); err != nil {
+		return err
+	}
+	if err := store.ValidSerialPattern(req.SerialPattern); err != nil {
+		return badRequest("serial_pattern: %v", err)
 	}
 	for _, m := range req.Models {
+		if m == store.AllModels {
+			continue
+		}
 		if _, err := s.cfg.Store.GetModel(ctx, m); errors.Is(err, store.ErrNotFound) {
 			return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", m)
 		} else if err != nil {

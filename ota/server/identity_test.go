@@ -708,7 +708,7 @@ func TestStationCreateValidatesAndAudits(t *testing.T) {
 		}
 	}
 	f.station(stationSpec{name: "l1", validFor: 720 * time.Hour})
-	if r := f.do(f.admin, "POST", "/v1/stations", []byte(`{"name":"l1","quota":10}`)); r.status != 409 {
+	if r := f.do(f.admin, "POST", "/v1/stations", []byte(`{"name":"l1","quota":10,"models":["*"]}`)); r.status != 409 {
 		t.Fatalf("duplicate: %d", r.status)
 	}
 	var st store.Station

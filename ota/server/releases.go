@@ -20,11 +20,12 @@ import (
 
 // Error codes of release publication (JSON "code").
 const (
-	codeStaleRelease   = "stale_release"   // version or counter not above the latest
-	codeLengthMismatch = "length_mismatch" // body length differs from the declared one
-	codeHashMismatch   = "hash_mismatch"   // body sha256 differs from the declared one
-	codeKeyUnavailable = "key_unavailable" // a signing key this needs is offline
-	codeRevoked        = "revoked"         // the release was already revoked
+	codeStaleRelease   = "stale_release"        // version or counter not above the latest
+	codeLengthMismatch = "length_mismatch"      // body length differs from the declared one
+	codeHashMismatch   = "hash_mismatch"        // body sha256 differs from the declared one
+	codeKeyUnavailable = "key_unavailable"      // a signing key this needs is offline
+	codeRevoked        = "revoked"              // the release was already revoked
+	codeCounterRange   = "counter_out_of_range" // counter above 2^53-1 or too far above the latest
 )
 
 var semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$`)
@@ -55,7 +56,9 @@ type targetCustom struct {
 //
 // It refuses, publishing nothing and keeping no blob: an unknown model, a
 // version not above the model's latest (semver) or a counter not above its
-// latest counter (revoked releases included: counters are never reused),
+// latest counter (revoked releases included: counters are never reused), a
+// counter above 2^53-1 or more than 1,000,000 above the latest (also when
+// chosen automatically: a model whose latest is 2^53-1 has no next one),
 // an empty or oversized body, a body whose length or sha256 differs from
 // the declared one, hardware ids the model does not have.
 func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
@@ -112,8 +115,8 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	var counter int64 // 0: the latest + 1, chosen under the publish lock
 	if c := q.Get("counter"); c != "" {
-		if counter, err = strconv.ParseInt(c, 10, 64); err != nil || counter <= 0 {
-			return badRequest("counter must be a positive integer")
+		if counter, err = strconv.ParseInt(c, 10, 64); err != nil || counter <= 0 || counter > store.MaxReleaseCounter {
+			return apierr.New(http.StatusBadRequest, codeCounterRange, "counter must be an integer in 1..%d", int64(store.MaxReleaseCounter))
 		}
 	}
 	// Cheap refusal before streaming the body; checked again under the lock.
@@ -121,8 +124,19 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		err = checkAboveLatest(model, version, counter, nil)
+		if err == nil && counter != 0 {
+			err = checkCounterRange(model, counter, nil)
+		}
 	case err == nil:
 		err = checkAboveLatest(model, version, counter, &latest)
+		if next := counter; err == nil {
+			// A model at the highest counter has no automatic next one
+			// either (CheckReleaseCounter looks at latest first).
+			if next == 0 && latest.Counter < store.MaxReleaseCounter {
+				next = latest.Counter + 1
+			}
+			err = checkCounterRange(model, next, &latest)
+		}
 	}
 	if err != nil {
 		return err
@@ -153,6 +167,9 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		if err := checkAboveLatest(model, version, counter, latest); err != nil {
 			return err
 		}
+		if err := checkCounterRange(model, rel.Counter, latest); err != nil {
+			return err
+		}
 		custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: rel.Counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
 		if err := pending.SetCustom(custom); err != nil {
 			return err
@@ -173,6 +190,8 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case errors.As(err, &apiErr) && !published:
 			return err
+		case errors.Is(err, store.ErrCounterRange):
+			return apierr.New(http.StatusBadRequest, codeCounterRange, "%s: %v", model, err)
 		case errors.Is(err, store.ErrStale), errors.Is(err, store.ErrConflict):
 			return apierr.New(http.StatusConflict, codeStaleRelease, "%v", err)
 		case published:
@@ -199,6 +218,22 @@ func checkAboveLatest(model, version string, want int64, latest *store.Release) 
 		return apierr.New(http.StatusConflict, codeStaleRelease, "version %s is not above the latest release of %s (%s)", version, model, latest.Version)
 	case want != 0 && want <= latest.Counter:
 		return apierr.New(http.StatusConflict, codeStaleRelease, "release counter %d is not above the latest (%d) for %s", want, latest.Counter, model)
+	}
+	return nil
+}
+
+// checkCounterRange refuses the counter a release is about to be signed
+// with (given or chosen) when it is out of bounds (store.CheckReleaseCounter):
+// above 2^53-1, or more than store.MaxReleaseCounterStep above the model's
+// latest (nil if none). A counter can never be taken back, so one typo must
+// not use up a model's counters.
+func checkCounterRange(model string, counter int64, latest *store.Release) error {
+	var l int64
+	if latest != nil {
+		l = latest.Counter
+	}
+	if err := store.CheckReleaseCounter(counter, l); errors.Is(err, store.ErrCounterRange) {
+		return apierr.New(http.StatusBadRequest, codeCounterRange, "%s: %v", model, err)
 	}
 	return nil
 }

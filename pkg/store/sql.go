@@ -61,6 +61,9 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := createPrivate(abs); err != nil {
+			return nil, err
+		}
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(5000)")
 		q.Add("_pragma", "journal_mode(WAL)")
@@ -179,6 +182,9 @@ func (d *DB) migrate(ctx context.Context) error {
 		return err
 	}
 	if err := d.migrateTUFState(ctx); err != nil {
+		return err
+	}
+	if err := d.migrateDeviceSerial(ctx); err != nil {
 		return err
 	}
 	return d.migrateAttestations(ctx)
@@ -428,7 +434,8 @@ func (d *DB) SetDeviceStatus(ctx context.Context, id, status string) error {
 
 // AddRelease records a release after check confirms it (typically by
 // publishing it). The counter must be above every earlier counter for the
-// model (a counter of 0 takes the model's latest + 1); check runs inside the
+// model and at most MaxReleaseCounter (a counter of 0 takes the model's
+// latest + 1, ErrCounterRange if that is above the bound); check runs inside the
 // transaction so concurrent adds are ordered, and if it fails nothing is
 // recorded.
 func (d *DB) AddRelease(ctx context.Context, r Release, check func() error) (Release, error) {
@@ -490,7 +497,11 @@ func (d *DB) addRelease(ctx context.Context, r Release, lock bool, check Publish
 		case want == 0 && latest == nil:
 			r.Counter = 1
 		case want == 0:
-			r.Counter = latest.Counter + 1
+			if r.Counter, err = nextReleaseCounter(latest.Counter); err != nil {
+				return err
+			}
+		case want < 1 || want > MaxReleaseCounter:
+			return fmt.Errorf("%w: counter %d is not in 1..%d", ErrCounterRange, want, int64(MaxReleaseCounter))
 		case latest != nil && want <= latest.Counter:
 			return fmt.Errorf("%w: counter %d, latest is %d", ErrStale, want, latest.Counter)
 		}

@@ -32,10 +32,13 @@ type Station struct {
 	Used      int64     `json:"used"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
-	// Models the station may enroll; empty means every registered model.
+	// Models the station may enroll; ["*"] (AllModels) means every model,
+	// present and future, spelled out by the admin. Empty, only in stations
+	// created before the list was required, also means every model.
 	Models []string `json:"models"`
-	// SerialPattern is an RE2 regular expression every serial must match
-	// (anchor it: ^...$); empty means any valid serial.
+	// SerialPattern is an RE2 regular expression the whole serial must
+	// match: it is evaluated anchored, ^(?:pattern)$, also for stations
+	// created before anchoring; empty means any valid serial.
 	SerialPattern string    `json:"serial_pattern,omitempty"`
 	CertSerial    string    `json:"cert_serial"`
 	CreatedBy     string    `json:"created_by"`
@@ -43,6 +46,12 @@ type Station struct {
 	RevokedAt     time.Time `json:"revoked_at,omitzero"`
 	RevokedBy     string    `json:"revoked_by,omitempty"`
 }
+
+// AllModels, as a station's only model, lets it enroll every model.
+const AllModels = "*"
+
+// AnyModel reports whether the station may enroll every model.
+func (s Station) AnyModel() bool { return len(s.Models) == 0 || slices.Contains(s.Models, AllModels) }
 
 // Remaining is the unused quota.
 func (s Station) Remaining() int64 { return max(0, s.Quota-s.Used) }
@@ -80,7 +89,7 @@ func (s Station) permits(serial, model string, now time.Time, quota bool) error 
 		return fmt.Errorf("station %q is valid from %s to %s: %w", s.Name, s.NotBefore.Format(time.RFC3339), s.NotAfter.Format(time.RFC3339), ErrStationExpired)
 	case quota && s.Used >= s.Quota:
 		return fmt.Errorf("station %q (%d of %d): %w", s.Name, s.Used, s.Quota, ErrStationQuota)
-	case len(s.Models) > 0 && !slices.Contains(s.Models, model):
+	case !s.AnyModel() && !slices.Contains(s.Models, model):
 		return fmt.Errorf("%w: model %q is not among the station's models %v", ErrStationPolicy, model, s.Models)
 	}
 	re, err := compilePattern(s.SerialPattern)
@@ -93,7 +102,14 @@ func (s Station) permits(serial, model string, now time.Time, quota bool) error 
 	return nil
 }
 
-var patterns sync.Map // string -> *regexp.Regexp
+var patterns sync.Map // string -> *regexp.Regexp (anchored)
+
+// ValidSerialPattern checks a station's serial pattern as it will be
+// evaluated (anchored).
+func ValidSerialPattern(p string) error {
+	_, err := compilePattern(p)
+	return err
+}
 
 func compilePattern(p string) (*regexp.Regexp, error) {
 	if p == "" {
@@ -102,7 +118,13 @@ func compilePattern(p string) (*regexp.Regexp, error) {
 	if re, ok := patterns.Load(p); ok {
 		return re.(*regexp.Regexp), nil
 	}
-	re, err := regexp.Compile(p)
+	// The pattern alone must compile, so that it cannot close the
+	// anchoring group (`a)|(.*`), and it matches the whole serial: SN-[0-9]{4}
+	// must not accept ZZ-SN-1234-x.
+	if _, err := regexp.Compile(p); err != nil {
+		return nil, fmt.Errorf("serial pattern %q: %w", p, err)
+	}
+	re, err := regexp.Compile(`^(?:` + p + `)$`)
 	if err != nil {
 		return nil, fmt.Errorf("serial pattern %q: %w", p, err)
 	}

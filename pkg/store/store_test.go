@@ -339,3 +339,30 @@ func TestRevocationAndAudit(t *testing.T) {
 		}
 	})
 }
+
+// TestDevicesBySerialFindsEveryModelsDevice: a serial may exist once per
+// model; the lookup returns each (so an ambiguous serial is reported), and
+// nothing for an unknown serial.
+func TestDevicesBySerialFindsEveryModelsDevice(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		if _, err := d.CreateModel(ctx, store.Model{Name: "cam"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []string{"edge-gw", "cam"} {
+			if err := d.CreateToken(ctx, store.Token{Hash: "h-" + m, Serial: "SN-1", Model: m, ExpiresAt: time.Now().Add(time.Hour), CreatedBy: "admin"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := enrollToken(ctx, d, "h-"+m, "SN-1", m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ds, err := d.DevicesBySerial(ctx, "SN-1")
+		if err != nil || len(ds) != 2 || ds[0].Model != "cam" || ds[1].Model != "edge-gw" {
+			t.Fatalf("DevicesBySerial(SN-1) = %+v %v", ds, err)
+		}
+		if ds, err := d.DevicesBySerial(ctx, "SN-2"); err != nil || len(ds) != 0 {
+			t.Fatalf("DevicesBySerial(SN-2) = %+v %v", ds, err)
+		}
+	})
+}
