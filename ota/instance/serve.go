@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -25,6 +24,11 @@ type Overrides struct {
 	TargetRedirect string
 	// PublicRepository serves /tuf/ and /targets/ without client certificates.
 	PublicRepository bool
+	// ReadTimeout, MaxConnections and MetricsListen override config.json
+	// http.read_timeout, http.max_connections and http.metrics_listen.
+	ReadTimeout    time.Duration
+	MaxConnections int
+	MetricsListen  string
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -166,14 +170,14 @@ func syncInterval() (time.Duration, error) {
 
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
 func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           in.API.Handler(),
-		TLSConfig:         in.TLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelDebug),
+	// Timeouts, HTTP/2 stream and connection caps: server.Limits.
+	srv := in.API.HTTPServer(in.TLS, slog.NewLogLogger(in.log.Handler(), slog.LevelDebug))
+	ln = in.API.LimitListener(ln)
+	stopMetrics, err := in.serveMetrics()
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	go in.refreshLoop(ctx)
 	go in.Repo.Follow(ctx, in.SyncInterval, func(err error) {
 		in.log.Error("checking for TUF metadata published by another fosterd", "err", err)
