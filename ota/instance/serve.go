@@ -87,6 +87,13 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, fmt.Errorf("opening CA: %w", err)
 	}
 	cfg.Distribution.applyOverrides(ov)
+	cfg.HTTP.applyOverrides(ov)
+	limits, throttle, err := cfg.HTTP.limits()
+	if err != nil {
+		authority.Close()
+		st.Close()
+		return nil, err
+	}
 	blobs, err := openRepoBlobs(ctx, dir, cfg)
 	if err != nil {
 		authority.Close()
@@ -107,7 +114,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	api, err := server.New(server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
-		Distribution: distribution(cfg.Distribution, blobs),
+		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
 		IssuerError: func(err error) bool {
 			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
 		},
