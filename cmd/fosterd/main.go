@@ -19,6 +19,7 @@ const usage = `fosterd - Foster server: device identities (CA), signed firmware 
 Usage:
   fosterd [--data-dir DIR] [--listen ADDR] [--db URL] [--blobs URL]
           [--target-redirect presign|none] [--public-repository]
+          [--read-timeout DURATION] [--max-connections N] [--metrics-listen ADDR]
 
 On an empty or missing --data-dir, fosterd initialises a development instance
 (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
@@ -40,6 +41,9 @@ func main() {
 	fs.StringVar(&cfg.blobs, "blobs", "", "blob store URL: file:PATH or s3://bucket?endpoint=... (default from config.json; file:blobs)")
 	fs.StringVar(&cfg.targetRedirect, "target-redirect", "", "presign: redirect target downloads to presigned S3 URLs; none: stream them (default from config.json)")
 	fs.BoolVar(&cfg.publicRepository, "public-repository", false, "serve /tuf/ and /targets/ without client certificates (any TUF client with root.json)")
+	fs.DurationVar(&cfg.readTimeout, "read-timeout", 0, "time a client has to send a whole request, body included (default from config.json http.read_timeout; 20s)")
+	fs.IntVar(&cfg.maxConnections, "max-connections", 0, "most connections open at once; more wait (default from config.json http.max_connections; 1024)")
+	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "also serve GET /metrics without authentication, over plain HTTP, on this address, e.g. 127.0.0.1:9464 (default from config.json http.metrics_listen; off)")
 	fs.Usage = func() {
 		fmt.Fprint(os.Stderr, usage)
 		fs.PrintDefaults()

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/foster-ota/foster/ota/instance"
 	"github.com/foster-ota/foster/pkg/env"
@@ -18,9 +19,15 @@ type config struct {
 	dataDir, listen, db, blobs string
 	targetRedirect             string
 	publicRepository           bool
+	readTimeout                time.Duration
+	maxConnections             int
+	metricsListen              string
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	if cfg.readTimeout < 0 || cfg.maxConnections < 0 {
+		return fmt.Errorf("--read-timeout and --max-connections must be positive")
+	}
 	dir, err := filepath.Abs(cfg.dataDir)
 	if err != nil {
 		return err
@@ -40,6 +47,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	in, err := instance.Open(ctx, dir, instance.Overrides{
 		Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs,
 		TargetRedirect: cfg.targetRedirect, PublicRepository: cfg.publicRepository,
+		ReadTimeout: cfg.readTimeout, MaxConnections: cfg.maxConnections, MetricsListen: cfg.metricsListen,
 	}, pass, log)
 	if err != nil {
 		return err

@@ -53,6 +53,9 @@ type Config struct {
 	Identity IdentityConfig `json:"identity,omitzero"`
 	// Distribution tunes how devices fetch metadata and targets (tuf.go).
 	Distribution DistributionConfig `json:"distribution,omitzero"`
+	// HTTP tunes connection and request limits, throttling and the
+	// metrics listener (limits.go).
+	HTTP HTTPConfig `json:"http,omitzero"`
 }
 
 // IdentityConfig tunes certificate lifetimes and renewal. Durations are Go

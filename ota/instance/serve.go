@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -25,6 +24,11 @@ type Overrides struct {
 	TargetRedirect string
 	// PublicRepository serves /tuf/ and /targets/ without client certificates.
 	PublicRepository bool
+	// ReadTimeout, MaxConnections and MetricsListen override config.json
+	// http.read_timeout, http.max_connections and http.metrics_listen.
+	ReadTimeout    time.Duration
+	MaxConnections int
+	MetricsListen  string
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -88,6 +92,13 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, fmt.Errorf("opening CA: %w", err)
 	}
 	cfg.Distribution.applyOverrides(ov)
+	cfg.HTTP.applyOverrides(ov)
+	limits, throttle, err := cfg.HTTP.limits()
+	if err != nil {
+		authority.Close()
+		st.Close()
+		return nil, err
+	}
 	blobs, err := openRepoBlobs(ctx, dir, cfg)
 	if err != nil {
 		authority.Close()
@@ -108,7 +119,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	api, err := server.New(server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
-		Distribution: distribution(cfg.Distribution, blobs),
+		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
 		IssuerError: func(err error) bool {
 			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
 		},
@@ -176,14 +187,14 @@ func syncInterval() (time.Duration, error) {
 
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
 func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           in.API.Handler(),
-		TLSConfig:         in.TLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelDebug),
+	// Timeouts, HTTP/2 stream and connection caps: server.Limits.
+	srv := in.API.HTTPServer(in.TLS, slog.NewLogLogger(in.log.Handler(), slog.LevelDebug))
+	ln = in.API.LimitListener(ln)
+	stopMetrics, err := in.serveMetrics()
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	go in.refreshLoop(ctx)
 	go in.serverCertLoop(ctx)
 	go in.Repo.Follow(ctx, in.SyncInterval, func(err error) {

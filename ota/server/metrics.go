@@ -16,6 +16,12 @@ type metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	// Limits and throttling (limits.go, throttle.go).
+	connsOpen    prometheus.Gauge
+	connWaits    prometheus.Counter
+	bodyTimeouts prometheus.Counter
+	throttled    *prometheus.CounterVec
+	throttleAddr prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -29,6 +35,22 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9),
 		}, []string{"route"}),
 	}
+	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "foster_http_connections_open", Help: "Open connections to the API listener.",
+	})
+	m.connWaits = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "foster_http_connection_limit_waits_total", Help: "Connections that waited because max_connections were open.",
+	})
+	m.bodyTimeouts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "foster_http_body_timeouts_total", Help: "Requests whose body was cut by the read timeout (slow clients).",
+	})
+	m.throttled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "foster_http_throttled_total", Help: "Requests refused with 429 after too many failed attempts from their address, by route.",
+	}, []string{"route"})
+	m.throttleAddr = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "foster_throttle_addresses", Help: "Client addresses with recent failed attempts (the throttle's table).",
+	})
+	m.reg.MustRegister(m.connsOpen, m.connWaits, m.bodyTimeouts, m.throttled, m.throttleAddr)
 	m.reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -44,6 +66,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.code == 0 {
@@ -73,4 +98,18 @@ func (m *metrics) instrument(next http.Handler, mux *http.ServeMux) http.Handler
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// serveMetrics is GET /metrics on the API listener (admin or auditor).
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) error {
+	s.metrics.handler().ServeHTTP(w, r)
+	return nil
+}
+
+// MetricsHandler serves the Prometheus metrics without authentication, for
+// a separate listener (fosterd --metrics-listen, loopback by intent).
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.handler())
+	return mux
 }

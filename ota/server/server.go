@@ -83,7 +83,11 @@ type Config struct {
 	// RenewGrace is how long after its certificate expired a device may
 	// still renew by proving possession of its key. Default 5 years.
 	RenewGrace time.Duration
-	Now        func() time.Time
+	// Limits bound connections and request durations (limits.go).
+	Limits Limits
+	// Throttle bounds failed unauthenticated attempts per address (throttle.go).
+	Throttle Throttle
+	Now      func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -93,6 +97,7 @@ type Server struct {
 	metrics   *metrics
 	releaseMu sync.Mutex // serialises release publication so counters stay ordered
 	evidence  *tufEvidence
+	throttle  *throttle
 }
 
 // New validates cfg and builds a Server.
@@ -133,7 +138,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IssuerError == nil {
 		cfg.IssuerError = func(error) bool { return false }
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), evidence: newTUFEvidence(cfg.Blobs, cfg.Repo)}, nil
+	var err error
+	if cfg.Limits, err = cfg.Limits.withDefaults(); err != nil {
+		return nil, err
+	}
+	if cfg.Throttle, err = cfg.Throttle.withDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), evidence: newTUFEvidence(cfg.Blobs, cfg.Repo)}
+	s.throttle = newThrottle(s, cfg.Throttle)
+	return s, nil
 }
 
 // Handler returns the routed API.
@@ -142,9 +156,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.Handle("POST /v1/enroll", s.handle(nil, s.enroll))
-	mux.Handle("POST /v1/renew-expired", s.handle(nil, s.renewExpired))
-	mux.Handle("GET /crl", s.handle(nil, s.serveCRL))
+	mux.Handle("POST /v1/enroll", s.throttled("POST /v1/enroll", s.enroll))
+	mux.Handle("POST /v1/renew-expired", s.throttled("POST /v1/renew-expired", s.renewExpired))
+	mux.Handle("GET /crl", s.throttled("GET /crl", s.serveCRL))
 	mux.Handle("POST /v1/station/enroll", s.handle([]identity.Role{identity.RoleStation}, s.stationEnroll))
 
 	device := []identity.Role{identity.RoleDevice}
@@ -157,7 +171,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/models", s.handle(admin, s.createModel))
 	mux.Handle("GET /v1/models", s.handle(reader, s.listModels))
 	mux.Handle("POST /v1/tokens", s.handle(admin, s.createToken))
-	mux.Handle("POST /v1/releases", s.handle(admin, s.addRelease))
+	mux.Handle("POST /v1/releases", s.handle(admin, s.streaming(s.addRelease)))
 	mux.Handle("GET /v1/releases", s.handle(reader, s.listReleases))
 	mux.Handle("GET /v1/devices", s.handle(reader, s.listDevices))
 	mux.Handle("GET /v1/devices/{id}", s.handle(reader, s.getDevice))
@@ -174,11 +188,17 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/admins/{name}/revoke", s.handle(admin, s.revokeAdmin))
 	mux.Handle("POST /v1/admins/renew", s.handle(reader, s.renewAdmin))
 	s.logRoutes(mux, reader)
-	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.Handle("GET /metrics", s.handle(reader, s.serveMetrics))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return s.metrics.instrument(mux, mux)
+	return s.metrics.instrument(s.watchBodies(mux), mux)
+}
+
+// throttled is an unauthenticated route whose failed attempts are throttled
+// per client address (throttle.go).
+func (s *Server) throttled(route string, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return s.throttle.wrap(route, s.handle(nil, fn))
 }
 
 type ctxKey struct{}
@@ -288,6 +308,7 @@ func TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), roo
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      roots,
 		MinVersion:     tls.VersionTLS12,
+		CipherSuites:   TLS12CipherSuites, // limits.go: AEAD only
 	}
 }
 

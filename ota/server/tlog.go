@@ -19,11 +19,11 @@ import (
 // O(log n) hashes, entries come at most tlog.MaxEntries (and
 // tlog.MaxEntriesBytes) at a time.
 func (s *Server) logRoutes(mux *http.ServeMux, reader []identity.Role) {
-	mux.Handle("GET /v1/log/checkpoint", s.handle(nil, s.logCheckpoint))
-	mux.Handle("GET /v1/log/consistency", s.handle(nil, s.logConsistency))
+	mux.Handle("GET /v1/log/checkpoint", s.throttled("GET /v1/log/checkpoint", s.logCheckpoint))
+	mux.Handle("GET /v1/log/consistency", s.throttled("GET /v1/log/consistency", s.logConsistency))
 	mux.Handle("GET /v1/log/inclusion", s.handle(reader, s.logInclusion))
-	mux.Handle("GET /v1/log/entries", s.handle(reader, s.logEntries))
-	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.handle(reader, s.attestationBundle))
+	mux.Handle("GET /v1/log/entries", s.handle(reader, s.streaming(s.logEntries)))
+	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.handle(reader, s.streaming(s.attestationBundle)))
 	mux.Handle("GET /v1/reports/fleet", s.handle(reader, s.fleetReport))
 }
 

@@ -64,8 +64,8 @@ func (s *Server) distributionRoutes(mux *http.ServeMux) {
 	if s.cfg.Distribution.Public {
 		who = nil
 	}
-	mux.Handle("GET /tuf/{file}", s.handle(who, s.serveMetadata))
-	mux.Handle("GET /targets/{path...}", s.handle(who, s.serveTarget))
+	mux.Handle("GET /tuf/{file}", s.handle(who, s.streaming(s.serveMetadata)))
+	mux.Handle("GET /targets/{path...}", s.handle(who, s.streaming(s.serveTarget)))
 
 	admin := []identity.Role{identity.RoleAdmin}
 	reader := []identity.Role{identity.RoleAdmin, identity.RoleAuditor}
@@ -73,7 +73,7 @@ func (s *Server) distributionRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /v1/releases/{model}/{version}/revoke", s.handle(admin, s.revokeRelease))
 	mux.Handle("GET /v1/tuf", s.handle(reader, s.tufStatus))
 	mux.Handle("GET /v1/tuf/metadata/{role}", s.handle(reader, s.tufCurrent))
-	mux.Handle("POST /v1/tuf/publish", s.handle(admin, s.tufPublish))
+	mux.Handle("POST /v1/tuf/publish", s.handle(admin, s.streaming(s.tufPublish)))
 }
 
 // serveMetadata serves /tuf/<file>: current metadata from the repository's

@@ -19,6 +19,9 @@ const (
 	CodeNotFound     = "not_found"
 	CodeConflict     = "conflict"
 	CodeTooLarge     = "too_large"
+	// CodeThrottled: too many failed attempts from this address (429,
+	// with Retry-After).
+	CodeThrottled    = "throttled"
 	CodeInternal     = "internal"
 	CodeTokenUsed    = "token_used"
 	CodeTokenInvalid = "token_invalid"
