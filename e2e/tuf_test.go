@@ -156,7 +156,7 @@ func TestS3RepositoryInteropAndRedirects(t *testing.T) {
 	s3 := s3test.StartServer(t)
 	bucket := s3.NewBucket(t)
 	env := NewEnvWith(t, []string{"--blobs", bucket, "--target-redirect", "presign", "--public-repository"})
-	store, err := blob.Open(bucket)
+	store, err := blob.Open(context.Background(), bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,9 +268,9 @@ func TestKilledMidPublishKeepsPreviousRepository(t *testing.T) {
 				}
 				const delay = "FOSTER_TEST_PUBLISH_DELAY=1500ms"
 				env := NewEnvWith(t, append(args, "--public-repository"), delay)
-				store, err := blob.Open(bucket)
+				store, err := blob.Open(context.Background(), bucket)
 				if bucket == "" {
-					store, err = blob.Open(filepath.Join(env.DataDir, "blobs"))
+					store, err = blob.Open(context.Background(), filepath.Join(env.DataDir, "blobs"))
 				}
 				if err != nil {
 					t.Fatal(err)

@@ -175,7 +175,7 @@ func Copy(ctx context.Context, s Store, src, dst string) error {
 //	s3://bucket[/prefix][?endpoint=...&region=...&path-style=true]     -> S3 (see NewS3)
 //
 // Opening does not contact an S3 server; see (*S3).Check.
-func Open(url string) (Store, error) {
+func Open(ctx context.Context, url string) (Store, error) {
 	switch {
 	case url == "":
 		return nil, errors.New("empty blob store URL")
@@ -188,7 +188,7 @@ func Open(url string) (Store, error) {
 	case strings.HasPrefix(url, "file:"):
 		return asStore(NewFS(strings.TrimPrefix(url, "file:")))
 	case strings.HasPrefix(url, "s3://"):
-		return asStore(NewS3(context.Background(), url))
+		return asStore(NewS3(ctx, url))
 	case strings.Contains(url, "://"):
 		return nil, fmt.Errorf("unsupported blob store URL %q: want file: or s3://", url)
 	default:

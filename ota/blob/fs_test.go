@@ -1,6 +1,7 @@
 package blob_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path"
@@ -113,7 +114,7 @@ func TestOpenURL(t *testing.T) {
 		{url: "", wantErr: "empty blob store URL"},
 	}
 	for _, tc := range tests {
-		s, err := blob.Open(tc.url)
+		s, err := blob.Open(context.Background(), tc.url)
 		if tc.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("Open(%q) error = %v, want %q", tc.url, err, tc.wantErr)

@@ -105,7 +105,7 @@ func TestS3PrefixesIsolateStores(t *testing.T) {
 func TestOpenS3URL(t *testing.T) {
 	srv := s3test.StartServer(t)
 	u := srv.NewBucket(t)
-	s, err := blob.Open(u)
+	s, err := blob.Open(context.Background(), u)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", u, err)
 	}
@@ -510,7 +510,7 @@ func TestS3BadURLs(t *testing.T) {
 		if !strings.HasPrefix(tc.url, "s3://") {
 			continue // blob.Open takes it for a file path
 		}
-		if s, err := blob.Open(tc.url); err == nil || s != nil {
+		if s, err := blob.Open(context.Background(), tc.url); err == nil || s != nil {
 			t.Errorf("Open(%q) = %v, %v; want only an error", tc.url, s, err)
 		}
 	}

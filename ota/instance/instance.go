@@ -314,14 +314,14 @@ func resolve(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
-func openBlobs(dir, u string) (blob.Store, error) {
+func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
 	if rest, ok := strings.CutPrefix(u, "file:"); ok {
-		return blob.Open("file:" + resolve(dir, rest))
+		return blob.Open(ctx, "file:"+resolve(dir, rest))
 	}
 	if !strings.Contains(u, "://") {
-		return blob.Open("file:" + resolve(dir, u))
+		return blob.Open(ctx, "file:"+resolve(dir, u))
 	}
-	return blob.Open(u)
+	return blob.Open(ctx, u)
 }
 
 func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {

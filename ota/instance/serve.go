@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -15,6 +16,7 @@ import (
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/store"
+	"golang.org/x/sync/errgroup"
 )
 
 // Overrides replace config.json settings for one run (fosterd flags).
@@ -55,7 +57,7 @@ type Instance struct {
 }
 
 // Open loads dir and builds every component.
-func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log *slog.Logger) (*Instance, error) {
+func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log *slog.Logger) (_ *Instance, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -81,40 +83,41 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
-	authority, err := ca.Open(dir, ca.Options{
+	// One cleanup path for every failure below.
+	var authority *ca.CA
+	defer func() {
+		if err != nil {
+			if authority != nil {
+				authority.Close()
+			}
+			st.Close()
+		}
+	}()
+	authority, err = ca.Open(dir, ca.Options{
 		Passphrase:      passphrase,
 		IntermediateKey: cfg.Identity.IntermediateKey,
 		DeviceValidity:  deviceValidity,
 		CRL:             &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
 	})
 	if err != nil {
-		st.Close()
 		return nil, fmt.Errorf("opening CA: %w", err)
 	}
 	cfg.Distribution.applyOverrides(ov)
 	cfg.HTTP.applyOverrides(ov)
 	limits, throttle, err := cfg.HTTP.limits()
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	blobs, err := openRepoBlobs(ctx, dir, cfg)
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	repo, err := openRepo(ctx, dir, cfg, st, blobs, passphrase)
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	tl, err := openLog(ctx, dir, cfg.LogKey, st, passphrase)
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	api, err := server.New(server.Config{
@@ -125,25 +128,17 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		},
 	})
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	sc, err := loadServerCert(p.ServerCert, p.ServerKey)
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	if err := recordAdminCert(ctx, p, authority, st, log); err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	syncEvery, err := syncInterval()
 	if err != nil {
-		authority.Close()
-		st.Close()
 		return nil, err
 	}
 	return &Instance{
@@ -186,6 +181,11 @@ func syncInterval() (time.Duration, error) {
 }
 
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
+// The server and its background loops (metadata and CRL refresh, server
+// certificate renewal, following other replicas) run in one errgroup: Serve
+// returns only after every one of them has stopped, so the caller may close
+// the store and the CA as soon as it returns. A server that fails stops the
+// loops; the first error is returned.
 func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 	// Timeouts, HTTP/2 stream and connection caps: server.Limits.
 	srv := in.API.HTTPServer(in.TLS, slog.NewLogLogger(in.log.Handler(), slog.LevelDebug))
@@ -195,22 +195,31 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	defer stopMetrics()
-	go in.refreshLoop(ctx)
-	go in.serverCertLoop(ctx)
-	go in.Repo.Follow(ctx, in.SyncInterval, func(err error) {
-		in.log.Error("checking for TUF metadata published by another fosterd", "err", err)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { in.refreshLoop(gctx); return nil })
+	g.Go(func() error { in.serverCertLoop(gctx); return nil })
+	g.Go(func() error {
+		in.Repo.Follow(gctx, in.SyncInterval, func(err error) {
+			in.log.Error("checking for TUF metadata published by another fosterd", "err", err)
+		})
+		return nil
 	})
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	g.Go(func() error {
+		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("shutting down: %w", err)
+		}
 		return nil
-	}
+	})
+	return g.Wait()
 }
 
 func (in *Instance) refreshLoop(ctx context.Context) {

@@ -38,7 +38,7 @@ type DistributionConfig struct {
 // reachable (so a misconfigured store fails at startup, not at the first
 // device download), and validates the distribution settings against it.
 func openRepoBlobs(ctx context.Context, dir string, cfg *Config) (blob.Store, error) {
-	blobs, err := openBlobs(dir, cfg.Blobs)
+	blobs, err := openBlobs(ctx, dir, cfg.Blobs)
 	if err != nil {
 		return nil, err
 	}

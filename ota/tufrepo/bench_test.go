@@ -64,7 +64,7 @@ func populate(b testing.TB, r *Repo, model string, n int) {
 func benchStore(b *testing.B, kind string) blob.Store {
 	switch kind {
 	case "s3":
-		s, err := blob.Open(s3test.Start(b))
+		s, err := blob.Open(context.Background(), s3test.Start(b))
 		if err != nil {
 			b.Fatal(err)
 		}

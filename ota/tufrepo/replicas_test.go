@@ -120,7 +120,7 @@ func TestReplicasConcurrentPublishesDoNotClobber(t *testing.T) {
 			if testing.Short() {
 				t.Skip("real S3 server: not in -short mode")
 			}
-			bs, err := blob.Open(s3test.Start(t))
+			bs, err := blob.Open(context.Background(), s3test.Start(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -368,7 +368,7 @@ func BenchmarkPublishArbiter(b *testing.B) {
 					st = fs
 				} else {
 					var err error
-					if st, err = blob.Open(s3test.Start(b)); err != nil {
+					if st, err = blob.Open(context.Background(), s3test.Start(b)); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -2,6 +2,7 @@ package tufrepo_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 
@@ -17,7 +18,7 @@ import (
 // serving path as the file store; a restarted repository continues from
 // what is in the bucket, and a tampered blob there is refused.
 func TestStockClientOverS3(t *testing.T) {
-	store, err := blob.Open(s3test.Start(t))
+	store, err := blob.Open(context.Background(), s3test.Start(t))
 	if err != nil {
 		t.Fatal(err)
 	}

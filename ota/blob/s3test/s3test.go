@@ -3,7 +3,7 @@
 // pinned version the first time it is needed and cached across runs.
 //
 //	url := s3test.Start(t) // s3://bucket?endpoint=http://127.0.0.1:PORT&region=us-east-1&path-style=true
-//	store, err := blob.Open(url)
+//	store, err := blob.Open(context.Background(), url)
 //
 // The first build takes one to two minutes; later runs reuse the binary
 // from the user cache directory (foster-testbin/versitygw-VERSION/), and a
