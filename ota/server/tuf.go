@@ -82,6 +82,11 @@ func (s *Server) distributionRoutes(mux *http.ServeMux) {
 // is what keeps a fleet's timestamp polls cheap.
 func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) error {
 	file := r.PathValue("file")
+	if model, scoped := metadataModel(file); scoped {
+		if err := checkModelScope(r, model); err != nil {
+			return err
+		}
+	}
 	data, etag, ok, err := s.cfg.Repo.Metadata(r.Context(), file)
 	if errors.Is(err, tufrepo.ErrExpired) {
 		s.log.Error("refusing to serve expired TUF metadata", "file", file, "err", err)
@@ -126,6 +131,9 @@ func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) error {
 	key := "targets/" + r.PathValue("path")
 	if err := blob.ValidKey(key); err != nil {
 		return badRequest("invalid path: %v", err)
+	}
+	if err := checkModelScope(r, targetModel(r.PathValue("path"))); err != nil {
+		return err
 	}
 	if s.cfg.Distribution.Presign == nil {
 		w.Header().Set("Content-Type", "application/octet-stream")
