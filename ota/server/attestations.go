@@ -50,6 +50,10 @@ type attestationResponse struct {
 
 const codeUnsignedTarget = "unsigned_target"
 
+// maxSnapshotAhead is how far above this fosterd's current snapshot version
+// a claimed one may be (replicas publish independently).
+const maxSnapshotAhead = 1000
+
 func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	p, cert := principalFrom(ctx)
@@ -66,6 +70,12 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	}
 	if in.Device != p.URI() {
 		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "attestation names device %s but was sent by %s", in.Device, p.URI())
+	}
+	// A claimed snapshot far beyond any this repository signed is a lie
+	// (slack: another replica may have published a few this one has not
+	// loaded yet). The claim only picks which metadata the bundle carries.
+	if _, _, snapV, _ := s.cfg.Repo.Versions(); in.SnapshotVersion > snapV+maxSnapshotAhead {
+		return badRequest("attestation claims TUF snapshot version %d; this repository is at %d", in.SnapshotVersion, snapV)
 	}
 	rel, err := s.evidence.release(ctx, s.cfg.Store, in.New.Name)
 	if errors.Is(err, store.ErrNotFound) {
@@ -104,6 +114,9 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	})
 	if errors.Is(err, store.ErrReplay) {
 		return s.resend(w, r, p, in.Sequence, env, ev, err)
+	}
+	if errors.Is(err, store.ErrSequenceJump) {
+		return badRequest("%v", err)
 	}
 	if err != nil {
 		return err

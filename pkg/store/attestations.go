@@ -28,6 +28,12 @@ func (d *DB) migrateAttestations(ctx context.Context) error {
 	return nil
 }
 
+// MaxSequenceStep bounds how far above the device's last accepted sequence
+// an attestation's may be. The agent numbers its attestations 1, 2, 3...;
+// a sequence near 2^63 would leave no room for the next one, so the device
+// could never attest again.
+const MaxSequenceStep = 1_000_000
+
 // AddAttestation stores an accepted attestation that is not in the
 // transparency log (LeafIndex -1) and, for a committed install, updates the
 // device's installed version. The sequence must be above the last accepted
@@ -65,6 +71,9 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	}
 	if a.Sequence <= last {
 		return Attestation{}, fmt.Errorf("%w (got %d, last %d)", ErrReplay, a.Sequence, last)
+	}
+	if a.Sequence-last > MaxSequenceStep {
+		return Attestation{}, fmt.Errorf("%w: sequence %d is more than %d above the last accepted %d", ErrSequenceJump, a.Sequence, MaxSequenceStep, last)
 	}
 	err = c.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 		a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt), a.LeafIndex, a.CertSerial).Scan(&a.ID)

@@ -22,6 +22,7 @@ var (
 	ErrTokenUsed    = errors.New("enrollment token was already used")
 	ErrTokenExpired = errors.New("enrollment token has expired")
 	ErrTokenBinding = errors.New("enrollment token is bound to another device")
+	ErrSequenceJump = errors.New("attestation sequence jumps too far")
 	ErrReplay       = errors.New("replay: attestation sequence is not newer than the last accepted one")
 	ErrStale        = errors.New("release counter is not above the latest for this model")
 )
