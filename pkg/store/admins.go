@@ -5,8 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/foster-ota/foster/pkg/identity"
 )
 
 // Admin and auditor credentials: the certificates of the people who run
@@ -61,19 +62,20 @@ type AdminCredential struct {
 // use: "urn:foster:admin:<name>", "urn:foster:auditor:<name>".
 var adminRoles = []string{"admin", "auditor"}
 
-func adminSubject(role, name string) string { return "urn:foster:" + role + ":" + name }
+func adminSubject(role, name string) string {
+	return identity.Principal{Role: identity.Role(role), Name: name}.URI()
+}
 
 // subjectRange is a WHERE fragment matching subjects of role by prefix, as
 // a range so the subject index serves it (';' sorts right after ':').
 func subjectRange(role string) (string, []any) {
-	p := "urn:foster:" + role + ":"
+	p := identity.Principal{Role: identity.Role(role)}.URI() // "urn:foster:<role>:"
 	return `(subject >= ? AND subject < ?)`, []any{p, p[:len(p)-1] + ";"}
 }
 
 func credentialOf(c Certificate, now time.Time) AdminCredential {
-	rest := strings.TrimPrefix(c.Subject, "urn:foster:")
-	role, name, _ := strings.Cut(rest, ":")
-	a := AdminCredential{Name: name, Role: role, Certificate: c}
+	p, _ := identity.ParseURI(c.Subject) // recorded subjects were built by identity
+	a := AdminCredential{Name: p.Name, Role: string(p.Role), Certificate: c}
 	switch {
 	case !c.RevokedAt.IsZero() && c.RevokeReasonCode == supersededReasonCode:
 		a.Status = CredentialSuperseded

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/foster-ota/foster/pkg/identity"
 )
 
 // Device identity lifecycle: every issued certificate, enrollment through
@@ -245,7 +247,9 @@ func (r EnrollRequest) enrollRef() string {
 
 // jtiIssuer is who issued the station token whose id is r.JTI: token ids
 // are single use per issuer (used_token_ids is keyed by issuer and id).
-func (r EnrollRequest) jtiIssuer() string { return "urn:foster:station:" + r.Station }
+func (r EnrollRequest) jtiIssuer() string {
+	return identity.Principal{Role: identity.RoleStation, Name: r.Station}.URI()
+}
 
 func (r EnrollRequest) via() string {
 	if r.Station != "" {
@@ -359,7 +363,7 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 	return d.noteRefusal(ctx, r, err)
 }
 
-func (r EnrollRequest) deviceID() string { return "urn:foster:device:" + r.Model + ":" + r.Serial }
+func (r EnrollRequest) deviceID() string { return identity.Device(r.Model, r.Serial).URI() }
 
 // ReplayEnrollment answers a retried enrollment whose first attempt
 // committed but whose response never reached the device (network drop,

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/foster-ota/foster/pkg/identity"
 )
 
 // Station statuses.
@@ -229,7 +231,7 @@ func (d *DB) RevokeStation(ctx context.Context, name string, code int, reason, b
 			return fmt.Errorf("revoking station: %w", err)
 		}
 		st.Status, st.RevokedAt, st.RevokedBy = StationRevoked, now, by
-		return revokeCerts(ctx, tx, d, "urn:foster:station:"+name, code, reason, now)
+		return revokeCerts(ctx, tx, d, identity.Principal{Role: identity.RoleStation, Name: name}.URI(), code, reason, now)
 	})
 	if err != nil {
 		return Station{}, err
