@@ -123,9 +123,6 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	api, err := server.New(server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
 		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
-		IssuerError: func(err error) bool {
-			return errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch)
-		},
 	})
 	if err != nil {
 		return nil, err

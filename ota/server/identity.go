@@ -116,7 +116,7 @@ func issued(chain []*x509.Certificate) (store.Issued, error) {
 }
 
 func (s *Server) csrError(err error) error {
-	if s.cfg.IssuerError(err) || errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch) {
+	if errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch) {
 		return badRequest("%v", err)
 	}
 	return err

@@ -65,10 +65,8 @@ type Repo interface {
 type Config struct {
 	Store  *store.DB
 	Issuer Issuer
-	// IssuerError classifies an Issuer error as bad input (true: HTTP 400).
-	IssuerError func(error) bool
-	Repo        Repo
-	Blobs       blob.Store
+	Repo   Repo
+	Blobs  blob.Store
 	// Distribution configures device-facing metadata and target serving.
 	Distribution Distribution
 	// Log is the install-attestation transparency log.
@@ -134,9 +132,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.IssuerError == nil {
-		cfg.IssuerError = func(error) bool { return false }
 	}
 	var err error
 	if cfg.Limits, err = cfg.Limits.withDefaults(); err != nil {
