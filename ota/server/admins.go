@@ -78,16 +78,9 @@ type adminRevokeResponse struct {
 // revokeAdmin revokes every credential of an admin or auditor name: the
 // next request with any of them is refused, and the CRL lists them now.
 func (s *Server) revokeAdmin(w http.ResponseWriter, r *http.Request) error {
-	var req revokeRequest
-	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
-		return err
-	}
-	if req.Reason == "" {
-		req.Reason = "unspecified"
-	}
-	code, reason, err := ca.ParseRevocationReason(req.Reason)
+	code, reason, err := readRevocation(w, r, "unspecified")
 	if err != nil {
-		return badRequest("%v", err)
+		return err
 	}
 	name := r.PathValue("name")
 	if err := identity.ValidName(name); err != nil {

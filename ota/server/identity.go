@@ -261,14 +261,27 @@ type revokeRequest struct {
 	Reason string `json:"reason"`
 }
 
-func (s *Server) revokeDevice(w http.ResponseWriter, r *http.Request) error {
+// readRevocation reads a revoke request's reason (defaultReason when none
+// is given) as an RFC 5280 reason code and name.
+func readRevocation(w http.ResponseWriter, r *http.Request, defaultReason string) (int, string, error) {
 	var req revokeRequest
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
-		return err
+		return 0, "", err
+	}
+	if req.Reason == "" {
+		req.Reason = defaultReason
 	}
 	code, reason, err := ca.ParseRevocationReason(req.Reason)
 	if err != nil {
-		return badRequest("%v", err)
+		return 0, "", badRequest("%v", err)
+	}
+	return code, reason, nil
+}
+
+func (s *Server) revokeDevice(w http.ResponseWriter, r *http.Request) error {
+	code, reason, err := readRevocation(w, r, "") // "": the parser's own default
+	if err != nil {
+		return err
 	}
 	d, err := s.resolveDevice(r.Context(), r.PathValue("id"))
 	if err != nil {
@@ -418,16 +431,9 @@ func (s *Server) getStation(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) revokeStation(w http.ResponseWriter, r *http.Request) error {
-	var req revokeRequest
-	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
-		return err
-	}
-	if req.Reason == "" {
-		req.Reason = "cessationOfOperation"
-	}
-	code, reason, err := ca.ParseRevocationReason(req.Reason)
+	code, reason, err := readRevocation(w, r, "cessationOfOperation")
 	if err != nil {
-		return badRequest("%v", err)
+		return err
 	}
 	p, _ := principalFrom(r.Context())
 	st, err := s.cfg.Store.RevokeStation(r.Context(), r.PathValue("name"), code, reason, p.URI())

@@ -127,16 +127,7 @@ func (d *DB) nameCredentials(ctx context.Context, tx *sql.Tx, name string) ([]Ce
 	if err != nil {
 		return nil, fmt.Errorf("reading credentials of %s: %w", name, err)
 	}
-	defer rows.Close()
-	var out []Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return scanCerts(rows)
 }
 
 // IssueAdminCredential records a new credential for name in role, issued

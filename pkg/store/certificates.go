@@ -154,6 +154,11 @@ func (d *DB) listCerts(ctx context.Context, where string, args ...any) ([]Certif
 	if err != nil {
 		return nil, fmt.Errorf("listing certificates: %w", err)
 	}
+	return scanCerts(rows)
+}
+
+// scanCerts reads every row of a certificates query and closes it.
+func scanCerts(rows *sql.Rows) ([]Certificate, error) {
 	defer rows.Close()
 	var out []Certificate
 	for rows.Next() {
