@@ -2,16 +2,16 @@
 // release's rollout from creation to completion, and publishes each decision
 // as signed terms (pkg/rollout) that devices check themselves.
 //
-//	         create
-//	           │        promote (last wave) / last wave healthy after its interval
-//	           ▼      ┌───────────────────────────────────────────► completed
-//	       running ◄──┤ resume
-//	        │  ▲  │   └─ pause ──► paused ──────────┐
-//	        │  └──┼── promote / healthy wave        │ abort, halt
-//	        │     │   after its interval (next)     ▼
-//	        │     └── failure rate > max with  ► halted ── abort ──► aborted
-//	        │         at least min-sample outcomes
-//	        └── abort ────────────────────────────────────────────► aborted
+//	  create
+//	    │        promote (last wave) / last wave healthy after its interval
+//	    ▼      ┌───────────────────────────────────────────► completed
+//	running ◄──┤ resume
+//	 │  ▲  │   └─ pause ──► paused ──────────┐
+//	 │  └──┼── promote / healthy wave        │ abort, halt
+//	 │     │   after its interval (next)     ▼
+//	 │     └── failure rate > max with  ► halted ── abort ──► aborted
+//	 │         at least min-sample outcomes
+//	 └── abort ────────────────────────────────────────────► aborted
 //
 // The database and the API are not trusted by devices: what a Controller
 // decides reaches them only as terms re-signed through TermsPublisher. Each
