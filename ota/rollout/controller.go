@@ -2,16 +2,16 @@
 // release's rollout from creation to completion, and publishes each decision
 // as signed terms (pkg/rollout) that devices check themselves.
 //
-//	  create
-//	    │        promote (last wave) / last wave healthy after its interval
-//	    ▼      ┌───────────────────────────────────────────► completed
-//	running ◄──┤ resume
-//	 │  ▲  │   └─ pause ──► paused ──────────┐
-//	 │  └──┼── promote / healthy wave        │ abort, halt
-//	 │     │   after its interval (next)     ▼
-//	 │     └── failure rate > max with  ► halted ── abort ──► aborted
-//	 │         at least min-sample outcomes
-//	 └── abort ────────────────────────────────────────────► aborted
+// States and transitions (the transitions table enforces them):
+//
+//	create            -> running (wave 1 signed)
+//	running, paused   -> next wave       promote; or automatically, running, after
+//	                                     the wave interval when the wave is healthy
+//	running, paused   -> completed       the same, from the last (100 %) wave
+//	running <-> paused                   pause, resume
+//	running, paused   -> halted          failure rate > max with >= min-sample outcomes
+//	                                     (share 0 signed, log indices recorded)
+//	running, paused, halted -> aborted   abort (share 0)
 //
 // The database and the API are not trusted by devices: what a Controller
 // decides reaches them only as terms re-signed through TermsPublisher. Each
