@@ -36,6 +36,7 @@ type DB struct {
 
 	models     sync.Map     // name -> Model, read once (see GetModel)
 	modelCount atomic.Int64 // models cached, bounded by maxCachedModels
+	rolloutMu  sync.Mutex   // UpdateRollout on SQLite (rollouts.go)
 }
 
 // Open opens the store named by dsn and migrates its schema:
@@ -187,7 +188,10 @@ func (d *DB) migrate(ctx context.Context) error {
 	if err := d.migrateDeviceSerial(ctx); err != nil {
 		return err
 	}
-	return d.migrateAttestations(ctx)
+	if err := d.migrateAttestations(ctx); err != nil {
+		return err
+	}
+	return d.migrateRollouts(ctx)
 }
 
 // q rewrites ? placeholders for PostgreSQL.
