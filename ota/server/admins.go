@@ -1,15 +1,12 @@
 package server
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
-	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
 )
@@ -56,9 +53,9 @@ func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
 		return certRecord(p, leaf, admin), nil
 	})
 	if err != nil {
-		return s.adminError(err)
+		return adminError(err)
 	}
-	s.audit(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), rec.Serial, rec.NotAfter.Format(time.RFC3339)))
+	s.trail.record(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), rec.Serial, rec.NotAfter.Format(time.RFC3339)))
 	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: rec.NotAfter})
 }
 
@@ -88,14 +85,11 @@ func (s *Server) revokeAdmin(w http.ResponseWriter, r *http.Request) error {
 	}
 	revoked, err := s.cfg.Store.RevokeAdminCredentials(r.Context(), name, code, reason)
 	if err != nil {
-		return s.adminError(err)
+		return adminError(err)
 	}
-	serials := make([]string, len(revoked))
-	for i, c := range revoked {
-		serials[i] = c.Serial
-	}
-	s.audit(r, "admin.revoke", fmt.Sprintf("%s reason=%s cert_serials=%s", name, reason, strings.Join(serials, ",")))
-	s.refreshCRL(r.Context())
+	serials := certSerials(revoked)
+	s.trail.record(r, "admin.revoke", fmt.Sprintf("%s reason=%s cert_serials=%s", name, reason, strings.Join(serials, ",")))
+	s.crl.refresh(r.Context())
 	s.log.Info("admin credentials revoked", "name", name, "reason", reason, "cert_serials", serials)
 	return writeJSON(w, http.StatusOK, adminRevokeResponse{Name: name, Revoked: revoked})
 }
@@ -130,67 +124,11 @@ func (s *Server) renewAdmin(w http.ResponseWriter, r *http.Request) error {
 		return certRecord(p, leaf, p), nil
 	})
 	if err != nil {
-		return s.adminError(err)
+		return adminError(err)
 	}
-	s.audit(r, "admin.renew", fmt.Sprintf("%s cert_serial=%s supersedes=%s not_after=%s", p.URI(), rec.Serial, old, rec.NotAfter.Format(time.RFC3339)))
+	s.trail.record(r, "admin.renew", fmt.Sprintf("%s cert_serial=%s supersedes=%s not_after=%s", p.URI(), rec.Serial, old, rec.NotAfter.Format(time.RFC3339)))
 	return writeJSON(w, http.StatusCreated, renewedCredential{
 		credentialResponse: credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: rec.NotAfter},
 		Supersedes:         old,
 	})
-}
-
-// checkCredential admits an admin or auditor certificate only if the store
-// recorded it for this principal and it is not revoked; the first use of a
-// renewed credential supersedes the ones before it.
-func (s *Server) checkCredential(ctx context.Context, p identity.Principal, serial string) error {
-	acc, err := s.cfg.Store.CheckCredentialAccess(ctx, serial)
-	switch {
-	case err != nil:
-		return err
-	case !acc.Recorded:
-		return apierr.New(http.StatusForbidden, apierr.CodeForbidden,
-			"client certificate %s (%s) was never recorded by this instance: only credentials it issued and recorded are accepted", serial, p.URI())
-	case acc.Subject != p.URI():
-		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "client certificate %s was recorded for %s, not %s", serial, acc.Subject, p.URI())
-	case acc.Revoked:
-		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", serial, p.URI())
-	}
-	if acc.Supersedes {
-		s.supersede(ctx, p, serial)
-	}
-	return nil
-}
-
-// supersede revokes the credentials a renewed one replaces. A failure is
-// logged, not fatal: the caller's credential is valid, and its next request
-// tries again.
-func (s *Server) supersede(ctx context.Context, p identity.Principal, serial string) {
-	old, err := s.cfg.Store.Supersede(ctx, serial)
-	if err != nil {
-		s.log.Error("superseding credentials replaced by a renewal", "principal", p.URI(), "cert_serial", serial, "err", err)
-		return
-	}
-	if len(old) == 0 {
-		return // a concurrent request did it
-	}
-	serials := make([]string, len(old))
-	for i, c := range old {
-		serials[i] = c.Serial
-	}
-	if err := s.cfg.Store.Audit(ctx, p.URI(), "admin.supersede", fmt.Sprintf("%s cert_serial=%s superseded=%s", p.URI(), serial, strings.Join(serials, ","))); err != nil {
-		s.log.Error("recording audit event", "err", err)
-	}
-	s.refreshCRL(ctx)
-	s.log.Info("renewed credential in use: older ones superseded", "principal", p.URI(), "cert_serial", serial, "superseded", serials)
-}
-
-// adminError maps admin credential refusals, then identityError's.
-func (s *Server) adminError(err error) error {
-	switch {
-	case errors.Is(err, store.ErrLastAdmin):
-		return apierr.New(http.StatusConflict, apierr.CodeLastAdmin, "%v", err)
-	case errors.Is(err, store.ErrCredentialExists):
-		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
-	}
-	return s.identityError(err)
 }

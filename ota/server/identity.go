@@ -29,187 +29,6 @@ const (
 	MaxStationQuota        = 1 << 40
 )
 
-// issueEnrollment checks the CSR and (read-only) everything the store will
-// check, signs, and then lets the store authorise again (token or station
-// policy, quota, single use, clone detection) and record the device and its
-// certificate in one transaction. Signing before that transaction keeps
-// the CPU-heavy part out of the store's write lock (SQLite has one writer);
-// a certificate signed for a request the transaction then refuses (a race
-// lost to another request with the same token) is dropped: it is never
-// recorded nor returned, so it was never issued.
-func (s *Server) issueEnrollment(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, csr []byte) error {
-	ctx := r.Context()
-	model, err := s.cfg.Store.GetModel(ctx, auth.Model)
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q", auth.Model)
-	} else if err != nil {
-		return err
-	}
-	if err := checkHardwareID(model, auth.HardwareID); err != nil {
-		return err
-	}
-	dr, err := s.cfg.Issuer.CheckDeviceCSR(csr, auth.Model, auth.Serial)
-	if err != nil {
-		return s.csrError(err)
-	}
-	auth.KeySHA256 = dr.KeySHA256
-	if err := s.cfg.Store.CheckEnroll(ctx, auth); err != nil {
-		return s.replayOrRefuse(w, r, auth, err)
-	}
-	chain, err := s.cfg.Issuer.IssueDeviceRequest(ctx, dr, ca.WithValidity(model.CertValidity()))
-	if err != nil {
-		return s.csrError(err)
-	}
-	is, err := issued(chain)
-	if err != nil {
-		return err
-	}
-	dev, err := s.cfg.Store.EnrollDevice(ctx, auth, func() (store.Issued, error) { return is, nil })
-	if err != nil {
-		// A retry that raced its own first attempt (the client timed out
-		// while that one was committing) lands here: the certificate just
-		// signed is dropped, and the committed one is returned.
-		return s.replayOrRefuse(w, r, auth, err)
-	}
-	s.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
-	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
-}
-
-// replayOrRefuse answers an enrollment the store refused with refusal: when
-// it retries, with the same token and key, an enrollment that committed but
-// whose response was lost, with what that enrollment answered (201 and the
-// device's certificate chain as stored; store.ReplayEnrollment says when);
-// otherwise with the refusal, unchanged. A replay issues, spends and records
-// nothing; it is logged, not counted as a refusal. Only the holder of the
-// device key (the CSR's signature was verified) with the original token gets
-// the certificate back, and it is the certificate that key already owns.
-func (s *Server) replayOrRefuse(w http.ResponseWriter, r *http.Request, auth store.EnrollRequest, refusal error) error {
-	dev, ok, err := s.cfg.Store.ReplayEnrollment(r.Context(), auth, refusal)
-	if err != nil {
-		s.log.Error("checking whether a refused enrollment is a retry", "device", auth.Serial, "model", auth.Model, "err", err)
-	}
-	if !ok {
-		return s.identityError(refusal)
-	}
-	s.log.Info("device enrollment replayed: returning the certificate this token already issued to this key",
-		"device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
-	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
-}
-
-func viaOf(a store.EnrollRequest) string {
-	if a.Station != "" {
-		return "station:" + a.Station
-	}
-	return "token"
-}
-
-func issued(chain []*x509.Certificate) (store.Issued, error) {
-	pemChain, err := cryptoutils.MarshalCertificatesToPEM(chain)
-	if err != nil {
-		return store.Issued{}, err
-	}
-	leaf := chain[0]
-	return store.Issued{
-		Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
-		KeySHA256: ca.PublicKeySHA256(leaf.PublicKey), ChainPEM: string(pemChain),
-	}, nil
-}
-
-func (s *Server) csrError(err error) error {
-	if errors.Is(err, ca.ErrBadCSR) || errors.Is(err, ca.ErrWeakKey) || errors.Is(err, ca.ErrIdentityMismatch) {
-		return badRequest("%v", err)
-	}
-	return err
-}
-
-// identityError maps store and CA refusals to API errors, in one place.
-func (s *Server) identityError(err error) error {
-	switch {
-	case errors.Is(err, store.ErrTokenUsed):
-		return apierr.New(http.StatusConflict, apierr.CodeTokenUsed, "enrollment token was already used")
-	case errors.Is(err, store.ErrTokenInvalid), errors.Is(err, store.ErrTokenExpired):
-		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
-	case errors.Is(err, store.ErrTokenBinding):
-		return apierr.New(http.StatusForbidden, apierr.CodeTokenInvalid, "%v", err)
-	case errors.Is(err, store.ErrClone):
-		return apierr.New(http.StatusConflict, apierr.CodeClone, "%v", err)
-	case errors.Is(err, store.ErrKeyMismatch):
-		return apierr.New(http.StatusConflict, apierr.CodeKeyMismatch, "%v", err)
-	case errors.Is(err, store.ErrDeviceRevoked), errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrStationRevoked):
-		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "%v", err)
-	case errors.Is(err, store.ErrReprovisioning):
-		return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%v", err)
-	case errors.Is(err, store.ErrStationExpired), errors.Is(err, store.ErrStationQuota), errors.Is(err, store.ErrStationPolicy):
-		return apierr.New(http.StatusForbidden, apierr.CodeStationRefused, "%v", err)
-	case errors.Is(err, store.ErrNotFound):
-		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "%v", err)
-	case errors.Is(err, store.ErrConflict):
-		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
-	}
-	return s.csrError(err)
-}
-
-func tokenError(err error) error {
-	switch {
-	case errors.Is(err, ca.ErrGraceExpired):
-		return apierr.New(http.StatusForbidden, apierr.CodeGraceExpired, "%v", err)
-	case errors.Is(err, ca.ErrTokenExpired), errors.Is(err, ca.ErrBadToken):
-		return apierr.New(http.StatusUnauthorized, apierr.CodeTokenInvalid, "%v", err)
-	}
-	return err
-}
-
-// --- station enrollment over mTLS
-
-type stationEnrollRequest struct {
-	Serial string `json:"serial"`
-	Model  string `json:"model"`
-	CSR    string `json:"csr"`
-	// HardwareID: as in enrollRequest.
-	HardwareID string `json:"hardware_id,omitempty"`
-}
-
-// stationEnroll lets a factory station submit a device's CSR itself.
-func (s *Server) stationEnroll(w http.ResponseWriter, r *http.Request) error {
-	var req stationEnrollRequest
-	if err := decodeJSON(w, r, maxEnrollBody, &req); err != nil {
-		return err
-	}
-	if err := identity.Device(req.Model, req.Serial).Validate(); err != nil {
-		return badRequest("device identity: %v", err)
-	}
-	if req.CSR == "" {
-		return badRequest("csr is required")
-	}
-	p, _ := principalFrom(r.Context())
-	return s.issueEnrollment(w, r, store.EnrollRequest{Serial: req.Serial, Model: req.Model, Station: p.Name, HardwareID: req.HardwareID}, []byte(req.CSR))
-}
-
-// --- CRL
-
-func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) error {
-	der, err := s.cfg.Issuer.CRL(r.Context())
-	if errors.Is(err, ca.ErrNoCRL) {
-		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "this instance does not publish a CRL")
-	}
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/pkix-crl")
-	w.Header().Set("Cache-Control", "max-age=60")
-	w.WriteHeader(http.StatusOK)
-	_, err = w.Write(der)
-	return err
-}
-
-func (s *Server) refreshCRL(ctx context.Context) {
-	if err := s.cfg.Issuer.RefreshCRL(ctx); err != nil && !errors.Is(err, ca.ErrNoCRL) {
-		// The revocation is in force (mTLS checks the store); the periodic
-		// refresh will publish it.
-		s.log.Error("regenerating CRL after a revocation", "err", err)
-	}
-}
-
 // --- devices: detail, revoke, re-provision
 
 type deviceDetail struct {
@@ -290,10 +109,10 @@ func (s *Server) revokeDevice(w http.ResponseWriter, r *http.Request) error {
 	p, _ := principalFrom(r.Context())
 	d, err = s.cfg.Store.RevokeDevice(r.Context(), d.ID, code, reason, p.URI())
 	if err != nil {
-		return s.identityError(err)
+		return identityError(err)
 	}
-	s.audit(r, "device.revoke", d.ID+" reason="+reason)
-	s.refreshCRL(r.Context())
+	s.trail.record(r, "device.revoke", d.ID+" reason="+reason)
+	s.crl.refresh(r.Context())
 	s.log.Info("device revoked", "device", d.ID, "reason", reason)
 	return writeJSON(w, http.StatusOK, d)
 }
@@ -306,9 +125,9 @@ func (s *Server) reprovisionDevice(w http.ResponseWriter, r *http.Request) error
 	p, _ := principalFrom(r.Context())
 	d, err = s.cfg.Store.AllowReprovision(r.Context(), d.ID, p.URI())
 	if err != nil {
-		return s.identityError(err)
+		return identityError(err)
 	}
-	s.audit(r, "device.reprovision", d.ID)
+	s.trail.record(r, "device.reprovision", d.ID)
 	return writeJSON(w, http.StatusOK, d)
 }
 
@@ -392,7 +211,7 @@ func (s *Server) createStation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.audit(r, "station.create", fmt.Sprintf("%s quota=%d not_after=%s models=%v serial_pattern=%q cert_serial=%s",
+	s.trail.record(r, "station.create", fmt.Sprintf("%s quota=%d not_after=%s models=%v serial_pattern=%q cert_serial=%s",
 		st.Name, st.Quota, st.NotAfter.Format(time.RFC3339), st.Models, st.SerialPattern, st.CertSerial))
 	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: sp.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: leaf.NotAfter.UTC(), Station: &st})
 }
@@ -425,7 +244,7 @@ func (s *Server) listStations(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) getStation(w http.ResponseWriter, r *http.Request) error {
 	st, err := s.cfg.Store.GetStation(r.Context(), r.PathValue("name"))
 	if err != nil {
-		return s.identityError(err)
+		return identityError(err)
 	}
 	return writeJSON(w, http.StatusOK, st)
 }
@@ -438,9 +257,9 @@ func (s *Server) revokeStation(w http.ResponseWriter, r *http.Request) error {
 	p, _ := principalFrom(r.Context())
 	st, err := s.cfg.Store.RevokeStation(r.Context(), r.PathValue("name"), code, reason, p.URI())
 	if err != nil {
-		return s.identityError(err)
+		return identityError(err)
 	}
-	s.audit(r, "station.revoke", st.Name+" reason="+reason)
-	s.refreshCRL(r.Context())
+	s.trail.record(r, "station.revoke", st.Name+" reason="+reason)
+	s.crl.refresh(r.Context())
 	return writeJSON(w, http.StatusOK, st)
 }

@@ -200,7 +200,7 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		return s.publishError(tpath, err)
 	}
 	counter = rel.Counter
-	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
+	s.trail.record(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
 	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
 	return writeJSON(w, http.StatusCreated, s.releaseView(rel))
 }
@@ -344,7 +344,7 @@ func (s *Server) revokeRelease(w http.ResponseWriter, r *http.Request) error {
 	} else if err != nil {
 		return s.publishError(rel.TargetPath, err)
 	}
-	s.audit(r, "release.revoke", rel.TargetPath)
+	s.trail.record(r, "release.revoke", rel.TargetPath)
 	s.log.Info("release revoked", "target", rel.TargetPath)
 	return writeJSON(w, http.StatusOK, s.releaseView(rel))
 }

@@ -13,13 +13,10 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -95,7 +92,15 @@ type Server struct {
 	metrics   *metrics
 	releaseMu sync.Mutex // serialises release publication so counters stay ordered
 	evidence  *tufEvidence
-	throttle  *throttle
+	edge      *edge
+	trail     *auditTrail
+	crl       *crl
+	groups    []routeGroup
+}
+
+// routeGroup is a handler group: it registers its routes through the edge.
+type routeGroup interface {
+	routes(mux *http.ServeMux, e *edge)
 }
 
 // New validates cfg and builds a Server.
@@ -140,8 +145,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Throttle, err = cfg.Throttle.withDefaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(), evidence: newTUFEvidence(cfg.Blobs, cfg.Repo)}
-	s.throttle = newThrottle(s, cfg.Throttle)
+	log, m := cfg.Logger, newMetrics()
+	trail := &auditTrail{store: cfg.Store, log: log}
+	revocations := &crl{issuer: cfg.Issuer, log: log}
+	s := &Server{cfg: cfg, log: log, metrics: m, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo), trail: trail, crl: revocations}
+	s.edge = &edge{
+		auth:     &authenticator{store: cfg.Store, audit: trail, crl: revocations, log: log},
+		throttle: newThrottle(cfg.Throttle, m, log),
+		metrics:  m, log: log, transferWindow: cfg.Limits.TransferWindow,
+	}
+	s.groups = []routeGroup{
+		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
+		trail,
+	}
 	return s, nil
 }
 
@@ -151,146 +167,38 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.Handle("POST /v1/enroll", s.throttled("POST /v1/enroll", s.enroll))
-	mux.Handle("POST /v1/renew-expired", s.throttled("POST /v1/renew-expired", s.renewExpired))
-	mux.Handle("GET /crl", s.throttled("GET /crl", s.serveCRL))
-	mux.Handle("POST /v1/station/enroll", s.handle([]identity.Role{identity.RoleStation}, s.stationEnroll))
-
-	device := []identity.Role{identity.RoleDevice}
+	for _, g := range s.groups {
+		g.routes(mux, s.edge)
+	}
+	e := s.edge
 	s.distributionRoutes(mux) // GET /tuf/, /targets/, release show/revoke, TUF ceremonies: tuf.go
-	mux.Handle("POST /v1/attestations", s.handle(device, s.ingestAttestation))
-	mux.Handle("POST /v1/renew", s.handle(device, s.renew))
+	mux.Handle("POST /v1/attestations", e.handle(deviceOnly, s.ingestAttestation))
 
-	admin := []identity.Role{identity.RoleAdmin}
-	reader := []identity.Role{identity.RoleAdmin, identity.RoleAuditor}
-	mux.Handle("POST /v1/models", s.handle(admin, s.createModel))
-	mux.Handle("GET /v1/models", s.handle(reader, s.listModels))
-	mux.Handle("POST /v1/tokens", s.handle(admin, s.createToken))
-	mux.Handle("POST /v1/releases", s.handle(admin, s.streaming(s.addRelease)))
-	mux.Handle("GET /v1/releases", s.handle(reader, s.listReleases))
-	mux.Handle("GET /v1/devices", s.handle(reader, s.listDevices))
-	mux.Handle("GET /v1/devices/{id}", s.handle(reader, s.getDevice))
-	mux.Handle("GET /v1/attestations", s.handle(reader, s.listAttestations))
-	mux.Handle("GET /v1/audit", s.handle(reader, s.listAudit))
-	mux.Handle("POST /v1/devices/{id}/revoke", s.handle(admin, s.revokeDevice))
-	mux.Handle("POST /v1/devices/{id}/reprovision", s.handle(admin, s.reprovisionDevice))
-	mux.Handle("POST /v1/stations", s.handle(admin, s.createStation))
-	mux.Handle("GET /v1/stations", s.handle(reader, s.listStations))
-	mux.Handle("GET /v1/stations/{name}", s.handle(reader, s.getStation))
-	mux.Handle("POST /v1/stations/{name}/revoke", s.handle(admin, s.revokeStation))
-	mux.Handle("POST /v1/admins", s.handle(admin, s.createAdmin))
-	mux.Handle("GET /v1/admins", s.handle(reader, s.listAdmins))
-	mux.Handle("POST /v1/admins/{name}/revoke", s.handle(admin, s.revokeAdmin))
-	mux.Handle("POST /v1/admins/renew", s.handle(reader, s.renewAdmin))
+	admin, reader := adminOnly, readers
+	mux.Handle("POST /v1/models", e.handle(admin, s.createModel))
+	mux.Handle("GET /v1/models", e.handle(reader, s.listModels))
+	mux.Handle("POST /v1/tokens", e.handle(admin, s.createToken))
+	mux.Handle("POST /v1/releases", e.handle(admin, e.streaming(s.addRelease)))
+	mux.Handle("GET /v1/releases", e.handle(reader, s.listReleases))
+	mux.Handle("GET /v1/devices", e.handle(reader, s.listDevices))
+	mux.Handle("GET /v1/devices/{id}", e.handle(reader, s.getDevice))
+	mux.Handle("GET /v1/attestations", e.handle(reader, s.listAttestations))
+	mux.Handle("POST /v1/devices/{id}/revoke", e.handle(admin, s.revokeDevice))
+	mux.Handle("POST /v1/devices/{id}/reprovision", e.handle(admin, s.reprovisionDevice))
+	mux.Handle("POST /v1/stations", e.handle(admin, s.createStation))
+	mux.Handle("GET /v1/stations", e.handle(reader, s.listStations))
+	mux.Handle("GET /v1/stations/{name}", e.handle(reader, s.getStation))
+	mux.Handle("POST /v1/stations/{name}/revoke", e.handle(admin, s.revokeStation))
+	mux.Handle("POST /v1/admins", e.handle(admin, s.createAdmin))
+	mux.Handle("GET /v1/admins", e.handle(reader, s.listAdmins))
+	mux.Handle("POST /v1/admins/{name}/revoke", e.handle(admin, s.revokeAdmin))
+	mux.Handle("POST /v1/admins/renew", e.handle(reader, s.renewAdmin))
 	s.logRoutes(mux, reader)
-	mux.Handle("GET /metrics", s.handle(reader, s.serveMetrics))
+	mux.Handle("GET /metrics", e.handle(reader, s.serveMetrics))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return s.metrics.instrument(s.watchBodies(mux), mux)
-}
-
-// throttled is an unauthenticated route whose failed attempts are throttled
-// per client address (throttle.go).
-func (s *Server) throttled(route string, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
-	return s.throttle.wrap(route, s.handle(nil, fn))
-}
-
-type ctxKey struct{}
-
-// principalFrom returns the authenticated caller.
-func principalFrom(ctx context.Context) (identity.Principal, *x509.Certificate) {
-	c, _ := ctx.Value(ctxKey{}).(caller)
-	return c.p, c.cert
-}
-
-type caller struct {
-	p    identity.Principal
-	cert *x509.Certificate
-}
-
-// handle wraps fn with panic recovery, authentication for roles (nil: no
-// client certificate needed) and JSON error rendering.
-func (s *Server) handle(roles []identity.Role, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer func() {
-			if v := recover(); v != nil {
-				s.log.Error("panic in handler", "path", r.URL.Path, "panic", fmt.Sprint(v))
-				apierr.Write(w, errors.New("panic"))
-			}
-		}()
-		if roles != nil {
-			c, err := s.authenticate(r, roles)
-			if err != nil {
-				apierr.Write(w, err)
-				return
-			}
-			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, c))
-		}
-		if err := fn(w, r); err != nil {
-			var ae *apierr.Error
-			if !errors.As(err, &ae) {
-				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			}
-			apierr.Write(w, err)
-		}
-	})
-}
-
-func (s *Server) authenticate(r *http.Request, roles []identity.Role) (caller, error) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return caller{}, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "a client certificate issued by this Foster instance is required")
-	}
-	leaf := r.TLS.VerifiedChains[0][0]
-	p, err := identity.FromCertificate(leaf)
-	if err != nil {
-		return caller{}, apierr.New(http.StatusUnauthorized, apierr.CodeUnauthorized, "client certificate: %v", err)
-	}
-	allowed := false
-	for _, role := range roles {
-		allowed = allowed || p.Role == role
-	}
-	if !allowed {
-		return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s may not call %s %s", p.Role, r.Method, r.URL.Path)
-	}
-	// Revocation is immediate: every request checks the store.
-	serial := leaf.SerialNumber.Text(16)
-	revoked := func() error {
-		return apierr.New(http.StatusForbidden, apierr.CodeRevoked, "client certificate %s (%s) is revoked", serial, p.URI())
-	}
-	if p.Role == identity.RoleDevice {
-		// The hot path (every poll of every device): one query (renew.go).
-		if err := s.checkDeviceCert(r.Context(), p, serial, revoked); err != nil {
-			return caller{}, err
-		}
-		return caller{p: p, cert: leaf}, nil
-	}
-	if p.Role == identity.RoleAdmin || p.Role == identity.RoleAuditor {
-		if err := s.checkCredential(r.Context(), p, serial); err != nil {
-			return caller{}, err
-		}
-		return caller{p: p, cert: leaf}, nil
-	}
-	isRevoked, err := s.cfg.Store.IsRevoked(r.Context(), serial)
-	if err != nil {
-		return caller{}, err
-	}
-	if isRevoked {
-		return caller{}, revoked()
-	}
-	if p.Role == identity.RoleStation {
-		st, err := s.cfg.Store.GetStation(r.Context(), p.Name)
-		if errors.Is(err, store.ErrNotFound) {
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "station %s is not registered", p.Name)
-		}
-		if err != nil {
-			return caller{}, err
-		}
-		if st.Status != store.StationActive {
-			return caller{}, apierr.New(http.StatusForbidden, apierr.CodeRevoked, "station %s is %s", p.Name, st.Status)
-		}
-	}
-	return caller{p: p, cert: leaf}, nil
+	return s.metrics.instrument(e.watchBodies(mux), mux)
 }
 
 // TLSConfig returns the server TLS settings: client certificates are optional
@@ -305,39 +213,4 @@ func TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), roo
 		MinVersion:     tls.VersionTLS12,
 		CipherSuites:   TLS12CipherSuites, // limits.go: AEAD only
 	}
-}
-
-// --- helpers
-
-func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
-}
-
-// decodeJSON reads a bounded JSON body into v, refusing unknown fields.
-func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "request body larger than %d bytes", limit)
-		}
-		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "reading request body: %v", err)
-	}
-	dec := json.NewDecoder(bytesReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON request: %v", err)
-	}
-	return nil
-}
-
-func hashToken(tok string) string {
-	h := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(h[:])
-}
-
-func badRequest(format string, args ...any) error {
-	return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, format, args...)
 }

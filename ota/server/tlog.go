@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -19,12 +18,12 @@ import (
 // O(log n) hashes, entries come at most tlog.MaxEntries (and
 // tlog.MaxEntriesBytes) at a time.
 func (s *Server) logRoutes(mux *http.ServeMux, reader []identity.Role) {
-	mux.Handle("GET /v1/log/checkpoint", s.throttled("GET /v1/log/checkpoint", s.logCheckpoint))
-	mux.Handle("GET /v1/log/consistency", s.throttled("GET /v1/log/consistency", s.logConsistency))
-	mux.Handle("GET /v1/log/inclusion", s.handle(reader, s.logInclusion))
-	mux.Handle("GET /v1/log/entries", s.handle(reader, s.streaming(s.logEntries)))
-	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.handle(reader, s.streaming(s.attestationBundle)))
-	mux.Handle("GET /v1/reports/fleet", s.handle(reader, s.fleetReport))
+	mux.Handle("GET /v1/log/checkpoint", s.edge.throttled("GET /v1/log/checkpoint", s.logCheckpoint))
+	mux.Handle("GET /v1/log/consistency", s.edge.throttled("GET /v1/log/consistency", s.logConsistency))
+	mux.Handle("GET /v1/log/inclusion", s.edge.handle(reader, s.logInclusion))
+	mux.Handle("GET /v1/log/entries", s.edge.handle(reader, s.edge.streaming(s.logEntries)))
+	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.edge.handle(reader, s.edge.streaming(s.attestationBundle)))
+	mux.Handle("GET /v1/reports/fleet", s.edge.handle(reader, s.fleetReport))
 }
 
 // logCheckpoint serves the latest signed checkpoint as text (C2SP signed note).
@@ -176,18 +175,6 @@ func (s *Server) fleetReport(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, rep)
-}
-
-// intParam parses a required non-negative integer query parameter.
-func intParam(v, name string) (int64, error) {
-	if v == "" {
-		return 0, badRequest("%s is required", name)
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, badRequest("%s must be a non-negative integer", name)
-	}
-	return n, nil
 }
 
 // logError maps tlog errors to API errors.

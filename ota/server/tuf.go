@@ -64,16 +64,16 @@ func (s *Server) distributionRoutes(mux *http.ServeMux) {
 	if s.cfg.Distribution.Public {
 		who = nil
 	}
-	mux.Handle("GET /tuf/{file}", s.handle(who, s.streaming(s.serveMetadata)))
-	mux.Handle("GET /targets/{path...}", s.handle(who, s.streaming(s.serveTarget)))
+	mux.Handle("GET /tuf/{file}", s.edge.handle(who, s.edge.streaming(s.serveMetadata)))
+	mux.Handle("GET /targets/{path...}", s.edge.handle(who, s.edge.streaming(s.serveTarget)))
 
 	admin := []identity.Role{identity.RoleAdmin}
 	reader := []identity.Role{identity.RoleAdmin, identity.RoleAuditor}
-	mux.Handle("GET /v1/releases/{model}/{version}", s.handle(reader, s.showRelease))
-	mux.Handle("POST /v1/releases/{model}/{version}/revoke", s.handle(admin, s.revokeRelease))
-	mux.Handle("GET /v1/tuf", s.handle(reader, s.tufStatus))
-	mux.Handle("GET /v1/tuf/metadata/{role}", s.handle(reader, s.tufCurrent))
-	mux.Handle("POST /v1/tuf/publish", s.handle(admin, s.streaming(s.tufPublish)))
+	mux.Handle("GET /v1/releases/{model}/{version}", s.edge.handle(reader, s.showRelease))
+	mux.Handle("POST /v1/releases/{model}/{version}/revoke", s.edge.handle(admin, s.revokeRelease))
+	mux.Handle("GET /v1/tuf", s.edge.handle(reader, s.tufStatus))
+	mux.Handle("GET /v1/tuf/metadata/{role}", s.edge.handle(reader, s.tufCurrent))
+	mux.Handle("POST /v1/tuf/publish", s.edge.handle(admin, s.edge.streaming(s.tufPublish)))
 }
 
 // serveMetadata serves /tuf/<file>: current metadata from the repository's
@@ -246,7 +246,7 @@ func (s *Server) tufPublish(w http.ResponseWriter, r *http.Request) error {
 	if targets != nil {
 		what = append(what, "targets")
 	}
-	s.audit(r, "tuf.publish", strings.Join(what, "+"))
+	s.trail.record(r, "tuf.publish", strings.Join(what, "+"))
 	s.log.Info("ceremony published", "metadata", strings.Join(what, "+"))
 	return writeJSON(w, http.StatusOK, s.cfg.Repo.Status())
 }
