@@ -77,7 +77,7 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	if _, _, snapV, _ := s.cfg.Repo.Versions(); in.SnapshotVersion > snapV+maxSnapshotAhead {
 		return badRequest("attestation claims TUF snapshot version %d; this repository is at %d", in.SnapshotVersion, snapV)
 	}
-	rel, err := s.evidence.release(ctx, s.cfg.Store, in.New.Name)
+	rel, err := s.evidence.release(ctx, in.New.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q was never published", in.New.Name)
 	} else if err != nil {

@@ -15,9 +15,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -26,7 +24,6 @@ import (
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tlog"
-	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
@@ -50,12 +47,13 @@ type Issuer interface {
 	CRL(ctx context.Context) ([]byte, error)
 }
 
-// Repo publishes firmware targets (implemented by tufrepo.Repo).
+// Repo is the firmware repository (implemented by tufrepo.Repo): what the
+// groups that serve, publish and attest to it use.
 type Repo interface {
-	AddTarget(ctx context.Context, path string, body io.Reader, length int64, custom json.RawMessage) (tufrepo.Target, error)
-	TUFRepo // tuf.go
-	// Versions returns the current version of each top-level role.
-	Versions() (root, targets, snapshot, timestamp int64)
+	metadataSource  // distribution.go
+	targetPublisher // releases.go
+	ceremonyRepo    // tuf.go
+	repoVersions    // evidence.go
 }
 
 // Config holds the server's dependencies and limits.
@@ -87,15 +85,15 @@ type Config struct {
 
 // Server is the HTTP API. Safe for concurrent use.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	metrics   *metrics
-	releaseMu sync.Mutex // serialises release publication so counters stay ordered
-	evidence  *tufEvidence
-	edge      *edge
-	trail     *auditTrail
-	crl       *crl
-	groups    []routeGroup
+	cfg        Config
+	log        *slog.Logger
+	metrics    *metrics
+	publishing sync.Mutex // serialises release and ceremony publication (releaseAPI, ceremonyAPI)
+	evidence   *tufEvidence
+	edge       *edge
+	trail      *auditTrail
+	crl        *crl
+	groups     []routeGroup
 }
 
 // routeGroup is a handler group: it registers its routes through the edge.
@@ -148,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 	log, m := cfg.Logger, newMetrics()
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
-	s := &Server{cfg: cfg, log: log, metrics: m, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo), trail: trail, crl: revocations}
+	s := &Server{cfg: cfg, log: log, metrics: m, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), trail: trail, crl: revocations}
 	s.edge = &edge{
 		auth:     &authenticator{store: cfg.Store, audit: trail, crl: revocations, log: log},
 		throttle: newThrottle(cfg.Throttle, m, log),
@@ -156,6 +154,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.groups = []routeGroup{
 		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
+		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
+		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
+		&ceremonyAPI{repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log},
 		trail,
 	}
 	return s, nil
@@ -171,15 +172,12 @@ func (s *Server) Handler() http.Handler {
 		g.routes(mux, s.edge)
 	}
 	e := s.edge
-	s.distributionRoutes(mux) // GET /tuf/, /targets/, release show/revoke, TUF ceremonies: tuf.go
 	mux.Handle("POST /v1/attestations", e.handle(deviceOnly, s.ingestAttestation))
 
 	admin, reader := adminOnly, readers
 	mux.Handle("POST /v1/models", e.handle(admin, s.createModel))
 	mux.Handle("GET /v1/models", e.handle(reader, s.listModels))
 	mux.Handle("POST /v1/tokens", e.handle(admin, s.createToken))
-	mux.Handle("POST /v1/releases", e.handle(admin, e.streaming(s.addRelease)))
-	mux.Handle("GET /v1/releases", e.handle(reader, s.listReleases))
 	mux.Handle("GET /v1/devices", e.handle(reader, s.listDevices))
 	mux.Handle("GET /v1/devices/{id}", e.handle(reader, s.getDevice))
 	mux.Handle("GET /v1/attestations", e.handle(reader, s.listAttestations))
