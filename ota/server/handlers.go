@@ -140,18 +140,3 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusOK, nonNil(ds))
 }
-
-// listAttestations pages through accepted attestations: ?device=URN&after=ID&limit=N
-// (limit default 500, at most store.MaxAttestationPage). The next page starts
-// after the last id returned.
-func (s *Server) listAttestations(w http.ResponseWriter, r *http.Request) error {
-	after, limit, err := pageParams(r.URL.Query(), 500, store.MaxAttestationPage)
-	if err != nil {
-		return err
-	}
-	as, err := s.cfg.Store.PageAttestations(r.Context(), r.URL.Query().Get("device"), after, limit)
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, nonNil(as))
-}

@@ -89,7 +89,6 @@ type Server struct {
 	log        *slog.Logger
 	metrics    *metrics
 	publishing sync.Mutex // serialises release and ceremony publication (releaseAPI, ceremonyAPI)
-	evidence   *tufEvidence
 	edge       *edge
 	trail      *auditTrail
 	crl        *crl
@@ -146,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 	log, m := cfg.Logger, newMetrics()
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
-	s := &Server{cfg: cfg, log: log, metrics: m, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), trail: trail, crl: revocations}
+	s := &Server{cfg: cfg, log: log, metrics: m, trail: trail, crl: revocations}
 	s.edge = &edge{
 		auth:     &authenticator{store: cfg.Store, audit: trail, crl: revocations, log: log},
 		throttle: newThrottle(cfg.Throttle, m, log),
@@ -157,6 +156,8 @@ func New(cfg Config) (*Server, error) {
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
 		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
 		&ceremonyAPI{repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log},
+		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
+		&logAPI{log: cfg.Log},
 		trail,
 	}
 	return s, nil
@@ -172,7 +173,6 @@ func (s *Server) Handler() http.Handler {
 		g.routes(mux, s.edge)
 	}
 	e := s.edge
-	mux.Handle("POST /v1/attestations", e.handle(deviceOnly, s.ingestAttestation))
 
 	admin, reader := adminOnly, readers
 	mux.Handle("POST /v1/models", e.handle(admin, s.createModel))
@@ -180,7 +180,6 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/tokens", e.handle(admin, s.createToken))
 	mux.Handle("GET /v1/devices", e.handle(reader, s.listDevices))
 	mux.Handle("GET /v1/devices/{id}", e.handle(reader, s.getDevice))
-	mux.Handle("GET /v1/attestations", e.handle(reader, s.listAttestations))
 	mux.Handle("POST /v1/devices/{id}/revoke", e.handle(admin, s.revokeDevice))
 	mux.Handle("POST /v1/devices/{id}/reprovision", e.handle(admin, s.reprovisionDevice))
 	mux.Handle("POST /v1/stations", e.handle(admin, s.createStation))
@@ -191,7 +190,6 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/admins", e.handle(reader, s.listAdmins))
 	mux.Handle("POST /v1/admins/{name}/revoke", e.handle(admin, s.revokeAdmin))
 	mux.Handle("POST /v1/admins/renew", e.handle(reader, s.renewAdmin))
-	s.logRoutes(mux, reader)
 	mux.Handle("GET /metrics", e.handle(reader, s.serveMetrics))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
