@@ -1,7 +1,9 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -12,11 +14,36 @@ import (
 )
 
 // Admin and auditor credentials: create, list, revoke, renew, and the check
-// every admin or auditor request passes (checkCredential). The rules are the
+// every admin or auditor request passes (auth.go: checkCredential). The rules are the
 // store's (pkg/store/admins.go): every credential is recorded and only
 // recorded ones authenticate; a name holds one live credential; revoking a
 // name is immediate and in the CRL, but never of the last admin; a renewed
 // credential supersedes the old one when it is first used.
+
+// credentialStore is what the admin credential API needs of the store
+// (*store.DB).
+type credentialStore interface {
+	IssueAdminCredential(ctx context.Context, role, name, by string, issue func() (store.Certificate, error)) (store.Certificate, error)
+	ListAdminCredentials(ctx context.Context) ([]store.AdminCredential, error)
+	RevokeAdminCredentials(ctx context.Context, name string, code int, reason string) ([]store.Certificate, error)
+	RenewAdminCredential(ctx context.Context, presentedSerial string, issue func() (store.Certificate, error)) (store.Certificate, error)
+}
+
+// adminAPI is the admin and auditor credential group. Safe for concurrent use.
+type adminAPI struct {
+	store  credentialStore
+	issuer clientIssuer
+	audit  *auditTrail
+	crl    *crl
+	log    *slog.Logger
+}
+
+func (g *adminAPI) routes(mux *http.ServeMux, e *edge) {
+	mux.Handle("POST /v1/admins", e.handle(adminOnly, g.create))
+	mux.Handle("GET /v1/admins", e.handle(readers, g.list))
+	mux.Handle("POST /v1/admins/{name}/revoke", e.handle(adminOnly, g.revoke))
+	mux.Handle("POST /v1/admins/renew", e.handle(readers, g.renew))
+}
 
 type adminRequest struct {
 	Name            string `json:"name"`
@@ -24,7 +51,7 @@ type adminRequest struct {
 	ValidForSeconds int64  `json:"valid_for_seconds"`
 }
 
-func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
+func (g *adminAPI) create(w http.ResponseWriter, r *http.Request) error {
 	var req adminRequest
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
@@ -44,8 +71,8 @@ func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	admin, _ := principalFrom(ctx)
 	var chainPEM, keyPEM []byte
-	rec, err := s.cfg.Store.IssueAdminCredential(ctx, string(role), req.Name, admin.URI(), func() (store.Certificate, error) {
-		c, k, leaf, err := s.issueCredential(ctx, p, validFor)
+	rec, err := g.store.IssueAdminCredential(ctx, string(role), req.Name, admin.URI(), func() (store.Certificate, error) {
+		c, k, leaf, err := issueCredential(ctx, g.issuer, p, validFor)
 		if err != nil {
 			return store.Certificate{}, err
 		}
@@ -55,12 +82,12 @@ func (s *Server) createAdmin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return adminError(err)
 	}
-	s.trail.record(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), rec.Serial, rec.NotAfter.Format(time.RFC3339)))
+	g.audit.record(r, "admin.create", fmt.Sprintf("%s cert_serial=%s not_after=%s", p.URI(), rec.Serial, rec.NotAfter.Format(time.RFC3339)))
 	return writeJSON(w, http.StatusCreated, credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: rec.NotAfter})
 }
 
-func (s *Server) listAdmins(w http.ResponseWriter, r *http.Request) error {
-	creds, err := s.cfg.Store.ListAdminCredentials(r.Context())
+func (g *adminAPI) list(w http.ResponseWriter, r *http.Request) error {
+	creds, err := g.store.ListAdminCredentials(r.Context())
 	if err != nil {
 		return err
 	}
@@ -72,9 +99,9 @@ type adminRevokeResponse struct {
 	Revoked []store.Certificate `json:"revoked"`
 }
 
-// revokeAdmin revokes every credential of an admin or auditor name: the
+// revoke revokes every credential of an admin or auditor name: the
 // next request with any of them is refused, and the CRL lists them now.
-func (s *Server) revokeAdmin(w http.ResponseWriter, r *http.Request) error {
+func (g *adminAPI) revoke(w http.ResponseWriter, r *http.Request) error {
 	code, reason, err := readRevocation(w, r, "unspecified")
 	if err != nil {
 		return err
@@ -83,14 +110,14 @@ func (s *Server) revokeAdmin(w http.ResponseWriter, r *http.Request) error {
 	if err := identity.ValidName(name); err != nil {
 		return badRequest("%v", err)
 	}
-	revoked, err := s.cfg.Store.RevokeAdminCredentials(r.Context(), name, code, reason)
+	revoked, err := g.store.RevokeAdminCredentials(r.Context(), name, code, reason)
 	if err != nil {
 		return adminError(err)
 	}
 	serials := certSerials(revoked)
-	s.trail.record(r, "admin.revoke", fmt.Sprintf("%s reason=%s cert_serials=%s", name, reason, strings.Join(serials, ",")))
-	s.crl.refresh(r.Context())
-	s.log.Info("admin credentials revoked", "name", name, "reason", reason, "cert_serials", serials)
+	g.audit.record(r, "admin.revoke", fmt.Sprintf("%s reason=%s cert_serials=%s", name, reason, strings.Join(serials, ",")))
+	g.crl.refresh(r.Context())
+	g.log.Info("admin credentials revoked", "name", name, "reason", reason, "cert_serials", serials)
 	return writeJSON(w, http.StatusOK, adminRevokeResponse{Name: name, Revoked: revoked})
 }
 
@@ -101,11 +128,11 @@ type renewedCredential struct {
 	Supersedes string `json:"supersedes"`
 }
 
-// renewAdmin issues the caller (admin or auditor, authenticated by its
+// renew issues the caller (admin or auditor, authenticated by its
 // current credential) a fresh key and certificate with the lifetime its
 // current one was issued for. The current one stays valid until the new one
 // is first used, so a lost response costs nothing but a retry.
-func (s *Server) renewAdmin(w http.ResponseWriter, r *http.Request) error {
+func (g *adminAPI) renew(w http.ResponseWriter, r *http.Request) error {
 	var req struct{}
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
@@ -115,8 +142,8 @@ func (s *Server) renewAdmin(w http.ResponseWriter, r *http.Request) error {
 	validFor := min(max(ca.IssuedLifetime(cert), time.Minute), MaxStationValidity)
 	var chainPEM, keyPEM []byte
 	old := cert.SerialNumber.Text(16)
-	rec, err := s.cfg.Store.RenewAdminCredential(ctx, old, func() (store.Certificate, error) {
-		c, k, leaf, err := s.issueCredential(ctx, p, validFor)
+	rec, err := g.store.RenewAdminCredential(ctx, old, func() (store.Certificate, error) {
+		c, k, leaf, err := issueCredential(ctx, g.issuer, p, validFor)
 		if err != nil {
 			return store.Certificate{}, err
 		}
@@ -126,7 +153,7 @@ func (s *Server) renewAdmin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return adminError(err)
 	}
-	s.trail.record(r, "admin.renew", fmt.Sprintf("%s cert_serial=%s supersedes=%s not_after=%s", p.URI(), rec.Serial, old, rec.NotAfter.Format(time.RFC3339)))
+	g.audit.record(r, "admin.renew", fmt.Sprintf("%s cert_serial=%s supersedes=%s not_after=%s", p.URI(), rec.Serial, old, rec.NotAfter.Format(time.RFC3339)))
 	return writeJSON(w, http.StatusCreated, renewedCredential{
 		credentialResponse: credentialResponse{Principal: p.URI(), Certificate: string(chainPEM), Key: string(keyPEM), NotAfter: rec.NotAfter},
 		Supersedes:         old,

@@ -99,7 +99,7 @@ func (l Limits) withDefaults() (Limits, error) {
 // HTTPServer returns the http.Server that serves the API with s's limits.
 // Serve it on LimitListener(ln).
 func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.Server {
-	l := s.cfg.Limits
+	l := s.limits
 	return &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsConfig,
@@ -118,13 +118,13 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.S
 // wait in the kernel's listen backlog). Waits are counted in
 // foster_http_connection_limit_waits_total and logged at most once a minute.
 func (s *Server) LimitListener(ln net.Listener) net.Listener {
-	l := NewConnLimit(ln, s.cfg.Limits.MaxConnections)
+	l := NewConnLimit(ln, s.limits.MaxConnections)
 	var lastWarn atomic.Int64 // unix seconds
 	l.onWait = func() {
 		s.metrics.connWaits.Inc()
 		if now := time.Now().Unix(); now-lastWarn.Load() >= 60 {
 			lastWarn.Store(now)
-			s.log.Warn("connection limit reached: new connections wait until one closes", "max_connections", s.cfg.Limits.MaxConnections)
+			s.log.Warn("connection limit reached: new connections wait until one closes", "max_connections", s.limits.MaxConnections)
 		}
 	}
 	l.onOpen = func(delta float64) { s.metrics.connsOpen.Add(delta) }

@@ -7,12 +7,12 @@
 // leaf to a Principal (pkg/identity) and checks the role each route needs and,
 // for devices, that the store still lists the device as active (for admins
 // and auditors, that it recorded the certificate and did not revoke it), so
-// revocation takes effect on the next request. Every request body is bounded; every error
-// is JSON {"error","code"} rendered in one place (pkg/apierr).
+// revocation takes effect on the next request. Every request body is
+// bounded; every error is JSON {"error","code"} rendered in one place
+// (pkg/apierr). The API is split by capability into handler groups (Server).
 package server
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -25,26 +25,16 @@ import (
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
-	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
 )
 
-// Issuer is the device identity CA (implemented by ca.CA).
+// Issuer is the CA (implemented by ca.CA): what the groups that issue,
+// check and revoke certificates use.
 type Issuer interface {
-	IssueDevice(ctx context.Context, csr []byte, model, serial string) ([]*x509.Certificate, error)
-	// CheckDeviceCSR validates a device CSR before anything is authorised or signed.
-	CheckDeviceCSR(csr []byte, model, serial string) (*ca.DeviceRequest, error)
-	IssueDeviceRequest(ctx context.Context, r *ca.DeviceRequest, opts ...ca.IssueOption) ([]*x509.Certificate, error)
-	// CheckDeviceValidity bounds a model's device certificate lifetime.
-	CheckDeviceValidity(d time.Duration) error
-	// IssueClient issues admin, auditor and station credentials.
-	IssueClient(ctx context.Context, p identity.Principal, opts ...ca.IssueOption) (chainPEM, keyPEM []byte, err error)
-	VerifyStationToken(tok string) (*ca.StationToken, error)
-	VerifyRenewToken(tok string, grace time.Duration) (*ca.RenewToken, error)
-	// RefreshCRL regenerates the CRL; CRL returns it (DER). Both return
-	// ca.ErrNoCRL when CRLs are disabled.
-	RefreshCRL(ctx context.Context) error
-	CRL(ctx context.Context) ([]byte, error)
+	deviceIssuer    // enrollment.go
+	clientIssuer    // credentials.go
+	validityChecker // models.go
+	crlIssuer       // crl.go
 }
 
 // Repo is the firmware repository (implemented by tufrepo.Repo): what the
@@ -84,15 +74,28 @@ type Config struct {
 }
 
 // Server is the HTTP API. Safe for concurrent use.
+//
+// It is a router over handler groups, one per capability: enrollAPI
+// (enrollment.go, renew.go), distributionAPI, releaseAPI, ceremonyAPI
+// (tuf.go), attestAPI, logAPI (tlog.go), modelAPI, deviceAPI, stationAPI,
+// adminAPI and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
+// group is a struct that holds only what it uses: small interfaces declared
+// in its own file, next to their one consumer (satisfied by *store.DB, ca.CA,
+// tufrepo.Repo, *tlog.Log), and shared helpers (auditTrail, crl). Its
+// routes method registers its routes through the edge (edge.go), which
+// authenticates, throttles, bounds transfers and renders errors. Handlers
+// return typed errors or *apierr.Error; nothing below the handlers (stores,
+// caches, verifiers) knows about HTTP.
+//
+// A new capability is a new group: declare the struct and its consumer
+// interfaces in a new file, give it routes(mux, e), and add one line
+// constructing it to the list in New. Not a method on Server.
 type Server struct {
-	cfg        Config
-	log        *slog.Logger
-	metrics    *metrics
-	publishing sync.Mutex // serialises release and ceremony publication (releaseAPI, ceremonyAPI)
-	edge       *edge
-	trail      *auditTrail
-	crl        *crl
-	groups     []routeGroup
+	limits  Limits
+	log     *slog.Logger
+	metrics *metrics
+	edge    *edge
+	groups  []routeGroup
 }
 
 // routeGroup is a handler group: it registers its routes through the edge.
@@ -145,7 +148,8 @@ func New(cfg Config) (*Server, error) {
 	log, m := cfg.Logger, newMetrics()
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
-	s := &Server{cfg: cfg, log: log, metrics: m, trail: trail, crl: revocations}
+	publishing := new(sync.Mutex) // release and ceremony publication, so counters stay ordered
+	s := &Server{limits: cfg.Limits, log: log, metrics: m}
 	s.edge = &edge{
 		auth:     &authenticator{store: cfg.Store, audit: trail, crl: revocations, log: log},
 		throttle: newThrottle(cfg.Throttle, m, log),
@@ -154,16 +158,22 @@ func New(cfg Config) (*Server, error) {
 	s.groups = []routeGroup{
 		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
-		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
-		&ceremonyAPI{repo: cfg.Repo, publishing: &s.publishing, audit: trail, log: log},
+		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
+		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log},
 		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
 		&logAPI{log: cfg.Log},
+		&modelAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, now: cfg.Now, defaultTokenTTL: cfg.DefaultTokenTTL, maxTokenTTL: cfg.MaxTokenTTL},
+		&deviceAPI{store: cfg.Store, audit: trail, crl: revocations, log: log},
+		&stationAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations},
+		&adminAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations, log: log},
 		trail,
 	}
 	return s, nil
 }
 
-// Handler returns the routed API.
+// Handler returns the routed API: every group's routes, health, metrics
+// (admins and auditors; MetricsHandler serves them unauthenticated on a
+// separate listener) and a JSON 404 for the rest.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -172,29 +182,14 @@ func (s *Server) Handler() http.Handler {
 	for _, g := range s.groups {
 		g.routes(mux, s.edge)
 	}
-	e := s.edge
-
-	admin, reader := adminOnly, readers
-	mux.Handle("POST /v1/models", e.handle(admin, s.createModel))
-	mux.Handle("GET /v1/models", e.handle(reader, s.listModels))
-	mux.Handle("POST /v1/tokens", e.handle(admin, s.createToken))
-	mux.Handle("GET /v1/devices", e.handle(reader, s.listDevices))
-	mux.Handle("GET /v1/devices/{id}", e.handle(reader, s.getDevice))
-	mux.Handle("POST /v1/devices/{id}/revoke", e.handle(admin, s.revokeDevice))
-	mux.Handle("POST /v1/devices/{id}/reprovision", e.handle(admin, s.reprovisionDevice))
-	mux.Handle("POST /v1/stations", e.handle(admin, s.createStation))
-	mux.Handle("GET /v1/stations", e.handle(reader, s.listStations))
-	mux.Handle("GET /v1/stations/{name}", e.handle(reader, s.getStation))
-	mux.Handle("POST /v1/stations/{name}/revoke", e.handle(admin, s.revokeStation))
-	mux.Handle("POST /v1/admins", e.handle(admin, s.createAdmin))
-	mux.Handle("GET /v1/admins", e.handle(reader, s.listAdmins))
-	mux.Handle("POST /v1/admins/{name}/revoke", e.handle(admin, s.revokeAdmin))
-	mux.Handle("POST /v1/admins/renew", e.handle(reader, s.renewAdmin))
-	mux.Handle("GET /metrics", e.handle(reader, s.serveMetrics))
+	mux.Handle("GET /metrics", s.edge.handle(readers, func(w http.ResponseWriter, r *http.Request) error {
+		s.metrics.handler().ServeHTTP(w, r)
+		return nil
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return s.metrics.instrument(e.watchBodies(mux), mux)
+	return s.metrics.instrument(s.edge.watchBodies(mux), mux)
 }
 
 // TLSConfig returns the server TLS settings: client certificates are optional

@@ -1,12 +1,12 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"math"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -14,9 +14,36 @@ import (
 	"github.com/foster-ota/foster/pkg/store"
 )
 
-const maxAdminBody = 16 << 10 // bytes
+// Models and enrollment tokens (admin API).
 
-// --- admin
+// modelStore is what models and tokens need of the store (*store.DB).
+type modelStore interface {
+	CreateModel(ctx context.Context, m store.Model) (store.Model, error)
+	ListModels(ctx context.Context) ([]store.Model, error)
+	GetModel(ctx context.Context, name string) (store.Model, error)
+	CreateToken(ctx context.Context, t store.Token) error
+}
+
+// validityChecker bounds a model's device certificate lifetime (ca.CA).
+type validityChecker interface {
+	CheckDeviceValidity(d time.Duration) error
+}
+
+// modelAPI is the models and tokens group. Safe for concurrent use.
+type modelAPI struct {
+	store  modelStore
+	issuer validityChecker
+	audit  *auditTrail
+	now    func() time.Time
+	// defaultTokenTTL and maxTokenTTL: Config.DefaultTokenTTL, Config.MaxTokenTTL.
+	defaultTokenTTL, maxTokenTTL time.Duration
+}
+
+func (g *modelAPI) routes(mux *http.ServeMux, e *edge) {
+	mux.Handle("POST /v1/models", e.handle(adminOnly, g.createModel))
+	mux.Handle("GET /v1/models", e.handle(readers, g.listModels))
+	mux.Handle("POST /v1/tokens", e.handle(adminOnly, g.createToken))
+}
 
 type modelRequest struct {
 	Name        string   `json:"name"`
@@ -25,7 +52,7 @@ type modelRequest struct {
 	CertValiditySeconds int64 `json:"cert_validity_seconds"`
 }
 
-func (s *Server) createModel(w http.ResponseWriter, r *http.Request) error {
+func (g *modelAPI) createModel(w http.ResponseWriter, r *http.Request) error {
 	var req modelRequest
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
@@ -45,23 +72,23 @@ func (s *Server) createModel(w http.ResponseWriter, r *http.Request) error {
 		if req.CertValiditySeconds < 0 || req.CertValiditySeconds > math.MaxInt64/int64(time.Second) {
 			return badRequest("cert_validity_seconds out of range")
 		}
-		if err := s.cfg.Issuer.CheckDeviceValidity(time.Duration(req.CertValiditySeconds) * time.Second); err != nil {
+		if err := g.issuer.CheckDeviceValidity(time.Duration(req.CertValiditySeconds) * time.Second); err != nil {
 			return badRequest("cert_validity_seconds: %v", err)
 		}
 	}
-	m, err := s.cfg.Store.CreateModel(r.Context(), store.Model{Name: req.Name, HardwareIDs: req.HardwareIDs, CertValiditySeconds: req.CertValiditySeconds})
+	m, err := g.store.CreateModel(r.Context(), store.Model{Name: req.Name, HardwareIDs: req.HardwareIDs, CertValiditySeconds: req.CertValiditySeconds})
 	if errors.Is(err, store.ErrConflict) {
 		return apierr.New(http.StatusConflict, apierr.CodeConflict, "model %q already exists", req.Name)
 	}
 	if err != nil {
 		return err
 	}
-	s.trail.record(r, "model.create", m.Name)
+	g.audit.record(r, "model.create", m.Name)
 	return writeJSON(w, http.StatusCreated, m)
 }
 
-func (s *Server) listModels(w http.ResponseWriter, r *http.Request) error {
-	ms, err := s.cfg.Store.ListModels(r.Context())
+func (g *modelAPI) listModels(w http.ResponseWriter, r *http.Request) error {
+	ms, err := g.store.ListModels(r.Context())
 	if err != nil {
 		return err
 	}
@@ -81,7 +108,7 @@ type tokenResponse struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+func (g *modelAPI) createToken(w http.ResponseWriter, r *http.Request) error {
 	var req tokenRequest
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
@@ -89,14 +116,14 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err := identity.Device(req.Model, req.Serial).Validate(); err != nil {
 		return badRequest("%v", err)
 	}
-	ttl := s.cfg.DefaultTokenTTL
+	ttl := g.defaultTokenTTL
 	if req.TTLSeconds != 0 {
 		ttl = time.Duration(req.TTLSeconds) * time.Second
 	}
-	if ttl <= 0 || ttl > s.cfg.MaxTokenTTL {
-		return badRequest("ttl must be between 1s and %s", s.cfg.MaxTokenTTL)
+	if ttl <= 0 || ttl > g.maxTokenTTL {
+		return badRequest("ttl must be between 1s and %s", g.maxTokenTTL)
 	}
-	if _, err := s.cfg.Store.GetModel(r.Context(), req.Model); errors.Is(err, store.ErrNotFound) {
+	if _, err := g.store.GetModel(r.Context(), req.Model); errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", req.Model, req.Model)
 	} else if err != nil {
 		return err
@@ -107,36 +134,10 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	tok := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
 	p, _ := principalFrom(r.Context())
-	exp := s.cfg.Now().Add(ttl).UTC()
-	if err := s.cfg.Store.CreateToken(r.Context(), store.Token{Hash: hashToken(tok), Serial: req.Serial, Model: req.Model, ExpiresAt: exp, CreatedBy: p.URI()}); err != nil {
+	exp := g.now().Add(ttl).UTC()
+	if err := g.store.CreateToken(r.Context(), store.Token{Hash: hashToken(tok), Serial: req.Serial, Model: req.Model, ExpiresAt: exp, CreatedBy: p.URI()}); err != nil {
 		return err
 	}
-	s.trail.record(r, "token.create", req.Model+"/"+req.Serial)
+	g.audit.record(r, "token.create", req.Model+"/"+req.Serial)
 	return writeJSON(w, http.StatusCreated, tokenResponse{Token: tok, Serial: req.Serial, Model: req.Model, ExpiresAt: exp})
-}
-
-// addRelease, listReleases, showRelease, revokeRelease: releases.go
-
-// listDevices pages through devices in URN order: ?after=URN&limit=N (limit
-// default and maximum store.MaxDevicePage). The next page starts after the
-// last id returned; a page shorter than limit is the last.
-func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	limit := store.MaxDevicePage
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > store.MaxDevicePage {
-			return badRequest("limit must be between 1 and %d", store.MaxDevicePage)
-		}
-		limit = n
-	}
-	after := q.Get("after")
-	if len(after) > 256 {
-		return badRequest("after is not a device id")
-	}
-	ds, err := s.cfg.Store.PageDevices(r.Context(), after, limit)
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, nonNil(ds))
 }
