@@ -13,9 +13,9 @@ import (
 	"github.com/foster-ota/foster/pkg/store"
 )
 
-// Admin and auditor credentials: create, list, revoke, renew, and the check
-// every admin or auditor request passes (auth.go: checkCredential). The rules are the
-// store's (pkg/store/admins.go): every credential is recorded and only
+// Admin and auditor credentials: create, list, revoke, renew (the check
+// every admin or auditor request passes: auth.go, checkCredential). The
+// rules are the store's (pkg/store/admins.go): every credential is recorded and only
 // recorded ones authenticate; a name holds one live credential; revoking a
 // name is immediate and in the CRL, but never of the last admin; a renewed
 // credential supersedes the old one when it is first used.

@@ -23,8 +23,6 @@ const (
 	MaxStationQuota        = 1 << 40
 )
 
-const maxAdminBody = 16 << 10 // bytes
-
 // clientIssuer issues admin, auditor and station credentials (ca.CA).
 type clientIssuer interface {
 	IssueClient(ctx context.Context, p identity.Principal, opts ...ca.IssueOption) (chainPEM, keyPEM []byte, err error)

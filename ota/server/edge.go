@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +12,6 @@ import (
 	"net/url"
 	"strconv"
 	"time"
-
-	"encoding/json"
 
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
@@ -81,6 +80,9 @@ func (e *edge) throttled(route string, fn handlerFunc) http.Handler {
 }
 
 // --- request and response helpers
+
+// maxAdminBody bounds the JSON body of an admin API request.
+const maxAdminBody = 16 << 10 // bytes
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
