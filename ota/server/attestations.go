@@ -7,10 +7,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/attest"
 	"github.com/foster-ota/foster/pkg/bundle"
@@ -40,6 +42,43 @@ import (
 //     acknowledged with its original bundle, so a device that lost the
 //     answer heals by retrying.
 
+// attestStore is what attestations need of the store (*store.DB).
+type attestStore interface {
+	// AddAttestationTx records an attestation in the log's append
+	// transaction (store.ErrReplay, store.ErrSequenceJump: refused).
+	AddAttestationTx(ctx context.Context, tx *sql.Tx, a store.Attestation) (store.Attestation, error)
+	GetAttestation(ctx context.Context, deviceID string, seq int64) (store.Attestation, error)
+	PageAttestations(ctx context.Context, deviceID string, afterID int64, limit int) ([]store.Attestation, error)
+	FleetReport(ctx context.Context, model string, staleDays int) (*store.FleetReport, error)
+}
+
+// attestLog appends attestations to the transparency log and proves them
+// (*tlog.Log).
+type attestLog interface {
+	AppendWith(ctx context.Context, leaves [][]byte, prepare tlog.Prepare) (first int64, cp []byte, err error)
+	Entries(ctx context.Context, start, end int64) ([][]byte, error)
+	Checkpoint(ctx context.Context) ([]byte, error)
+	ProveInclusion(ctx context.Context, index int64, cp []byte) (size int64, hashes [][]byte, err error)
+}
+
+// attestAPI ingests install attestations, serves their bundles and the
+// fleet report. Safe for concurrent use.
+type attestAPI struct {
+	store    attestStore
+	tlog     attestLog
+	repo     repoVersions
+	evidence *tufEvidence
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+func (g *attestAPI) routes(mux *http.ServeMux, e *edge) {
+	mux.Handle("POST /v1/attestations", e.handle(deviceOnly, g.ingest))
+	mux.Handle("GET /v1/attestations", e.handle(readers, g.list))
+	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", e.handle(readers, e.streaming(g.bundle)))
+	mux.Handle("GET /v1/reports/fleet", e.handle(readers, g.fleetReport))
+}
+
 type attestationResponse struct {
 	ID        int64          `json:"id"`
 	DeviceID  string         `json:"device_id"`
@@ -54,7 +93,7 @@ const codeUnsignedTarget = "unsigned_target"
 // a claimed one may be (replicas publish independently).
 const maxSnapshotAhead = 1000
 
-func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error {
+func (g *attestAPI) ingest(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	p, cert := principalFrom(ctx)
 	env, err := readBounded(w, r, attest.MaxEnvelopeSize)
@@ -74,10 +113,10 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	// A claimed snapshot far beyond any this repository signed is a lie
 	// (slack: another replica may have published a few this one has not
 	// loaded yet). The claim only picks which metadata the bundle carries.
-	if _, _, snapV, _ := s.cfg.Repo.Versions(); in.SnapshotVersion > snapV+maxSnapshotAhead {
+	if _, _, snapV, _ := g.repo.Versions(); in.SnapshotVersion > snapV+maxSnapshotAhead {
 		return badRequest("attestation claims TUF snapshot version %d; this repository is at %d", in.SnapshotVersion, snapV)
 	}
-	rel, err := s.evidence.release(ctx, s.cfg.Store, in.New.Name)
+	rel, err := g.evidence.release(ctx, in.New.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q was never published", in.New.Name)
 	} else if err != nil {
@@ -88,7 +127,7 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "target %q with sha256 %s, length %d, version %q and counter %d does not match the one signed for model %s",
 			in.New.Name, in.New.SHA256, in.New.Length, in.New.Version, in.New.ReleaseCounter, p.Model)
 	}
-	ev, err := s.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
+	ev, err := g.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
 	if errors.Is(err, bundle.ErrTargetNotSigned) {
 		return apierr.New(http.StatusBadRequest, codeUnsignedTarget, "%v", err)
 	}
@@ -96,16 +135,16 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 
-	at := s.cfg.Now().UTC().Truncate(time.Second)
+	at := g.now().UTC().Truncate(time.Second)
 	entry := bundle.NewEntry(env, verifiedChain(r), at)
 	leaf, err := entry.Marshal()
 	if err != nil {
 		return badRequest("%v", err)
 	}
 	var rec store.Attestation
-	_, cp, err := s.cfg.Log.AppendWith(ctx, [][]byte{leaf}, func(ctx context.Context, tx *sql.Tx, first int64) error {
+	_, cp, err := g.tlog.AppendWith(ctx, [][]byte{leaf}, func(ctx context.Context, tx *sql.Tx, first int64) error {
 		var err error
-		rec, err = s.cfg.Store.AddAttestationTx(ctx, tx, store.Attestation{
+		rec, err = g.store.AddAttestationTx(ctx, tx, store.Attestation{
 			DeviceID: p.URI(), Sequence: in.Sequence, Outcome: in.Outcome,
 			TargetPath: rel.TargetPath, SHA256: rel.SHA256, Version: rel.Version, Counter: rel.Counter,
 			Envelope: env, ReceivedAt: at, LeafIndex: first, CertSerial: cert.SerialNumber.Text(16),
@@ -113,7 +152,7 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 		return err
 	})
 	if errors.Is(err, store.ErrReplay) {
-		return s.resend(w, r, p, in.Sequence, env, ev, err)
+		return g.resend(w, r, p, in.Sequence, env, ev, err)
 	}
 	if errors.Is(err, store.ErrSequenceJump) {
 		return badRequest("%v", err)
@@ -121,23 +160,23 @@ func (s *Server) ingestAttestation(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	b, err := s.bundleFor(ctx, entry, rec.LeafIndex, cp, ev)
+	b, err := g.bundleFor(ctx, entry, rec.LeafIndex, cp, ev)
 	if err != nil {
 		return err
 	}
-	s.log.Info("attestation accepted", "device", p.URI(), "target", rel.TargetPath, "outcome", in.Outcome, "sequence", in.Sequence, "leaf_index", rec.LeafIndex)
+	g.log.Info("attestation accepted", "device", p.URI(), "target", rel.TargetPath, "outcome", in.Outcome, "sequence", in.Sequence, "leaf_index", rec.LeafIndex)
 	return writeJSON(w, http.StatusCreated, attestationResponse{ID: rec.ID, DeviceID: rec.DeviceID, Sequence: rec.Sequence, LeafIndex: rec.LeafIndex, Bundle: b})
 }
 
 // resend answers an attestation whose sequence is taken: the identical
 // envelope (a device that crashed, or lost the answer, before filing it)
 // gets its original entry's bundle; anything else is a replay.
-func (s *Server) resend(w http.ResponseWriter, r *http.Request, p identity.Principal, seq int64, env []byte, ev bundle.TUFEvidence, replay error) error {
-	prev, err := s.cfg.Store.GetAttestation(r.Context(), p.URI(), seq)
+func (g *attestAPI) resend(w http.ResponseWriter, r *http.Request, p identity.Principal, seq int64, env []byte, ev bundle.TUFEvidence, replay error) error {
+	prev, err := g.store.GetAttestation(r.Context(), p.URI(), seq)
 	if err != nil || !bytes.Equal(prev.Envelope, env) {
 		return apierr.New(http.StatusConflict, "replay", "%v", replay)
 	}
-	b, err := s.storedBundle(r.Context(), prev, &ev)
+	b, err := g.storedBundle(r.Context(), prev, &ev)
 	if err != nil {
 		return err
 	}
@@ -147,11 +186,11 @@ func (s *Server) resend(w http.ResponseWriter, r *http.Request, p identity.Princ
 // storedBundle rebuilds the bundle of an accepted attestation from its log
 // entry, proven against the latest checkpoint. ev may be nil (it is then
 // recomputed from the entry). Attestations from before the log have none.
-func (s *Server) storedBundle(ctx context.Context, a store.Attestation, ev *bundle.TUFEvidence) (*bundle.Bundle, error) {
+func (g *attestAPI) storedBundle(ctx context.Context, a store.Attestation, ev *bundle.TUFEvidence) (*bundle.Bundle, error) {
 	if a.LeafIndex < 0 {
 		return nil, nil
 	}
-	leaves, err := s.cfg.Log.Entries(ctx, a.LeafIndex, a.LeafIndex+1)
+	leaves, err := g.tlog.Entries(ctx, a.LeafIndex, a.LeafIndex+1)
 	if err != nil {
 		return nil, fmt.Errorf("reading log entry %d: %w", a.LeafIndex, err)
 	}
@@ -172,21 +211,21 @@ func (s *Server) storedBundle(ctx context.Context, a store.Attestation, ev *bund
 		if err != nil {
 			return nil, fmt.Errorf("log entry %d: %w", a.LeafIndex, err)
 		}
-		e, err := s.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
+		e, err := g.evidence.forTarget(ctx, in.SnapshotVersion, in.New, p.Model)
 		if err != nil {
 			return nil, err
 		}
 		ev = &e
 	}
-	cp, err := s.cfg.Log.Checkpoint(ctx)
+	cp, err := g.tlog.Checkpoint(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return s.bundleFor(ctx, entry, a.LeafIndex, cp, *ev)
+	return g.bundleFor(ctx, entry, a.LeafIndex, cp, *ev)
 }
 
-func (s *Server) bundleFor(ctx context.Context, e bundle.Entry, index int64, cp []byte, ev bundle.TUFEvidence) (*bundle.Bundle, error) {
-	size, proof, err := s.cfg.Log.ProveInclusion(ctx, index, cp)
+func (g *attestAPI) bundleFor(ctx context.Context, e bundle.Entry, index int64, cp []byte, ev bundle.TUFEvidence) (*bundle.Bundle, error) {
+	size, proof, err := g.tlog.ProveInclusion(ctx, index, cp)
 	if err != nil {
 		return nil, fmt.Errorf("proving log entry %d: %w", index, err)
 	}
@@ -197,21 +236,21 @@ func (s *Server) bundleFor(ctx context.Context, e bundle.Entry, index int64, cp 
 	}, nil
 }
 
-// attestationBundle serves the bundle of an accepted attestation to
+// bundle serves the bundle of an accepted attestation to
 // auditors: GET /v1/attestations/{device}/{sequence}/bundle.
-func (s *Server) attestationBundle(w http.ResponseWriter, r *http.Request) error {
+func (g *attestAPI) bundle(w http.ResponseWriter, r *http.Request) error {
 	seq, err := strconv.ParseInt(r.PathValue("sequence"), 10, 64)
 	if err != nil || seq <= 0 {
 		return badRequest("sequence must be a positive integer")
 	}
-	a, err := s.cfg.Store.GetAttestation(r.Context(), r.PathValue("device"), seq)
+	a, err := g.store.GetAttestation(r.Context(), r.PathValue("device"), seq)
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no attestation %d from %s", seq, r.PathValue("device"))
 	}
 	if err != nil {
 		return err
 	}
-	b, err := s.storedBundle(r.Context(), a, nil)
+	b, err := g.storedBundle(r.Context(), a, nil)
 	if err != nil {
 		return err
 	}
@@ -229,4 +268,45 @@ func verifiedChain(r *http.Request) []*x509.Certificate {
 		chain = chain[:len(chain)-1]
 	}
 	return chain
+}
+
+// list pages through accepted attestations: ?device=URN&after=ID&limit=N
+// (limit default 500, at most store.MaxAttestationPage). The next page starts
+// after the last id returned.
+func (g *attestAPI) list(w http.ResponseWriter, r *http.Request) error {
+	after, limit, err := pageParams(r.URL.Query(), 500, store.MaxAttestationPage)
+	if err != nil {
+		return err
+	}
+	as, err := g.store.PageAttestations(r.Context(), r.URL.Query().Get("device"), after, limit)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, nonNil(as))
+}
+
+// fleetReport: ?model=M&stale_days=N (default 30).
+func (g *attestAPI) fleetReport(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	model := q.Get("model")
+	if model != "" {
+		if err := identity.ValidName(model); err != nil {
+			return badRequest("model: %v", err)
+		}
+	}
+	stale := int64(30)
+	if q.Has("stale_days") {
+		var err error
+		if stale, err = intParam(q.Get("stale_days"), "stale_days"); err != nil {
+			return err
+		}
+		if stale > 36500 {
+			return badRequest("stale_days must be at most 36500")
+		}
+	}
+	rep, err := g.store.FleetReport(r.Context(), model, int(stale))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, rep)
 }

@@ -21,8 +21,9 @@ import (
 // Consistent snapshots make every N.<role>.json immutable, so the caches
 // never go stale; releases are immutable too. Safe for concurrent use.
 type tufEvidence struct {
-	blobs    blob.Store
-	versions func() (root, targets, snapshot, timestamp int64)
+	blobs  blobOpener
+	repo   repoVersions
+	lookup releaseLookup
 
 	releases  *cache.Cache[string, store.Release] // by target path
 	roots     *cache.Cache[int64, json.RawMessage]
@@ -35,11 +36,28 @@ type targetsDoc struct {
 	meta *metadata.Metadata[metadata.TargetsType]
 }
 
+// repoVersions reports the repository's current top-level versions
+// (tufrepo.Repo).
+type repoVersions interface {
+	Versions() (root, targets, snapshot, timestamp int64)
+}
+
+// releaseLookup finds the release published as a target path (*store.DB).
+type releaseLookup interface {
+	ReleaseByTarget(ctx context.Context, path string) (store.Release, error)
+}
+
+// blobOpener reads signed metadata (blob.Store).
+type blobOpener interface {
+	// Open returns an error wrapping blob.ErrNotFound if key is missing.
+	Open(ctx context.Context, key string) (blob.ReadSeekCloser, blob.Info, error)
+}
+
 const evidenceCache = 256 // entries per cache
 
-func newTUFEvidence(blobs blob.Store, repo Repo) *tufEvidence {
+func newTUFEvidence(blobs blobOpener, repo repoVersions, lookup releaseLookup) *tufEvidence {
 	return &tufEvidence{
-		blobs: blobs, versions: repo.Versions,
+		blobs: blobs, repo: repo, lookup: lookup,
 		releases:  cache.New[string, store.Release](evidenceCache),
 		roots:     cache.New[int64, json.RawMessage](evidenceCache),
 		snapshots: cache.New[int64, *metadata.Metadata[metadata.SnapshotType]](evidenceCache),
@@ -54,7 +72,7 @@ func newTUFEvidence(blobs blob.Store, repo Repo) *tufEvidence {
 // says it used) if the repository has it and it lists t, else of the current
 // snapshot. A target that no snapshot signs is bundle.ErrTargetNotSigned.
 func (e *tufEvidence) forTarget(ctx context.Context, claimed int64, t attest.Target, model string) (bundle.TUFEvidence, error) {
-	rootV, _, snapV, _ := e.versions()
+	rootV, _, snapV, _ := e.repo.Versions()
 	candidates := []int64{snapV}
 	if claimed >= 1 && claimed < snapV {
 		candidates = []int64{claimed, snapV}
@@ -116,9 +134,9 @@ func (e *tufEvidence) forTarget(ctx context.Context, claimed int64, t attest.Tar
 }
 
 // release is the store's release published as target path p.
-func (e *tufEvidence) release(ctx context.Context, st *store.DB, p string) (store.Release, error) {
+func (e *tufEvidence) release(ctx context.Context, p string) (store.Release, error) {
 	return e.releases.Get(ctx, p, func(ctx context.Context) (store.Release, error) {
-		return st.ReleaseByTarget(ctx, p)
+		return e.lookup.ReleaseByTarget(ctx, p)
 	})
 }
 

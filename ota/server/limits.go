@@ -99,7 +99,7 @@ func (l Limits) withDefaults() (Limits, error) {
 // HTTPServer returns the http.Server that serves the API with s's limits.
 // Serve it on LimitListener(ln).
 func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.Server {
-	l := s.cfg.Limits
+	l := s.limits
 	return &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsConfig,
@@ -118,13 +118,13 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.S
 // wait in the kernel's listen backlog). Waits are counted in
 // foster_http_connection_limit_waits_total and logged at most once a minute.
 func (s *Server) LimitListener(ln net.Listener) net.Listener {
-	l := NewConnLimit(ln, s.cfg.Limits.MaxConnections)
+	l := NewConnLimit(ln, s.limits.MaxConnections)
 	var lastWarn atomic.Int64 // unix seconds
 	l.onWait = func() {
 		s.metrics.connWaits.Inc()
 		if now := time.Now().Unix(); now-lastWarn.Load() >= 60 {
 			lastWarn.Store(now)
-			s.log.Warn("connection limit reached: new connections wait until one closes", "max_connections", s.cfg.Limits.MaxConnections)
+			s.log.Warn("connection limit reached: new connections wait until one closes", "max_connections", s.limits.MaxConnections)
 		}
 	}
 	l.onOpen = func(delta float64) { s.metrics.connsOpen.Add(delta) }
@@ -195,9 +195,9 @@ func (c *limitConn) Close() error {
 // response written, and once more when its body is read to the end (to
 // process it). It runs after authentication, so an anonymous caller of an
 // authenticated route never gets the longer window.
-func (s *Server) streaming(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
+func (e *edge) streaming(fn handlerFunc) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		p := &progress{rc: http.NewResponseController(w), window: s.cfg.Limits.TransferWindow}
+		p := &progress{rc: http.NewResponseController(w), window: e.transferWindow}
 		p.extend()
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &progressBody{ReadCloser: r.Body, p: p}
@@ -267,10 +267,10 @@ func (w *progressWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 
 // watchBodies counts and logs request bodies cut by ReadTimeout (or by a
 // streaming route's window), the slow-body clients the limits exist for.
-func (s *Server) watchBodies(next http.Handler) http.Handler {
+func (e *edge) watchBodies(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = &watchedBody{ReadCloser: r.Body, s: s, r: r}
+			r.Body = &watchedBody{ReadCloser: r.Body, e: e, r: r}
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -278,7 +278,7 @@ func (s *Server) watchBodies(next http.Handler) http.Handler {
 
 type watchedBody struct {
 	io.ReadCloser
-	s     *Server
+	e     *edge
 	r     *http.Request
 	noted bool
 }
@@ -287,8 +287,8 @@ func (b *watchedBody) Read(buf []byte) (int, error) {
 	n, err := b.ReadCloser.Read(buf)
 	if err != nil && !b.noted && errors.Is(err, os.ErrDeadlineExceeded) {
 		b.noted = true
-		b.s.metrics.bodyTimeouts.Inc()
-		b.s.log.Info("request body too slow: cut by the read timeout", "method", b.r.Method, "path", b.r.URL.Path, "remote", b.r.RemoteAddr)
+		b.e.metrics.bodyTimeouts.Inc()
+		b.e.log.Info("request body too slow: cut by the read timeout", "method", b.r.Method, "path", b.r.URL.Path, "remote", b.r.RemoteAddr)
 	}
 	return n, err
 }

@@ -100,12 +100,6 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// serveMetrics is GET /metrics on the API listener (admin or auditor).
-func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) error {
-	s.metrics.handler().ServeHTTP(w, r)
-	return nil
-}
-
 // MetricsHandler serves the Prometheus metrics without authentication, for
 // a separate listener (fosterd --metrics-listen, loopback by intent).
 func (s *Server) MetricsHandler() http.Handler {

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path"
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -36,6 +38,46 @@ func validVersion(v string) bool { return len(v) <= 64 && semverRE.MatchString(v
 // ignored, pre-releases sort before the release).
 func compareVersions(a, b string) int { return semver.Compare("v"+a, "v"+b) }
 
+// releaseStore is what publishing releases needs of the store (*store.DB).
+type releaseStore interface {
+	GetModel(ctx context.Context, name string) (store.Model, error)
+	LatestRelease(ctx context.Context, model string) (store.Release, error)
+	PublishRelease(ctx context.Context, r store.Release, publish store.PublishFunc) (store.Release, error)
+	GetRelease(ctx context.Context, model, version string) (store.Release, error)
+	PageReleases(ctx context.Context, model string, afterID int64, limit int) ([]store.Release, error)
+}
+
+// targetPublisher adds and removes firmware targets (tufrepo.Repo).
+type targetPublisher interface {
+	Upload(ctx context.Context, u tufrepo.Upload) (*tufrepo.Pending, error)
+	// CommitLeased commits holding the caller's publish lock (the store
+	// transaction that records the release; replicas sharing PostgreSQL).
+	CommitLeased(ctx context.Context, p *tufrepo.Pending, lease tufrepo.Lease) (tufrepo.Target, error)
+	Discard(ctx context.Context, p *tufrepo.Pending)
+	RemoveTarget(ctx context.Context, path string) (tufrepo.Target, error)
+	Lookup(path string) (t tufrepo.Target, role string, ok bool)
+}
+
+// releaseAPI publishes, lists and revokes firmware releases. Safe for
+// concurrent use.
+type releaseAPI struct {
+	store releaseStore
+	repo  targetPublisher
+	// publishing serialises publication (with ceremonyAPI's) so counters
+	// stay ordered.
+	publishing      *sync.Mutex
+	audit           *auditTrail
+	log             *slog.Logger
+	maxFirmwareSize int64
+}
+
+func (g *releaseAPI) routes(mux *http.ServeMux, e *edge) {
+	mux.Handle("POST /v1/releases", e.handle(adminOnly, e.streaming(g.add)))
+	mux.Handle("GET /v1/releases", e.handle(readers, g.list))
+	mux.Handle("GET /v1/releases/{model}/{version}", e.handle(readers, g.show))
+	mux.Handle("POST /v1/releases/{model}/{version}/revoke", e.handle(adminOnly, g.revoke))
+}
+
 // targetCustom is the signed custom metadata of a firmware target
 // (docs/CONTRACTS.md). Devices act on it: model and hardware ids select the
 // image, the release counter forbids downgrades, min_from_version names the
@@ -49,7 +91,7 @@ type targetCustom struct {
 	MinFromVersion string   `json:"min_from_version,omitempty"`
 }
 
-// addRelease publishes a firmware image into its model's TUF role.
+// add publishes a firmware image into its model's TUF role.
 //
 //	POST /v1/releases?model=M&version=V[&name=FILE][&counter=N][&sha256=HEX][&length=BYTES]
 //	                 [&hardware_id=ID ...][&min_from_version=V]
@@ -61,7 +103,7 @@ type targetCustom struct {
 // chosen automatically: a model whose latest is 2^53-1 has no next one),
 // an empty or oversized body, a body whose length or sha256 differs from
 // the declared one, hardware ids the model does not have.
-func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
+func (g *releaseAPI) add(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	model, version, name := q.Get("model"), q.Get("version"), q.Get("name")
 	if err := identity.ValidName(model); err != nil {
@@ -91,14 +133,14 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case r.ContentLength == 0 || declared == 0:
 		return badRequest("firmware file is empty")
-	case r.ContentLength > s.cfg.MaxFirmwareSize || declared > s.cfg.MaxFirmwareSize:
-		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", s.cfg.MaxFirmwareSize)
+	case r.ContentLength > g.maxFirmwareSize || declared > g.maxFirmwareSize:
+		return apierr.New(http.StatusRequestEntityTooLarge, apierr.CodeTooLarge, "firmware larger than %d bytes", g.maxFirmwareSize)
 	case declared >= 0 && r.ContentLength >= 0 && declared != r.ContentLength:
 		return apierr.New(http.StatusBadRequest, codeLengthMismatch, "declared length %d, but the upload is %d bytes", declared, r.ContentLength)
 	case declared < 0:
 		declared = r.ContentLength // -1 when chunked
 	}
-	m, err := s.cfg.Store.GetModel(r.Context(), model)
+	m, err := g.store.GetModel(r.Context(), model)
 	if errors.Is(err, store.ErrNotFound) {
 		return apierr.New(http.StatusBadRequest, apierr.CodeUnknownModel, "unknown model %q (create it with: foster model add %s)", model, model)
 	} else if err != nil {
@@ -120,7 +162,7 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	// Cheap refusal before streaming the body; checked again under the lock.
-	latest, err := s.cfg.Store.LatestRelease(r.Context(), model)
+	latest, err := g.store.LatestRelease(r.Context(), model)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		err = checkAboveLatest(model, version, counter, nil)
@@ -143,20 +185,20 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	tpath := path.Join(model, version, name)
-	pending, err := s.cfg.Repo.Upload(r.Context(), tufrepo.Upload{
-		Path: tpath, Body: http.MaxBytesReader(w, r.Body, s.cfg.MaxFirmwareSize), Length: declared, SHA256: q.Get("sha256"),
+	pending, err := g.repo.Upload(r.Context(), tufrepo.Upload{
+		Path: tpath, Body: http.MaxBytesReader(w, r.Body, g.maxFirmwareSize), Length: declared, SHA256: q.Get("sha256"),
 	})
 	if err != nil {
-		return s.publishError(tpath, err)
+		return publishError(tpath, err)
 	}
-	defer s.cfg.Repo.Discard(context.WithoutCancel(r.Context()), pending)
+	defer g.repo.Discard(context.WithoutCancel(r.Context()), pending)
 
-	s.releaseMu.Lock()
-	defer s.releaseMu.Unlock()
+	g.publishing.Lock()
+	defer g.publishing.Unlock()
 	t := pending.Target()
 	p, _ := principalFrom(r.Context())
 	published := false
-	rel, err := s.cfg.Store.PublishRelease(r.Context(), store.Release{
+	rel, err := g.store.PublishRelease(r.Context(), store.Release{
 		Model: model, Version: version, Counter: counter, TargetPath: t.Path, SHA256: t.SHA256, Length: t.Length, CreatedBy: p.URI(),
 	}, func(lock *store.TUFLock, rel store.Release, latest *store.Release) error {
 		// Inside the store's transaction, which holds the publish lock of
@@ -174,7 +216,7 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		if err := pending.SetCustom(custom); err != nil {
 			return err
 		}
-		_, err := s.cfg.Repo.CommitLeased(r.Context(), pending, lock)
+		_, err := g.repo.CommitLeased(r.Context(), pending, lock)
 		published = err == nil
 		return err
 	})
@@ -182,8 +224,8 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		if published {
 			// The store failed after publishing: take it back so the
 			// repository and the store agree.
-			if _, rerr := s.cfg.Repo.RemoveTarget(context.WithoutCancel(r.Context()), t.Path); rerr != nil {
-				s.log.Error("release published but not recorded, and unpublishing failed", "target", t.Path, "err", rerr)
+			if _, rerr := g.repo.RemoveTarget(context.WithoutCancel(r.Context()), t.Path); rerr != nil {
+				g.log.Error("release published but not recorded, and unpublishing failed", "target", t.Path, "err", rerr)
 			}
 		}
 		var apiErr *apierr.Error
@@ -197,12 +239,12 @@ func (s *Server) addRelease(w http.ResponseWriter, r *http.Request) error {
 		case published:
 			return fmt.Errorf("recording release %s: %w", tpath, err)
 		}
-		return s.publishError(tpath, err)
+		return publishError(tpath, err)
 	}
 	counter = rel.Counter
-	s.audit(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
-	s.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
-	return writeJSON(w, http.StatusCreated, s.releaseView(rel))
+	g.audit.record(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
+	g.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
+	return writeJSON(w, http.StatusCreated, g.view(rel))
 }
 
 // checkAboveLatest refuses a release of version (with counter want, 0 if the
@@ -239,7 +281,7 @@ func checkCounterRange(model string, counter int64, latest *store.Release) error
 }
 
 // publishError maps repository errors to API errors.
-func (s *Server) publishError(tpath string, err error) error {
+func publishError(tpath string, err error) error {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe), errors.Is(err, tufrepo.ErrTooLarge):
@@ -270,9 +312,9 @@ type Release struct {
 	Role string `json:"role,omitempty"`
 }
 
-func (s *Server) releaseView(rel store.Release) Release {
+func (g *releaseAPI) view(rel store.Release) Release {
 	v := Release{Release: rel, Status: "revoked", HardwareIDs: []string{}}
-	t, role, ok := s.cfg.Repo.Lookup(rel.TargetPath)
+	t, role, ok := g.repo.Lookup(rel.TargetPath)
 	if !ok || t.SHA256 != rel.SHA256 {
 		return v
 	}
@@ -284,18 +326,18 @@ func (s *Server) releaseView(rel store.Release) Release {
 	return v
 }
 
-// listReleases pages through releases, each model's newest first (model
+// list pages through releases, each model's newest first (model
 // order, then release counter descending): ?model=M&after=ID&limit=N (limit
 // default and maximum store.MaxReleasePage). The next page starts after the
 // last id returned; a page shorter than limit is the last.
-func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
+func (g *releaseAPI) list(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	after, limit, err := pageParams(q, store.MaxReleasePage, store.MaxReleasePage)
 	if err != nil {
 		return err
 	}
 	model := q.Get("model")
-	rs, err := s.cfg.Store.PageReleases(r.Context(), model, after, limit)
+	rs, err := g.store.PageReleases(r.Context(), model, after, limit)
 	if errors.Is(err, store.ErrNotFound) {
 		if model != "" {
 			return badRequest("after %d is not the id of a release of model %q", after, model)
@@ -307,44 +349,44 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]Release, 0, len(rs))
 	for _, rel := range rs {
-		out = append(out, s.releaseView(rel))
+		out = append(out, g.view(rel))
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) findRelease(r *http.Request) (store.Release, error) {
+func (g *releaseAPI) find(r *http.Request) (store.Release, error) {
 	model, version := r.PathValue("model"), r.PathValue("version")
-	rel, err := s.cfg.Store.GetRelease(r.Context(), model, version)
+	rel, err := g.store.GetRelease(r.Context(), model, version)
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Release{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "release %s %s not found", model, version)
 	}
 	return rel, err
 }
 
-func (s *Server) showRelease(w http.ResponseWriter, r *http.Request) error {
-	rel, err := s.findRelease(r)
+func (g *releaseAPI) show(w http.ResponseWriter, r *http.Request) error {
+	rel, err := g.find(r)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, s.releaseView(rel))
+	return writeJSON(w, http.StatusOK, g.view(rel))
 }
 
-// revokeRelease publishes the repository without the release, so devices
+// revoke publishes the repository without the release, so devices
 // stop being offered it. Its counter stays used; its blobs stay for devices
 // midway through a download.
-func (s *Server) revokeRelease(w http.ResponseWriter, r *http.Request) error {
-	rel, err := s.findRelease(r)
+func (g *releaseAPI) revoke(w http.ResponseWriter, r *http.Request) error {
+	rel, err := g.find(r)
 	if err != nil {
 		return err
 	}
-	s.releaseMu.Lock()
-	defer s.releaseMu.Unlock()
-	if _, err := s.cfg.Repo.RemoveTarget(r.Context(), rel.TargetPath); errors.Is(err, tufrepo.ErrTargetNotFound) {
+	g.publishing.Lock()
+	defer g.publishing.Unlock()
+	if _, err := g.repo.RemoveTarget(r.Context(), rel.TargetPath); errors.Is(err, tufrepo.ErrTargetNotFound) {
 		return apierr.New(http.StatusConflict, codeRevoked, "release %s %s is already revoked", rel.Model, rel.Version)
 	} else if err != nil {
-		return s.publishError(rel.TargetPath, err)
+		return publishError(rel.TargetPath, err)
 	}
-	s.audit(r, "release.revoke", rel.TargetPath)
-	s.log.Info("release revoked", "target", rel.TargetPath)
-	return writeJSON(w, http.StatusOK, s.releaseView(rel))
+	g.audit.record(r, "release.revoke", rel.TargetPath)
+	g.log.Info("release revoked", "target", rel.TargetPath)
+	return writeJSON(w, http.StatusOK, g.view(rel))
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -78,7 +79,8 @@ func (t Throttle) withDefaults() (Throttle, error) {
 type throttle struct {
 	cfg       Throttle
 	now       func() time.Time
-	s         *Server
+	metrics   *metrics
+	log       *slog.Logger
 	mu        sync.Mutex
 	addrs     map[string]*throttleEntry
 	lastSweep time.Time
@@ -89,8 +91,8 @@ type throttleEntry struct {
 	refusing bool // logged as throttled since its last admitted request
 }
 
-func newThrottle(s *Server, cfg Throttle) *throttle {
-	return &throttle{cfg: cfg, now: time.Now, s: s, addrs: map[string]*throttleEntry{}}
+func newThrottle(cfg Throttle, m *metrics, log *slog.Logger) *throttle {
+	return &throttle{cfg: cfg, now: time.Now, metrics: m, log: log, addrs: map[string]*throttleEntry{}}
 }
 
 // wrap throttles failed attempts at route.
@@ -102,7 +104,7 @@ func (t *throttle) wrap(route string, next http.Handler) http.Handler {
 			if secs < 1 {
 				secs = 1
 			}
-			t.s.metrics.throttled.WithLabelValues(route).Inc()
+			t.metrics.throttled.WithLabelValues(route).Inc()
 			w.Header().Set("Retry-After", strconv.Itoa(secs))
 			apierr.Write(w, apierr.New(http.StatusTooManyRequests, apierr.CodeThrottled,
 				"too many failed attempts from %s: retry in %d s", key, secs))
@@ -132,7 +134,7 @@ func (t *throttle) admit(key string) (time.Duration, bool) {
 	}
 	if !e.refusing {
 		e.refusing = true
-		t.s.log.Warn("throttling failed attempts", "client", key, "burst", t.cfg.Burst, "every", t.cfg.Every)
+		t.log.Warn("throttling failed attempts", "client", key, "burst", t.cfg.Burst, "every", t.cfg.Every)
 	}
 	return time.Duration((1 - tokens) * float64(t.cfg.Every)), false
 }
@@ -155,7 +157,7 @@ func (t *throttle) fail(key string) {
 	}
 	// Always granted (1 <= burst, no wait limit): the bucket goes into debt.
 	e.lim.ReserveN(now, 1)
-	t.s.metrics.throttleAddr.Set(float64(len(t.addrs)))
+	t.metrics.throttleAddr.Set(float64(len(t.addrs)))
 }
 
 // sweep drops entries whose bucket is full again; with force, also

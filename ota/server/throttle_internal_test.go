@@ -12,9 +12,8 @@ import (
 // the table past MaxAddresses, and entries whose bucket refilled are
 // dropped.
 func TestThrottleTableStaysBoundedUnderManyAddresses(t *testing.T) {
-	s := &Server{metrics: newMetrics(), log: slog.New(slog.DiscardHandler)}
 	now := time.Unix(1_700_000_000, 0)
-	th := newThrottle(s, Throttle{Burst: 2, Every: time.Second, MaxAddresses: 100})
+	th := newThrottle(Throttle{Burst: 2, Every: time.Second, MaxAddresses: 100}, newMetrics(), slog.New(slog.DiscardHandler))
 	th.now = func() time.Time { return now }
 	for i := range 10_000 {
 		th.fail(fmt.Sprintf("198.51.%d.%d", i/256, i%256))
@@ -53,9 +52,8 @@ func TestThrottleKeysIPv6By64(t *testing.T) {
 // together are all charged, so opening many requests at once earns no
 // extra guesses: the wait grows with the debt.
 func TestThrottleChargesParallelFailures(t *testing.T) {
-	s := &Server{metrics: newMetrics(), log: slog.New(slog.DiscardHandler)}
 	now := time.Unix(1_700_000_000, 0)
-	th := newThrottle(s, Throttle{Burst: 5, Every: time.Second, MaxAddresses: 10})
+	th := newThrottle(Throttle{Burst: 5, Every: time.Second, MaxAddresses: 10}, newMetrics(), slog.New(slog.DiscardHandler))
 	th.now = func() time.Time { return now }
 	// 25 requests admitted together (none had failed yet), then all fail.
 	for range 25 {

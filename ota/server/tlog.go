@@ -1,14 +1,13 @@
 package server
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/pkg/apierr"
-	"github.com/foster-ota/foster/pkg/identity"
 )
 
 // Transparency log API (docs/ATTESTATIONS.md). The checkpoint and
@@ -18,18 +17,33 @@ import (
 // an admin or auditor certificate. Every answer is bounded: proofs are
 // O(log n) hashes, entries come at most tlog.MaxEntries (and
 // tlog.MaxEntriesBytes) at a time.
-func (s *Server) logRoutes(mux *http.ServeMux, reader []identity.Role) {
-	mux.Handle("GET /v1/log/checkpoint", s.throttled("GET /v1/log/checkpoint", s.logCheckpoint))
-	mux.Handle("GET /v1/log/consistency", s.throttled("GET /v1/log/consistency", s.logConsistency))
-	mux.Handle("GET /v1/log/inclusion", s.handle(reader, s.logInclusion))
-	mux.Handle("GET /v1/log/entries", s.handle(reader, s.streaming(s.logEntries)))
-	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", s.handle(reader, s.streaming(s.attestationBundle)))
-	mux.Handle("GET /v1/reports/fleet", s.handle(reader, s.fleetReport))
+
+// logProofs is what the log API reads of the log (*tlog.Log).
+type logProofs interface {
+	Checkpoint(ctx context.Context) ([]byte, error)
+	LeafIndex(ctx context.Context, leafHash []byte) (int64, error)
+	InclusionProof(ctx context.Context, index, size int64) ([][]byte, error)
+	// ProveInclusion proves index against the signed checkpoint cp.
+	ProveInclusion(ctx context.Context, index int64, cp []byte) (size int64, hashes [][]byte, err error)
+	ConsistencyProof(ctx context.Context, from, to int64) ([][]byte, error)
+	Entries(ctx context.Context, start, end int64) ([][]byte, error)
 }
 
-// logCheckpoint serves the latest signed checkpoint as text (C2SP signed note).
-func (s *Server) logCheckpoint(w http.ResponseWriter, r *http.Request) error {
-	cp, err := s.cfg.Log.Checkpoint(r.Context())
+// logAPI is the transparency log group. Safe for concurrent use.
+type logAPI struct {
+	log logProofs
+}
+
+func (g *logAPI) routes(mux *http.ServeMux, e *edge) {
+	mux.Handle("GET /v1/log/checkpoint", e.throttled("GET /v1/log/checkpoint", g.checkpoint))
+	mux.Handle("GET /v1/log/consistency", e.throttled("GET /v1/log/consistency", g.consistency))
+	mux.Handle("GET /v1/log/inclusion", e.handle(readers, g.inclusion))
+	mux.Handle("GET /v1/log/entries", e.handle(readers, e.streaming(g.entries)))
+}
+
+// checkpoint serves the latest signed checkpoint as text (C2SP signed note).
+func (g *logAPI) checkpoint(w http.ResponseWriter, r *http.Request) error {
+	cp, err := g.log.Checkpoint(r.Context())
 	if err != nil {
 		return err
 	}
@@ -50,9 +64,9 @@ type proofResponse struct {
 	Checkpoint string `json:"checkpoint,omitempty"`
 }
 
-// logInclusion: ?index=N or ?leaf_hash=HEX (RFC 6962 leaf hash), and
+// inclusion: ?index=N or ?leaf_hash=HEX (RFC 6962 leaf hash), and
 // optionally &size=N (default: the latest checkpoint, which is returned too).
-func (s *Server) logInclusion(w http.ResponseWriter, r *http.Request) error {
+func (g *logAPI) inclusion(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	q := r.URL.Query()
 	var index int64
@@ -69,7 +83,7 @@ func (s *Server) logInclusion(w http.ResponseWriter, r *http.Request) error {
 		if err != nil || len(h) != 32 {
 			return badRequest("leaf_hash must be 64 hex characters")
 		}
-		if index, err = s.cfg.Log.LeafIndex(ctx, h); err != nil {
+		if index, err = g.log.LeafIndex(ctx, h); err != nil {
 			return logError(err)
 		}
 	default:
@@ -81,14 +95,14 @@ func (s *Server) logInclusion(w http.ResponseWriter, r *http.Request) error {
 		if resp.TreeSize, err = intParam(q.Get("size"), "size"); err != nil {
 			return err
 		}
-		resp.Hashes, err = s.cfg.Log.InclusionProof(ctx, index, resp.TreeSize)
+		resp.Hashes, err = g.log.InclusionProof(ctx, index, resp.TreeSize)
 	} else {
 		var cp []byte
-		if cp, err = s.cfg.Log.Checkpoint(ctx); err != nil {
+		if cp, err = g.log.Checkpoint(ctx); err != nil {
 			return err
 		}
 		resp.Checkpoint = string(cp)
-		resp.TreeSize, resp.Hashes, err = s.cfg.Log.ProveInclusion(ctx, index, cp)
+		resp.TreeSize, resp.Hashes, err = g.log.ProveInclusion(ctx, index, cp)
 	}
 	if err != nil {
 		return logError(err)
@@ -96,9 +110,9 @@ func (s *Server) logInclusion(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, resp)
 }
 
-// logConsistency: ?from=N and optionally &to=N (default: the latest
+// consistency: ?from=N and optionally &to=N (default: the latest
 // checkpoint, which is returned too).
-func (s *Server) logConsistency(w http.ResponseWriter, r *http.Request) error {
+func (g *logAPI) consistency(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	q := r.URL.Query()
 	from, err := intParam(q.Get("from"), "from")
@@ -111,7 +125,7 @@ func (s *Server) logConsistency(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	} else {
-		cp, err := s.cfg.Log.Checkpoint(ctx)
+		cp, err := g.log.Checkpoint(ctx)
 		if err != nil {
 			return err
 		}
@@ -120,7 +134,7 @@ func (s *Server) logConsistency(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if resp.Hashes, err = s.cfg.Log.ConsistencyProof(ctx, from, resp.TreeSize); err != nil {
+	if resp.Hashes, err = g.log.ConsistencyProof(ctx, from, resp.TreeSize); err != nil {
 		return logError(err)
 	}
 	return writeJSON(w, http.StatusOK, resp)
@@ -131,9 +145,9 @@ type entriesResponse struct {
 	Entries [][]byte `json:"entries"`
 }
 
-// logEntries: ?start=N and optionally &end=N (exclusive). The answer may be
+// entries: ?start=N and optionally &end=N (exclusive). The answer may be
 // shorter than asked (bounds, end of log): page on len(entries).
-func (s *Server) logEntries(w http.ResponseWriter, r *http.Request) error {
+func (g *logAPI) entries(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	start, err := intParam(q.Get("start"), "start")
 	if err != nil {
@@ -145,49 +159,11 @@ func (s *Server) logEntries(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	entries, err := s.cfg.Log.Entries(r.Context(), start, end)
+	entries, err := g.log.Entries(r.Context(), start, end)
 	if err != nil {
 		return logError(err)
 	}
 	return writeJSON(w, http.StatusOK, entriesResponse{Start: start, Entries: entries})
-}
-
-// fleetReport: ?model=M&stale_days=N (default 30).
-func (s *Server) fleetReport(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	model := q.Get("model")
-	if model != "" {
-		if err := identity.ValidName(model); err != nil {
-			return badRequest("model: %v", err)
-		}
-	}
-	stale := int64(30)
-	if q.Has("stale_days") {
-		var err error
-		if stale, err = intParam(q.Get("stale_days"), "stale_days"); err != nil {
-			return err
-		}
-		if stale > 36500 {
-			return badRequest("stale_days must be at most 36500")
-		}
-	}
-	rep, err := s.cfg.Store.FleetReport(r.Context(), model, int(stale))
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, rep)
-}
-
-// intParam parses a required non-negative integer query parameter.
-func intParam(v, name string) (int64, error) {
-	if v == "" {
-		return 0, badRequest("%s is required", name)
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, badRequest("%s must be a non-negative integer", name)
-	}
-	return n, nil
 }
 
 // logError maps tlog errors to API errors.
