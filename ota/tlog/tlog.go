@@ -145,7 +145,9 @@ func Open(ctx context.Context, db *store.DB, origin string, signer note.Signer) 
 	if err := l.init(ctx); err != nil {
 		return nil, err
 	}
-	l.prepareStatements(ctx)
+	if err := l.prepareStatements(ctx); err != nil {
+		return nil, err
+	}
 	return l, nil
 }
 

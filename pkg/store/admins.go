@@ -227,9 +227,7 @@ func (d *DB) CheckCredentialAccess(ctx context.Context, serial string) (Credenti
 	var a CredentialAccess
 	var revokedAt, older int64
 	var via string
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT c.subject, c.revoked_at, c.issued_via,
-		(SELECT COUNT(*) FROM certificates o WHERE o.subject = c.subject AND o.revoked_at = 0 AND o.issued_at < c.issued_at)
-		FROM certificates c WHERE c.serial = ?`), serial).Scan(&a.Subject, &revokedAt, &via, &older)
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlCredentialAccess), serial).Scan(&a.Subject, &revokedAt, &via, &older)
 	if errors.Is(err, sql.ErrNoRows) {
 		return CredentialAccess{}, nil
 	}

@@ -31,8 +31,13 @@ type DB struct {
 	db      *sql.DB
 	dialect dialect
 	now     func() time.Time
-	stmts   sync.Map // query -> *sql.Stmt (see cached)
-	group   group    // concurrent enrollments' group commit (group.go)
+	group   group // concurrent enrollments' group commit (group.go)
+
+	// The hot paths' statements by dialect text, prepared in Open and
+	// read-only after it (see cached). unprepared, when set (tests), hears
+	// of a query cached runs without a prepared statement.
+	stmts      map[string]*sql.Stmt
+	unprepared func(query string)
 
 	models     sync.Map     // name -> Model, read once (see GetModel)
 	modelCount atomic.Int64 // models cached, bounded by maxCachedModels
@@ -87,11 +92,18 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		d.db.Close()
 		return nil, err
 	}
+	if err := d.prepareHot(ctx); err != nil {
+		d.db.Close()
+		return nil, err
+	}
 	return d, nil
 }
 
-// Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+// Close closes the prepared statements and the database.
+func (d *DB) Close() error {
+	closeStmts(d.stmts)
+	return d.db.Close()
+}
 
 // SetClock replaces the clock (tests).
 func (d *DB) SetClock(now func() time.Time) { d.now = now }
@@ -282,8 +294,8 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	var m Model
 	var hw string
 	var at int64
-	// Prepared once (cached): every enrollment reads its model.
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, cert_validity, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
+	// Prepared at Open: every enrollment reads its model.
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlModel), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Model{}, fmt.Errorf("model %q: %w", name, ErrNotFound)
 	}
@@ -373,8 +385,8 @@ func scanDevice(s scanner) (Device, error) {
 
 // GetDevice returns a device by URN or ErrNotFound.
 func (d *DB) GetDevice(ctx context.Context, id string) (Device, error) {
-	// Every mTLS request of a device reads it: prepared once (cached).
-	dv, err := scanDevice(cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
+	// Every mTLS request of a device reads it: prepared at Open.
+	dv, err := scanDevice(cached{d, nil}.QueryRowContext(ctx, d.q(sqlDevice), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}

@@ -122,7 +122,7 @@ func (d *DB) PublishTUF(ctx context.Context, fn func(*TUFLock) error) error {
 // locking: one point read, for replicas that poll for other replicas'
 // publishes.
 func (d *DB) PublishedTUF(ctx context.Context) (version int64, etag string, err error) {
-	err = cached{d, nil}.QueryRowContext(ctx, `SELECT timestamp_version, timestamp_etag FROM tuf_state WHERE id = 1`).Scan(&version, &etag)
+	err = cached{d, nil}.QueryRowContext(ctx, d.q(sqlPublishedTUF)).Scan(&version, &etag)
 	if err != nil {
 		return 0, "", fmt.Errorf("reading published TUF timestamp: %w", err)
 	}
