@@ -132,21 +132,14 @@ func (d *DB) PageAttestations(ctx context.Context, deviceID string, afterID int6
 }
 
 func (d *DB) listAttestations(ctx context.Context, where, suffix string, args ...any) ([]Attestation, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`+suffix), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing attestations: %w", err)
-	}
-	defer rows.Close()
-	var out []Attestation
-	for rows.Next() {
-		var a Attestation
-		var env string
-		var at int64
-		if err := rows.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at, &a.LeafIndex, &a.CertSerial); err != nil {
-			return nil, err
-		}
-		a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing attestations", d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`+suffix), scanAttestation, args...)
+}
+
+func scanAttestation(s scanner) (Attestation, error) {
+	var a Attestation
+	var env string
+	var at int64
+	err := s.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at, &a.LeafIndex, &a.CertSerial)
+	a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
+	return a, err
 }

@@ -150,25 +150,7 @@ func (d *DB) RevokedCertificates(ctx context.Context) ([]Certificate, error) {
 }
 
 func (d *DB) listCerts(ctx context.Context, where string, args ...any) ([]Certificate, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT `+certCols+` FROM certificates `+where), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing certificates: %w", err)
-	}
-	return scanCerts(rows)
-}
-
-// scanCerts reads every row of a certificates query and closes it.
-func scanCerts(rows *sql.Rows) ([]Certificate, error) {
-	defer rows.Close()
-	var out []Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing certificates", d.q(`SELECT `+certCols+` FROM certificates `+where), scanCert, args...)
 }
 
 // RevokeCertificates revokes every certificate of subject (admins, auditors,

@@ -165,17 +165,8 @@ var certIdentityColumns = [][2]string{
 }
 
 func (d *DB) migrateIdentity(ctx context.Context) error {
-	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
-	if d.dialect == postgres {
-		id = "BIGSERIAL PRIMARY KEY"
-	}
-	for _, stmt := range strings.Split(strings.ReplaceAll(identitySchema, "@ID@", id), ";") {
-		if strings.TrimSpace(stmt) == "" {
-			continue
-		}
-		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating identity schema: %w", err)
-		}
+	if err := d.execSchema(ctx, "identity schema", identitySchema); err != nil {
+		return err
 	}
 	for _, c := range deviceIdentityColumns {
 		if err := d.addColumn(ctx, "devices", c[0], c[1]); err != nil {
@@ -587,22 +578,15 @@ func (d *DB) recordRefusal(ctx context.Context, deviceID, reason, keySHA256, via
 
 // ListRefusals returns a device's refused enrollments, oldest first.
 func (d *DB) ListRefusals(ctx context.Context, deviceID string) ([]Refusal, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), deviceID)
-	if err != nil {
-		return nil, fmt.Errorf("listing refusals: %w", err)
-	}
-	defer rows.Close()
-	var out []Refusal
-	for rows.Next() {
-		var f Refusal
-		var at int64
-		if err := rows.Scan(&f.ID, &f.DeviceID, &f.Reason, &f.KeySHA256, &f.Via, &at); err != nil {
-			return nil, err
-		}
-		f.At = fromTS(at)
-		out = append(out, f)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing refusals", d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), scanRefusal, deviceID)
+}
+
+func scanRefusal(s scanner) (Refusal, error) {
+	var f Refusal
+	var at int64
+	err := s.Scan(&f.ID, &f.DeviceID, &f.Reason, &f.KeySHA256, &f.Via, &at)
+	f.At = fromTS(at)
+	return f, err
 }
 
 // AllowReprovision lets the next enrollment of the device use a new key.

@@ -173,7 +173,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 `
 
-func (d *DB) migrate(ctx context.Context) error {
+// execSchema runs the ";"-separated statements of schema, with @ID@ as the
+// dialect's auto-increment primary key; what names the schema in errors.
+func (d *DB) execSchema(ctx context.Context, what, schema string) error {
 	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
 	if d.dialect == postgres {
 		id = "BIGSERIAL PRIMARY KEY"
@@ -183,8 +185,15 @@ func (d *DB) migrate(ctx context.Context) error {
 			continue
 		}
 		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating store schema: %w", err)
+			return fmt.Errorf("migrating %s: %w", what, err)
 		}
+	}
+	return nil
+}
+
+func (d *DB) migrate(ctx context.Context) error {
+	if err := d.execSchema(ctx, "store schema", schema); err != nil {
+		return err
 	}
 	// Per-model device certificate lifetime in seconds (0: instance default).
 	if err := d.addColumn(ctx, "models", "cert_validity", "BIGINT NOT NULL DEFAULT 0"); err != nil {
@@ -372,6 +381,30 @@ const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert
 
 type scanner interface{ Scan(...any) error }
 
+// rowsQuerier is a *sql.DB or a *sql.Tx, for reads of many rows.
+type rowsQuerier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// queryAll runs query on q and reads every row with scan. doing says what
+// failed when the query does ("listing devices").
+func queryAll[T any](ctx context.Context, q rowsQuerier, doing, query string, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func scanDevice(s scanner) (Device, error) {
 	var dv Device
 	var notAfter, enrolled, lastAtt, reprov, revoked int64
@@ -402,20 +435,7 @@ func (d *DB) ListDevices(ctx context.Context) ([]Device, error) {
 }
 
 func (d *DB) queryDevices(ctx context.Context, query string, args ...any) ([]Device, error) {
-	rows, err := d.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing devices: %w", err)
-	}
-	defer rows.Close()
-	var out []Device
-	for rows.Next() {
-		dv, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, dv)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing devices", query, scanDevice, args...)
 }
 
 // MaxDevicePage bounds one page of PageDevices.
@@ -624,22 +644,15 @@ func (d *DB) PageReleases(ctx context.Context, model string, afterID int64, limi
 }
 
 func (d *DB) listReleases(ctx context.Context, where string, args ...any) ([]Release, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases `+where), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing releases: %w", err)
-	}
-	defer rows.Close()
-	var out []Release
-	for rows.Next() {
-		var r Release
-		var at int64
-		if err := rows.Scan(&r.ID, &r.Model, &r.Version, &r.Counter, &r.TargetPath, &r.SHA256, &r.Length, &r.CreatedBy, &at); err != nil {
-			return nil, err
-		}
-		r.CreatedAt = fromTS(at)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing releases", d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases `+where), scanRelease, args...)
+}
+
+func scanRelease(s scanner) (Release, error) {
+	var r Release
+	var at int64
+	err := s.Scan(&r.ID, &r.Model, &r.Version, &r.Counter, &r.TargetPath, &r.SHA256, &r.Length, &r.CreatedBy, &at)
+	r.CreatedAt = fromTS(at)
+	return r, err
 }
 
 // --- attestations: attestations.go
@@ -673,22 +686,15 @@ func (d *DB) PageAudit(ctx context.Context, afterID int64, limit int) ([]AuditEv
 }
 
 func (d *DB) listAudit(ctx context.Context, where, suffix string, args ...any) ([]AuditEvent, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, actor, action, detail, at FROM audit_events `+where+` ORDER BY id`+suffix), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing audit events: %w", err)
-	}
-	defer rows.Close()
-	var out []AuditEvent
-	for rows.Next() {
-		var e AuditEvent
-		var at int64
-		if err := rows.Scan(&e.ID, &e.Actor, &e.Action, &e.Detail, &at); err != nil {
-			return nil, err
-		}
-		e.At = fromTS(at)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing audit events", d.q(`SELECT id, actor, action, detail, at FROM audit_events `+where+` ORDER BY id`+suffix), scanAudit, args...)
+}
+
+func scanAudit(s scanner) (AuditEvent, error) {
+	var e AuditEvent
+	var at int64
+	err := s.Scan(&e.ID, &e.Actor, &e.Action, &e.Detail, &at)
+	e.At = fromTS(at)
+	return e, err
 }
 
 // SQL exposes the underlying database for packages that keep their own

@@ -38,15 +38,7 @@ INSERT INTO tuf_state (id, timestamp_version, timestamp_etag) VALUES (1, 0, '') 
 `
 
 func (d *DB) migrateTUFState(ctx context.Context) error {
-	for _, stmt := range strings.Split(tufStateSchema, ";") {
-		if strings.TrimSpace(stmt) == "" {
-			continue
-		}
-		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating store schema (tuf_state): %w", err)
-		}
-	}
-	return nil
+	return d.execSchema(ctx, "store schema (tuf_state)", tufStateSchema)
 }
 
 // TUFLock is a held TUF publish lock: a store transaction that has locked
