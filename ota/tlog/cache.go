@@ -3,6 +3,7 @@ package tlog
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"sync"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -67,11 +68,15 @@ var savepointStatements = []string{`SAVEPOINT tlog_prepare`, `RELEASE SAVEPOINT 
 
 // prepareStatements prepares the savepoint statements on the pool. It runs
 // in Open, outside any transaction: preparing on the pool from inside one
-// could wait for a connection held by a transaction waiting for ours.
-func (l *Log) prepareStatements(ctx context.Context) {
+// could wait for a connection held by a transaction waiting for ours. A
+// statement that does not prepare fails Open.
+func (l *Log) prepareStatements(ctx context.Context) error {
 	for _, q := range savepointStatements {
-		if st, err := l.db.SQL().PrepareContext(ctx, q); err == nil {
-			l.stmts.Store(q, st)
+		st, err := l.db.SQL().PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("tlog: preparing %s: %w", q, err)
 		}
+		l.stmts.Store(q, st)
 	}
+	return nil
 }

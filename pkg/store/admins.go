@@ -122,12 +122,8 @@ func (d *DB) ListAdminCredentials(ctx context.Context) ([]AdminCredential, error
 
 // nameCredentials returns the certificates name holds in either role.
 func (d *DB) nameCredentials(ctx context.Context, tx *sql.Tx, name string) ([]Certificate, error) {
-	rows, err := tx.QueryContext(ctx, d.q(`SELECT `+certCols+` FROM certificates WHERE subject IN (?, ?) ORDER BY issued_at, serial`),
-		adminSubject("admin", name), adminSubject("auditor", name))
-	if err != nil {
-		return nil, fmt.Errorf("reading credentials of %s: %w", name, err)
-	}
-	return scanCerts(rows)
+	return queryAll(ctx, tx, "reading credentials of "+name, d.q(`SELECT `+certCols+` FROM certificates WHERE subject IN (?, ?) ORDER BY issued_at, serial`),
+		scanCert, adminSubject("admin", name), adminSubject("auditor", name))
 }
 
 // IssueAdminCredential records a new credential for name in role, issued
@@ -227,9 +223,7 @@ func (d *DB) CheckCredentialAccess(ctx context.Context, serial string) (Credenti
 	var a CredentialAccess
 	var revokedAt, older int64
 	var via string
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT c.subject, c.revoked_at, c.issued_via,
-		(SELECT COUNT(*) FROM certificates o WHERE o.subject = c.subject AND o.revoked_at = 0 AND o.issued_at < c.issued_at)
-		FROM certificates c WHERE c.serial = ?`), serial).Scan(&a.Subject, &revokedAt, &via, &older)
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlCredentialAccess), serial).Scan(&a.Subject, &revokedAt, &via, &older)
 	if errors.Is(err, sql.ErrNoRows) {
 		return CredentialAccess{}, nil
 	}
@@ -257,20 +251,9 @@ func (d *DB) Supersede(ctx context.Context, serial string) ([]Certificate, error
 		if !c.RevokedAt.IsZero() {
 			return fmt.Errorf("credential %s: %w", serial, ErrSuperseded)
 		}
-		rows, err := tx.QueryContext(ctx, d.q(`SELECT `+certCols+` FROM certificates WHERE subject = ? AND revoked_at = 0 AND issued_at < ?`), c.Subject, ts(c.IssuedAt))
+		out, err = queryAll(ctx, tx, "reading superseded credentials", d.q(`SELECT `+certCols+` FROM certificates WHERE subject = ? AND revoked_at = 0 AND issued_at < ?`),
+			scanCert, c.Subject, ts(c.IssuedAt))
 		if err != nil {
-			return fmt.Errorf("reading superseded credentials: %w", err)
-		}
-		for rows.Next() {
-			o, err := scanCert(rows)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			out = append(out, o)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, d.q(`UPDATE certificates SET revoked_at = ?, revoke_reason_code = ?, revoke_reason = ? WHERE subject = ? AND revoked_at = 0 AND issued_at < ?`),

@@ -59,10 +59,10 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	if a.ReceivedAt.IsZero() {
 		a.ReceivedAt = d.now()
 	}
-	// The ingest path runs these for every attestation: prepared once (cached).
+	// The ingest path runs these for every attestation: prepared at Open.
 	c := cached{d, tx}
 	var last int64
-	err := c.QueryRowContext(ctx, d.q(`SELECT last_sequence FROM devices WHERE id = ?`+d.forUpdate()), a.DeviceID).Scan(&last)
+	err := c.QueryRowContext(ctx, d.q(sqlLastSequence+d.forUpdate()), a.DeviceID).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Attestation{}, fmt.Errorf("device %s: %w", a.DeviceID, ErrNotFound)
 	}
@@ -75,7 +75,7 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	if a.Sequence-last > MaxSequenceStep {
 		return Attestation{}, fmt.Errorf("%w: sequence %d is more than %d above the last accepted %d", ErrSequenceJump, a.Sequence, MaxSequenceStep, last)
 	}
-	err = c.QueryRowContext(ctx, d.q(`INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+	err = c.QueryRowContext(ctx, d.q(sqlInsertAttestation),
 		a.DeviceID, a.Sequence, a.Outcome, a.TargetPath, a.SHA256, a.Version, a.Counter, string(a.Envelope), ts(a.ReceivedAt), a.LeafIndex, a.CertSerial).Scan(&a.ID)
 	if isUnique(err) {
 		return Attestation{}, ErrReplay
@@ -83,10 +83,10 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 	if err != nil {
 		return Attestation{}, fmt.Errorf("recording attestation: %w", err)
 	}
-	upd := `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
+	upd := sqlAttested
 	args := []any{a.Sequence, ts(a.ReceivedAt), a.DeviceID}
 	if a.Outcome == "committed" {
-		upd = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
+		upd = sqlAttestedInstalled
 		args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
 	}
 	if _, err := c.ExecContext(ctx, d.q(upd), args...); err != nil {
@@ -132,21 +132,14 @@ func (d *DB) PageAttestations(ctx context.Context, deviceID string, afterID int6
 }
 
 func (d *DB) listAttestations(ctx context.Context, where, suffix string, args ...any) ([]Attestation, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`+suffix), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing attestations: %w", err)
-	}
-	defer rows.Close()
-	var out []Attestation
-	for rows.Next() {
-		var a Attestation
-		var env string
-		var at int64
-		if err := rows.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at, &a.LeafIndex, &a.CertSerial); err != nil {
-			return nil, err
-		}
-		a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing attestations", d.q(`SELECT id, device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial FROM attestations `+where+` ORDER BY id`+suffix), scanAttestation, args...)
+}
+
+func scanAttestation(s scanner) (Attestation, error) {
+	var a Attestation
+	var env string
+	var at int64
+	err := s.Scan(&a.ID, &a.DeviceID, &a.Sequence, &a.Outcome, &a.TargetPath, &a.SHA256, &a.Version, &a.Counter, &env, &at, &a.LeafIndex, &a.CertSerial)
+	a.Envelope, a.ReceivedAt = []byte(env), fromTS(at)
+	return a, err
 }

@@ -85,7 +85,7 @@ func scanCert(s scanner) (Certificate, error) {
 // insertCert records c; enrollToken is the enrollment's enrollRef ("" for
 // anything but an enrollment).
 func (d *DB) insertCert(ctx context.Context, tx runner, c Certificate, enrollToken string) error {
-	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by, enroll_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := tx.ExecContext(ctx, d.q(sqlInsertCert),
 		c.Serial, c.Subject, c.KeySHA256, ts(c.NotBefore), ts(c.NotAfter), ts(c.IssuedAt), c.IssuedVia, c.IssuedBy, enrollToken)
 	if isUnique(err) {
 		return fmt.Errorf("certificate serial %s: %w", c.Serial, ErrConflict)
@@ -125,7 +125,7 @@ func (d *DB) GetCertificate(ctx context.Context, serial string) (Certificate, er
 // Certificates the store never recorded are not revoked.
 func (d *DB) IsRevoked(ctx context.Context, serial string) (bool, error) {
 	var ra int64
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT revoked_at FROM certificates WHERE serial = ?`), serial).Scan(&ra)
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlCertRevokedAt), serial).Scan(&ra)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -150,25 +150,7 @@ func (d *DB) RevokedCertificates(ctx context.Context) ([]Certificate, error) {
 }
 
 func (d *DB) listCerts(ctx context.Context, where string, args ...any) ([]Certificate, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT `+certCols+` FROM certificates `+where), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing certificates: %w", err)
-	}
-	return scanCerts(rows)
-}
-
-// scanCerts reads every row of a certificates query and closes it.
-func scanCerts(rows *sql.Rows) ([]Certificate, error) {
-	defer rows.Close()
-	var out []Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing certificates", d.q(`SELECT `+certCols+` FROM certificates `+where), scanCert, args...)
 }
 
 // RevokeCertificates revokes every certificate of subject (admins, auditors,

@@ -158,17 +158,17 @@ func (d *DB) runGroup(batch []*groupReq) []error {
 		return errs
 	}
 	err := d.tx(ctx, func(sqltx *sql.Tx) error {
-		tx := cached{d, sqltx} // the savepoint statements, prepared once
+		tx := cached{d, sqltx} // the savepoint statements, prepared at Open
 		for i, r := range batch {
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT foster_w"); err != nil {
+			if _, err := tx.ExecContext(ctx, sqlSavepoint); err != nil {
 				return fmt.Errorf("savepoint: %w", err)
 			}
 			if errs[i] = callTx(ctx, sqltx, r.fn); errs[i] != nil {
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT foster_w"); err != nil {
+				if _, err := tx.ExecContext(ctx, sqlRollbackToSavepoint); err != nil {
 					return fmt.Errorf("rolling back to savepoint: %w", err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT foster_w"); err != nil {
+			if _, err := tx.ExecContext(ctx, sqlReleaseSavepoint); err != nil {
 				return fmt.Errorf("releasing savepoint: %w", err)
 			}
 		}

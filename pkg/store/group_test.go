@@ -212,3 +212,33 @@ func TestGroupCommitCallerGoneBeforeItsBatchWritesNothing(t *testing.T) {
 		t.Fatalf("rows %s, want [8]", got)
 	}
 }
+
+// TestGroupCommitSavepointsArePreparedAtOpen: a batch of several writes
+// runs its savepoints through statements Open prepared.
+func TestGroupCommitSavepointsArePreparedAtOpen(t *testing.T) {
+	d := groupDB(t)
+	var missed []string
+	var mu sync.Mutex
+	d.unprepared = func(q string) { mu.Lock(); missed = append(missed, q); mu.Unlock() }
+	for i, err := range inOneBatch(t, d, []txFunc{insertG(1), insertG(2)}) {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(missed) != 0 {
+		t.Fatalf("savepoints run unprepared: %q", missed)
+	}
+}
+
+// TestPrepareFailureNamesTheStatement: a statement that does not prepare
+// (Open: a store whose schema is not what the hot paths read) is an error
+// naming it, not a slower path found later.
+func TestPrepareFailureNamesTheStatement(t *testing.T) {
+	d := groupDB(t)
+	_, err := prepareAll(context.Background(), d.db, []string{`SELECT x FROM g`, `SELECT nope FROM g`})
+	if err == nil || !strings.Contains(err.Error(), "SELECT nope FROM g") {
+		t.Fatalf("got %v, want an error naming the statement", err)
+	}
+}

@@ -165,17 +165,8 @@ var certIdentityColumns = [][2]string{
 }
 
 func (d *DB) migrateIdentity(ctx context.Context) error {
-	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
-	if d.dialect == postgres {
-		id = "BIGSERIAL PRIMARY KEY"
-	}
-	for _, stmt := range strings.Split(strings.ReplaceAll(identitySchema, "@ID@", id), ";") {
-		if strings.TrimSpace(stmt) == "" {
-			continue
-		}
-		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating identity schema: %w", err)
-		}
+	if err := d.execSchema(ctx, "identity schema", identitySchema); err != nil {
+		return err
 	}
 	for _, c := range deviceIdentityColumns {
 		if err := d.addColumn(ctx, "devices", c[0], c[1]); err != nil {
@@ -310,10 +301,10 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			CertNotAfter: is.NotAfter, CertPEM: is.ChainPEM, EnrolledAt: now, KeySHA256: is.KeySHA256,
 			ReplacedCertSerial: replaced, HardwareID: r.HardwareID}
 		if exists {
-			_, err = tx.ExecContext(ctx, d.q(`UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '', replaced_cert_serial = ?, hardware_id = ? WHERE id = ?`),
+			_, err = tx.ExecContext(ctx, d.q(sqlReenrollDevice),
 				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, replaced, r.HardwareID, id)
 		} else {
-			_, err = tx.ExecContext(ctx, d.q(`INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, key_sha256, hardware_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			_, err = tx.ExecContext(ctx, d.q(sqlEnrollDevice),
 				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, r.HardwareID)
 		}
 		if isUnique(err) {
@@ -350,7 +341,7 @@ func (d *DB) CheckEnroll(ctx context.Context, r EnrollRequest) error {
 	}
 	jtiUnused := func() error {
 		var one int
-		err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT 1 FROM used_token_ids WHERE issuer = ? AND jti = ?`), r.jtiIssuer(), r.JTI).Scan(&one)
+		err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlTokenIDSeen), r.jtiIssuer(), r.JTI).Scan(&one)
 		switch {
 		case err == nil:
 			return ErrTokenUsed
@@ -449,80 +440,6 @@ func (d *DB) noteRefusal(ctx context.Context, r EnrollRequest, err error) error 
 	return err
 }
 
-type querier interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-// runner is a *sql.Tx, a *sql.DB or a cached one of them.
-type runner interface {
-	querier
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-// cached runs the enrollment hot path's statements (already rewritten for
-// the dialect) through statements prepared once per DB: parsing the SQL
-// each time cost more than running it. tx nil runs outside a transaction.
-type cached struct {
-	d  *DB
-	tx *sql.Tx
-}
-
-func (c cached) stmt(ctx context.Context, query string) *sql.Stmt {
-	key := "dialect:" + query
-	st, ok := c.d.stmts.Load(key)
-	if !ok {
-		if c.tx != nil {
-			// Preparing on the pool from inside a transaction could wait
-			// for a connection held by a transaction waiting for this one
-			// (SQLite has one writer): prepare in the background, run
-			// this one unprepared.
-			if _, busy := c.d.stmts.LoadOrStore("preparing:"+key, true); !busy {
-				go c.prepare(key, query)
-			}
-			return nil
-		}
-		if st = c.prepare(key, query); st == nil {
-			return nil // an unprepared query reports the error
-		}
-	}
-	if c.tx != nil {
-		return c.tx.StmtContext(ctx, st.(*sql.Stmt))
-	}
-	return st.(*sql.Stmt)
-}
-
-func (c cached) prepare(key, query string) any {
-	p, err := c.d.db.PrepareContext(context.Background(), query)
-	if err != nil {
-		return nil
-	}
-	st, loaded := c.d.stmts.LoadOrStore(key, p)
-	if loaded {
-		p.Close()
-	}
-	return st
-}
-
-func (c cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	if st := c.stmt(ctx, query); st != nil {
-		return st.QueryRowContext(ctx, args...)
-	}
-	if c.tx != nil {
-		return c.tx.QueryRowContext(ctx, query, args...)
-	}
-	return c.d.db.QueryRowContext(ctx, query, args...)
-}
-
-func (c cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if st := c.stmt(ctx, query); st != nil {
-		return st.ExecContext(ctx, args...)
-	}
-	if c.tx != nil {
-		return c.tx.ExecContext(ctx, query, args...)
-	}
-	return c.d.db.ExecContext(ctx, query, args...)
-}
-
 // authorize checks the token or station, then (stations) the token id
 // with jti, then the device (clone, revoked), reading with lock ("" or
 // " FOR UPDATE"). The station row is never locked here: it is shared by all
@@ -534,7 +451,7 @@ func (d *DB) authorize(ctx context.Context, q querier, r EnrollRequest, now time
 		if err := d.checkToken(ctx, q, r, now, lock); err != nil {
 			return Device{}, false, err
 		}
-	} else if err := d.checkStation(ctx, q, r, now, ""); err != nil {
+	} else if err := d.checkStation(ctx, q, r, now); err != nil {
 		return Device{}, false, err
 	}
 	if r.JTI != "" {
@@ -543,7 +460,7 @@ func (d *DB) authorize(ctx context.Context, q querier, r EnrollRequest, now time
 		}
 	}
 	id := r.deviceID()
-	old, err := scanDevice(q.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`+lock), id))
+	old, err := scanDevice(q.QueryRowContext(ctx, d.q(sqlDevice+lock), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, false, nil
 	}
@@ -564,7 +481,7 @@ func (d *DB) authorize(ctx context.Context, q querier, r EnrollRequest, now time
 func (d *DB) checkToken(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string) error {
 	var serial, model string
 	var exp, used int64
-	err := q.QueryRowContext(ctx, d.q(`SELECT serial, model, expires_at, used_at FROM tokens WHERE hash = ?`+lock), r.TokenHash).
+	err := q.QueryRowContext(ctx, d.q(sqlToken+lock), r.TokenHash).
 		Scan(&serial, &model, &exp, &used)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrTokenInvalid
@@ -583,8 +500,8 @@ func (d *DB) checkToken(ctx context.Context, q querier, r EnrollRequest, now tim
 	return nil
 }
 
-func (d *DB) checkStation(ctx context.Context, q querier, r EnrollRequest, now time.Time, lock string) error {
-	st, err := scanStation(q.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`+lock), r.Station))
+func (d *DB) checkStation(ctx context.Context, q querier, r EnrollRequest, now time.Time) error {
+	st, err := scanStation(q.QueryRowContext(ctx, d.q(sqlStation), r.Station))
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("station %q is not registered: %w", r.Station, ErrStationRevoked)
 	}
@@ -600,7 +517,7 @@ func (d *DB) useTokenID(ctx context.Context, tx runner, jti, issuer string, exp,
 	if jti == "" {
 		return fmt.Errorf("%w: token has no id", ErrTokenInvalid)
 	}
-	_, err := tx.ExecContext(ctx, d.q(`INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES (?, ?, ?, ?)`), issuer, jti, ts(exp), ts(now))
+	_, err := tx.ExecContext(ctx, d.q(sqlUseTokenID), issuer, jti, ts(exp), ts(now))
 	if isUnique(err) {
 		return ErrTokenUsed
 	}
@@ -614,7 +531,7 @@ func (d *DB) useTokenID(ctx context.Context, tx runner, jti, issuer string, exp,
 // the station's quota (guarded, so concurrent enrollments cannot overrun it).
 func (d *DB) consume(ctx context.Context, tx runner, r EnrollRequest, now time.Time) error {
 	if r.TokenHash != "" {
-		res, err := tx.ExecContext(ctx, d.q(`UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`), ts(now), r.TokenHash)
+		res, err := tx.ExecContext(ctx, d.q(sqlSpendToken), ts(now), r.TokenHash)
 		if err != nil {
 			return fmt.Errorf("consuming token: %w", err)
 		}
@@ -623,7 +540,7 @@ func (d *DB) consume(ctx context.Context, tx runner, r EnrollRequest, now time.T
 		}
 		return nil
 	}
-	res, err := tx.ExecContext(ctx, d.q(`UPDATE stations SET used = used + 1 WHERE name = ? AND used < quota AND status = ? AND not_before <= ? AND not_after > ?`),
+	res, err := tx.ExecContext(ctx, d.q(sqlChargeStation),
 		r.Station, StationActive, ts(now), ts(now))
 	if err != nil {
 		return fmt.Errorf("charging station quota: %w", err)
@@ -643,7 +560,7 @@ func (d *DB) consume(ctx context.Context, tx runner, r EnrollRequest, now time.T
 }
 
 func (d *DB) getStationTx(ctx context.Context, tx runner, name string) (Station, error) {
-	st, err := scanStation(tx.QueryRowContext(ctx, d.q(`SELECT `+stationCols+` FROM stations WHERE name = ?`), name))
+	st, err := scanStation(tx.QueryRowContext(ctx, d.q(sqlStation), name))
 	if err != nil {
 		return Station{}, fmt.Errorf("reading station: %w", err)
 	}
@@ -661,22 +578,15 @@ func (d *DB) recordRefusal(ctx context.Context, deviceID, reason, keySHA256, via
 
 // ListRefusals returns a device's refused enrollments, oldest first.
 func (d *DB) ListRefusals(ctx context.Context, deviceID string) ([]Refusal, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), deviceID)
-	if err != nil {
-		return nil, fmt.Errorf("listing refusals: %w", err)
-	}
-	defer rows.Close()
-	var out []Refusal
-	for rows.Next() {
-		var f Refusal
-		var at int64
-		if err := rows.Scan(&f.ID, &f.DeviceID, &f.Reason, &f.KeySHA256, &f.Via, &at); err != nil {
-			return nil, err
-		}
-		f.At = fromTS(at)
-		out = append(out, f)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing refusals", d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), scanRefusal, deviceID)
+}
+
+func scanRefusal(s scanner) (Refusal, error) {
+	var f Refusal
+	var at int64
+	err := s.Scan(&f.ID, &f.DeviceID, &f.Reason, &f.KeySHA256, &f.Via, &at)
+	f.At = fromTS(at)
+	return f, err
 }
 
 // AllowReprovision lets the next enrollment of the device use a new key.

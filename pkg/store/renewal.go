@@ -252,8 +252,7 @@ type DeviceAccess struct {
 func (d *DB) CheckDeviceAccess(ctx context.Context, deviceID, certSerial string) (DeviceAccess, error) {
 	var status, current, replaced string
 	var revokedAt, reason sql.NullInt64
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT d.status, d.cert_serial, d.replaced_cert_serial, c.revoked_at, c.revoke_reason_code
-		FROM devices d LEFT JOIN certificates c ON c.serial = ? WHERE d.id = ?`),
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlDeviceAccess),
 		certSerial, deviceID).Scan(&status, &current, &replaced, &revokedAt, &reason)
 	if errors.Is(err, sql.ErrNoRows) {
 		return DeviceAccess{}, nil

@@ -31,8 +31,13 @@ type DB struct {
 	db      *sql.DB
 	dialect dialect
 	now     func() time.Time
-	stmts   sync.Map // query -> *sql.Stmt (see cached)
-	group   group    // concurrent enrollments' group commit (group.go)
+	group   group // concurrent enrollments' group commit (group.go)
+
+	// The hot paths' statements by dialect text, prepared in Open and
+	// read-only after it (see cached). unprepared, when set (tests), hears
+	// of a query cached runs without a prepared statement.
+	stmts      map[string]*sql.Stmt
+	unprepared func(query string)
 
 	models     sync.Map     // name -> Model, read once (see GetModel)
 	modelCount atomic.Int64 // models cached, bounded by maxCachedModels
@@ -88,11 +93,18 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		d.db.Close()
 		return nil, err
 	}
+	if err := d.prepareHot(ctx); err != nil {
+		d.db.Close()
+		return nil, err
+	}
 	return d, nil
 }
 
-// Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+// Close closes the prepared statements and the database.
+func (d *DB) Close() error {
+	closeStmts(d.stmts)
+	return d.db.Close()
+}
 
 // SetClock replaces the clock (tests).
 func (d *DB) SetClock(now func() time.Time) { d.now = now }
@@ -162,7 +174,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 `
 
-func (d *DB) migrate(ctx context.Context) error {
+// execSchema runs the ";"-separated statements of schema, with @ID@ as the
+// dialect's auto-increment primary key; what names the schema in errors.
+func (d *DB) execSchema(ctx context.Context, what, schema string) error {
 	id := "INTEGER PRIMARY KEY AUTOINCREMENT"
 	if d.dialect == postgres {
 		id = "BIGSERIAL PRIMARY KEY"
@@ -172,8 +186,15 @@ func (d *DB) migrate(ctx context.Context) error {
 			continue
 		}
 		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating store schema: %w", err)
+			return fmt.Errorf("migrating %s: %w", what, err)
 		}
+	}
+	return nil
+}
+
+func (d *DB) migrate(ctx context.Context) error {
+	if err := d.execSchema(ctx, "store schema", schema); err != nil {
+		return err
 	}
 	// Per-model device certificate lifetime in seconds (0: instance default).
 	if err := d.addColumn(ctx, "models", "cert_validity", "BIGINT NOT NULL DEFAULT 0"); err != nil {
@@ -286,8 +307,8 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	var m Model
 	var hw string
 	var at int64
-	// Prepared once (cached): every enrollment reads its model.
-	err := cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT name, hardware_ids, cert_validity, created_at FROM models WHERE name = ?`), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
+	// Prepared at Open: every enrollment reads its model.
+	err := cached{d, nil}.QueryRowContext(ctx, d.q(sqlModel), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Model{}, fmt.Errorf("model %q: %w", name, ErrNotFound)
 	}
@@ -364,6 +385,30 @@ const deviceCols = `id, serial, model, status, cert_serial, cert_not_after, cert
 
 type scanner interface{ Scan(...any) error }
 
+// rowsQuerier is a *sql.DB or a *sql.Tx, for reads of many rows.
+type rowsQuerier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// queryAll runs query on q and reads every row with scan. doing says what
+// failed when the query does ("listing devices").
+func queryAll[T any](ctx context.Context, q rowsQuerier, doing, query string, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", doing, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func scanDevice(s scanner) (Device, error) {
 	var dv Device
 	var notAfter, enrolled, lastAtt, reprov, revoked int64
@@ -377,8 +422,8 @@ func scanDevice(s scanner) (Device, error) {
 
 // GetDevice returns a device by URN or ErrNotFound.
 func (d *DB) GetDevice(ctx context.Context, id string) (Device, error) {
-	// Every mTLS request of a device reads it: prepared once (cached).
-	dv, err := scanDevice(cached{d, nil}.QueryRowContext(ctx, d.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
+	// Every mTLS request of a device reads it: prepared at Open.
+	dv, err := scanDevice(cached{d, nil}.QueryRowContext(ctx, d.q(sqlDevice), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
@@ -394,20 +439,7 @@ func (d *DB) ListDevices(ctx context.Context) ([]Device, error) {
 }
 
 func (d *DB) queryDevices(ctx context.Context, query string, args ...any) ([]Device, error) {
-	rows, err := d.db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing devices: %w", err)
-	}
-	defer rows.Close()
-	var out []Device
-	for rows.Next() {
-		dv, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, dv)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing devices", query, scanDevice, args...)
 }
 
 // MaxDevicePage bounds one page of PageDevices.
@@ -616,22 +648,15 @@ func (d *DB) PageReleases(ctx context.Context, model string, afterID int64, limi
 }
 
 func (d *DB) listReleases(ctx context.Context, where string, args ...any) ([]Release, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases `+where), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing releases: %w", err)
-	}
-	defer rows.Close()
-	var out []Release
-	for rows.Next() {
-		var r Release
-		var at int64
-		if err := rows.Scan(&r.ID, &r.Model, &r.Version, &r.Counter, &r.TargetPath, &r.SHA256, &r.Length, &r.CreatedBy, &at); err != nil {
-			return nil, err
-		}
-		r.CreatedAt = fromTS(at)
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing releases", d.q(`SELECT id, model, version, counter, target_path, sha256, length, created_by, created_at FROM releases `+where), scanRelease, args...)
+}
+
+func scanRelease(s scanner) (Release, error) {
+	var r Release
+	var at int64
+	err := s.Scan(&r.ID, &r.Model, &r.Version, &r.Counter, &r.TargetPath, &r.SHA256, &r.Length, &r.CreatedBy, &at)
+	r.CreatedAt = fromTS(at)
+	return r, err
 }
 
 // --- attestations: attestations.go
@@ -665,22 +690,15 @@ func (d *DB) PageAudit(ctx context.Context, afterID int64, limit int) ([]AuditEv
 }
 
 func (d *DB) listAudit(ctx context.Context, where, suffix string, args ...any) ([]AuditEvent, error) {
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, actor, action, detail, at FROM audit_events `+where+` ORDER BY id`+suffix), args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing audit events: %w", err)
-	}
-	defer rows.Close()
-	var out []AuditEvent
-	for rows.Next() {
-		var e AuditEvent
-		var at int64
-		if err := rows.Scan(&e.ID, &e.Actor, &e.Action, &e.Detail, &at); err != nil {
-			return nil, err
-		}
-		e.At = fromTS(at)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing audit events", d.q(`SELECT id, actor, action, detail, at FROM audit_events `+where+` ORDER BY id`+suffix), scanAudit, args...)
+}
+
+func scanAudit(s scanner) (AuditEvent, error) {
+	var e AuditEvent
+	var at int64
+	err := s.Scan(&e.ID, &e.Actor, &e.Action, &e.Detail, &at)
+	e.At = fromTS(at)
+	return e, err
 }
 
 // SQL exposes the underlying database for packages that keep their own

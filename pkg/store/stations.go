@@ -194,20 +194,7 @@ func (d *DB) GetStation(ctx context.Context, name string) (Station, error) {
 
 // ListStations returns every station by name.
 func (d *DB) ListStations(ctx context.Context) ([]Station, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+stationCols+` FROM stations ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("listing stations: %w", err)
-	}
-	defer rows.Close()
-	var out []Station
-	for rows.Next() {
-		st, err := scanStation(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, st)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, d.db, "listing stations", `SELECT `+stationCols+` FROM stations ORDER BY name`, scanStation)
 }
 
 // RevokeStation stops a station and revokes its certificates (reason code

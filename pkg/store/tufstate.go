@@ -38,15 +38,7 @@ INSERT INTO tuf_state (id, timestamp_version, timestamp_etag) VALUES (1, 0, '') 
 `
 
 func (d *DB) migrateTUFState(ctx context.Context) error {
-	for _, stmt := range strings.Split(tufStateSchema, ";") {
-		if strings.TrimSpace(stmt) == "" {
-			continue
-		}
-		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("migrating store schema (tuf_state): %w", err)
-		}
-	}
-	return nil
+	return d.execSchema(ctx, "store schema (tuf_state)", tufStateSchema)
 }
 
 // TUFLock is a held TUF publish lock: a store transaction that has locked
@@ -122,7 +114,7 @@ func (d *DB) PublishTUF(ctx context.Context, fn func(*TUFLock) error) error {
 // locking: one point read, for replicas that poll for other replicas'
 // publishes.
 func (d *DB) PublishedTUF(ctx context.Context) (version int64, etag string, err error) {
-	err = cached{d, nil}.QueryRowContext(ctx, `SELECT timestamp_version, timestamp_etag FROM tuf_state WHERE id = 1`).Scan(&version, &etag)
+	err = cached{d, nil}.QueryRowContext(ctx, d.q(sqlPublishedTUF)).Scan(&version, &etag)
 	if err != nil {
 		return 0, "", fmt.Errorf("reading published TUF timestamp: %w", err)
 	}
