@@ -39,6 +39,9 @@ const MaxMembershipBatch = 1000
 // it to every device: no rollout terms, or terms with the whole share and
 // no group restriction. Only such releases are stepping stones.
 func offeredToAll(custom []byte) bool {
+	if !bytes.Contains(custom, []byte(`"rollout"`)) {
+		return true // most releases: no terms, and no JSON parse needed
+	}
 	t, ok, err := rollout.FromCustom(custom)
 	if err != nil {
 		return false // invalid terms offer nothing
