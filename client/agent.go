@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -225,6 +226,9 @@ type Report struct {
 	AttestationsSent int `json:"attestations_sent"`
 	// AttestationsQueued counts envelopes still waiting in the outbox.
 	AttestationsQueued int `json:"attestations_queued"`
+	// NotOffered says why newer releases were passed over: their signed
+	// rollout terms do not offer them to this device.
+	NotOffered []string `json:"not_offered,omitempty"`
 }
 
 // ErrRolledBack is returned by RunOnce when the install it drove was rolled back.
@@ -274,6 +278,7 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	a.flush(ctx, rep)
 
 	sel, err := a.check(ctx, j)
+	rep.NotOffered = j.State().NotOffered
 	if err != nil {
 		return rep, a.recordError(j, err)
 	}
@@ -397,9 +402,17 @@ func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, erro
 		MinReleaseCounter: counter,
 		Refused:           st.Failed,
 		InstalledVersion:  version,
+		Device:            a.id.principal.URI(),
+		Serial:            a.id.cfg.Serial,
 	})
-	if err != nil || cand == nil {
+	if err != nil {
 		return nil, err
+	}
+	if err := a.noteNotOffered(j, tc.NotOffered()); err != nil {
+		return nil, err
+	}
+	if cand == nil {
+		return nil, nil
 	}
 	sel := &selection{target: targetOf(cand), url: tc.TargetURL(cand.Name, cand.Info)}
 	sel.targetsVersion, sel.snapshotVersion = tc.Versions()
@@ -407,6 +420,22 @@ func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, erro
 		"release_counter", sel.target.ReleaseCounter, "length", sel.target.Length,
 		"targets_version", sel.targetsVersion, "snapshot_version", sel.snapshotVersion)
 	return sel, nil
+}
+
+// noteNotOffered logs and records (for status) why newer releases were
+// passed over by their signed rollout terms.
+func (a *Agent) noteNotOffered(j *journal.Journal, passed []tufclient.NotOffered) error {
+	var notes []string
+	for _, n := range passed {
+		a.log.Info("newer release not offered to this device", "target", n.Name, "version", n.Version, "reason", n.Reason)
+		if len(notes) < journal.MaxNotOffered {
+			notes = append(notes, reasonOf("%s", n.String()))
+		}
+	}
+	if slices.Equal(notes, j.State().NotOffered) {
+		return nil
+	}
+	return j.Update(func(s *journal.State) { s.NotOffered = notes })
 }
 
 // flush sends queued attestations; failures leave them queued for next time.

@@ -31,6 +31,9 @@ type Status struct {
 	LastCheck   time.Time `json:"last_check,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// NotOffered says why the last check passed over newer releases: their
+	// signed rollout terms do not offer them to this device.
+	NotOffered []string `json:"not_offered,omitempty"`
 	// AttestationSequence is the last attestation sequence number used.
 	AttestationSequence int64 `json:"attestation_sequence"`
 	// QueuedAttestations are the sequence numbers waiting in the outbox.
@@ -82,6 +85,7 @@ func ReadStatus(stateDir string, now time.Time) (*Status, error) {
 			s.Pending = &t
 		}
 		s.LastCheck, s.LastError, s.LastErrorAt = st.LastCheck, st.LastError, st.LastErrorAt
+		s.NotOffered = st.NotOffered
 		s.AttestationSequence = st.AttestSequence
 		s.UnsignedAttestations = len(st.Unqueued)
 		s.RolledBack = st.Failed

@@ -503,6 +503,9 @@ func printStatus(w io.Writer, s *client.Status, now time.Time) {
 	} else {
 		line("last check", "%s (%s ago)", s.LastCheck.UTC().Format(time.RFC3339), now.Sub(s.LastCheck).Round(time.Second))
 	}
+	for _, n := range s.NotOffered {
+		line("not offered", "%s", n)
+	}
 	if s.LastError != "" {
 		line("last error", "%s (%s)", s.LastError, s.LastErrorAt.UTC().Format(time.RFC3339))
 	}

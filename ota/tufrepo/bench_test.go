@@ -16,6 +16,7 @@ import (
 
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/blob/s3test"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -173,5 +174,55 @@ func TestPublishScalesWithBinNotTotal(t *testing.T) {
 	// noisy machines.
 	if per[20_000] > 4*per[2_000]+20*time.Millisecond {
 		t.Fatalf("publishing into 20,000 targets took %v, into 2,000 %v: growth with total size", per[20_000], per[2_000])
+	}
+}
+
+// BenchmarkSetTerms: time to widen a staged rollout's wave (re-sign the
+// newest release's terms: its model role, snapshot, timestamp) in a model
+// already holding N releases, file store with fsync. "start" also measures
+// the first terms on a release published without --hold when it is the
+// model's stepping stone (the previous stone is looked up in the bins).
+// Run:
+//
+//	go test -run '^$' -bench BenchmarkSetTerms -benchtime 50x -timeout 30m ./ota/tufrepo/
+func BenchmarkSetTerms(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		ctx := context.Background()
+		st := benchStore(b, "file")
+		keys := benchKeys(b)
+		if _, err := Init(ctx, st, keys, Options{}); err != nil {
+			b.Fatal(err)
+		}
+		r, err := Open(ctx, st, keys, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		populate(b, r, "edge-gw", n)
+		newest, _ := fakeTarget("edge-gw", n-1)
+		seed := strings.Repeat("ab", rollout.SeedBytes)
+		b.Run(fmt.Sprintf("widen/releases=%d", n), func(b *testing.B) {
+			for i := range b.N {
+				terms := &rollout.Terms{ID: "r1", Seed: seed, Share: 1 + i%(rollout.Scale-1), State: "running"}
+				if _, err := r.SetTerms(ctx, newest, terms); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			reportSizes(b, r)
+		})
+		b.Run(fmt.Sprintf("start-on-stone/releases=%d", n), func(b *testing.B) {
+			for i := range b.N {
+				var terms *rollout.Terms // the stone again, then not
+				if i%2 == 0 {
+					terms = &rollout.Terms{ID: "r1", Seed: seed, Share: 100}
+				}
+				if _, err := r.SetTerms(ctx, newest, nil); err != nil && i == 0 {
+					b.Fatal(err)
+				}
+				if _, err := r.SetTerms(ctx, newest, terms); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -79,7 +80,8 @@ type entry struct {
 	tf   *metadata.TargetFiles
 	n    int64
 	// full: a device of the path's model can install it from any version
-	// (custom metadata names the model and no min_from_version).
+	// (custom metadata names the model and no min_from_version), and every
+	// device is offered it (no rollout terms restrict it: rollout.go).
 	full bool
 	hw   []string // hardware ids it is for; none: every hardware id
 }
@@ -96,7 +98,7 @@ func entryOf(p string, tf *metadata.TargetFiles) entry {
 	}
 	model, _, _ := strings.Cut(p, "/")
 	e.n, e.hw = c.Counter, c.HardwareIDs
-	e.full = c.Model == model && c.MinFrom == ""
+	e.full = c.Model == model && c.MinFrom == "" && offeredToAll(*tf.Custom)
 	return e
 }
 
@@ -285,6 +287,9 @@ func (t *txn) addTarget(targetPath string, tf *metadata.TargetFiles) error {
 	if err != nil {
 		return err
 	}
+	if rollout.IsMembershipPath(targetPath) {
+		return fmt.Errorf("%w: %s is reserved for a group membership record (SetMemberships)", ErrInvalidTarget, targetPath)
+	}
 	if name, _ := lookupIn(t.get, targetPath); name != "" {
 		return fmt.Errorf("%w: %s", ErrTargetExists, targetPath)
 	}
@@ -312,14 +317,18 @@ func (t *txn) placed(model string) bool {
 	return t.laidOut[model] || t.r.laidOut[model]
 }
 
-// modelEntries lists all of model's targets, its role's and its bins',
-// oldest first.
+// modelEntries lists all of model's releases, its role's and its bins',
+// oldest first (not the group membership records its bins also hold).
 func (t *txn) modelEntries(model string) []entry {
 	var es []entry
 	if mr := t.get(ModelRole(model)); mr != nil {
 		es = entries(mr.Signed.Targets)
 	}
-	es = append(es, t.archived(model)...)
+	for _, e := range t.archived(model) {
+		if !rollout.IsMembershipPath(e.path) {
+			es = append(es, e)
+		}
+	}
 	slices.SortFunc(es, compareEntries)
 	return es
 }

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/foster-ota/foster/ota/blob"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -191,6 +192,9 @@ func (r *Repo) AddTarget(ctx context.Context, targetPath string, body io.Reader,
 func (r *Repo) Upload(ctx context.Context, u Upload) (*Pending, error) {
 	if _, err := ModelOf(u.Path); err != nil {
 		return nil, err
+	}
+	if rollout.IsMembershipPath(u.Path) {
+		return nil, fmt.Errorf("%w: %s is reserved for a group membership record", ErrInvalidTarget, u.Path)
 	}
 	custom, err := normalizeCustom(u.Custom)
 	if err != nil {
@@ -407,8 +411,8 @@ func fromTargetFiles(p string, tf *metadata.TargetFiles) Target {
 	return t
 }
 
-// Targets returns every published target (top-level, model roles and
-// bins), sorted by path.
+// Targets returns every published release target (top-level, model roles
+// and bins), sorted by path: not the group membership records (rollout.go).
 func (r *Repo) Targets(ctx context.Context) ([]Target, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -417,6 +421,9 @@ func (r *Repo) Targets(ctx context.Context) ([]Target, error) {
 	var out []Target
 	for _, rl := range st.roles {
 		for p, tf := range rl.md.Signed.Targets {
+			if rollout.IsMembershipPath(p) {
+				continue
+			}
 			out = append(out, fromTargetFiles(p, tf))
 		}
 	}

@@ -79,6 +79,9 @@ const maxStateFile = 1 << 20 // bytes
 // MaxFailed bounds State.Failed.
 const MaxFailed = 16
 
+// MaxNotOffered bounds State.NotOffered.
+const MaxNotOffered = 4
+
 // ErrBadTransition is returned for a transition the state machine does not allow.
 var ErrBadTransition = errors.New("invalid state transition")
 
@@ -175,7 +178,11 @@ type State struct {
 	Unqueued []Attestation `json:"unqueued_attestations,omitempty"`
 	// Failed lists the sha256 of targets that were rolled back, newest last
 	// (at most MaxFailed): the same image is not tried again.
-	Failed      []string  `json:"failed,omitempty"`
+	Failed []string `json:"failed,omitempty"`
+	// NotOffered says why the last check passed over newer releases: their
+	// signed rollout terms do not offer them to this device (newest first,
+	// at most MaxNotOffered).
+	NotOffered  []string  `json:"not_offered,omitempty"`
 	Seen        Seen      `json:"seen_metadata,omitzero"`
 	Clock       Clock     `json:"clock,omitzero"`
 	LastCheck   time.Time `json:"last_check,omitzero"`
@@ -247,6 +254,9 @@ func (st *State) validate() error {
 	if len(st.Failed) > MaxFailed {
 		return fmt.Errorf("%d failed targets recorded, at most %d", len(st.Failed), MaxFailed)
 	}
+	if len(st.NotOffered) > MaxNotOffered {
+		return fmt.Errorf("%d releases recorded as not offered, at most %d", len(st.NotOffered), MaxNotOffered)
+	}
 	return nil
 }
 
@@ -256,6 +266,7 @@ func (j *Journal) State() State {
 	st := j.st
 	st.Unqueued = slices.Clone(j.st.Unqueued)
 	st.Failed = slices.Clone(j.st.Failed)
+	st.NotOffered = slices.Clone(j.st.NotOffered)
 	if st.Installed != nil {
 		t := *st.Installed
 		st.Installed = &t

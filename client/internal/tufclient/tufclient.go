@@ -17,10 +17,13 @@
 //   - a durable copy of the newest trusted root (go-tuf writes its cache
 //     without fsync; a torn root.json must not orphan the device);
 //   - the Foster rules: the model must be ours, the release counter above the
-//     installed one (no downgrades, even to a signed older image), and an
+//     installed one (no downgrades, even to a signed older image), an
 //     image whose signed hardware ids are not empty must list the device's
 //     own (a device that knows no hardware id installs only images listing
-//     none: "no hardware id" never means "any hardware").
+//     none: "no hardware id" never means "any hardware"), and a release
+//     with signed rollout terms must offer itself to this device: its bucket
+//     from the signed seed and its own URN, its groups from its signed
+//     membership record (pkg/rollout, docs/ROLLOUTS.md).
 package tufclient
 
 import (
@@ -43,6 +46,7 @@ import (
 	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/foster-ota/foster/pkg/tufwalk"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -98,6 +102,8 @@ type Client struct {
 	raw      map[string][]byte
 	saved    map[string]bool // raw[role] is in the metadata dir
 	verified map[[2]string]*metadata.Metadata[metadata.TargetsType]
+	// notOffered are the releases the last Latest passed over (rollout terms).
+	notOffered []NotOffered
 }
 
 // New builds an updater whose fetches carry ctx (cancellation on shutdown).
@@ -406,6 +412,23 @@ type Criteria struct {
 	// InstalledVersion is the installed semantic version ("" when unknown),
 	// judged against a target's min_from_version.
 	InstalledVersion string
+	// Device is the URN of the device's certificate identity and Serial its
+	// serial. A release whose signed custom metadata carries rollout terms
+	// qualifies only if the terms offer it to Device in its signed groups
+	// (pkg/rollout); with Device unknown, no staged release qualifies.
+	Device, Serial string
+}
+
+// NotOffered is a release newer than the one chosen (or than the installed
+// one) that the device passed over because its signed rollout terms do not
+// offer it to this device.
+type NotOffered struct {
+	Name, Version string
+	Reason        string
+}
+
+func (n NotOffered) String() string {
+	return n.Version + " not offered: " + n.Reason
 }
 
 func parseCustom(tf *metadata.TargetFiles) (Custom, error) {
@@ -444,11 +467,15 @@ func sha256Of(tf *metadata.TargetFiles) string {
 //
 // Every loaded role is searched to discover candidates, but a candidate is
 // judged on the entry the delegation walk returns for its path: a role
-// listing a path it is not delegated for cannot smuggle a target in.
+// listing a path it is not delegated for cannot smuggle a target in. A
+// staged release its signed terms do not offer to the device is passed over
+// (NotOffered says why) for the next qualifying one.
 func (c *Client) Latest(cr Criteria) (*Candidate, error) {
+	c.notOffered = nil
 	if err := c.loadModelRoles(cr.Model); err != nil {
 		return nil, err
 	}
+	groups := &memberships{c: c, cr: cr}
 	counters := map[string]int64{}
 	for _, role := range c.up.GetTrustedMetadataSet().Targets {
 		for name, tf := range role.Signed.Targets {
@@ -480,6 +507,10 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 		if err != nil || cr.Qualifies(cu) != "" || slices.Contains(cr.Refused, sha256Of(tf)) {
 			continue
 		}
+		if reason := groups.offered(tf); reason != "" {
+			c.notOffered = append(c.notOffered, NotOffered{Name: name, Version: cu.Version, Reason: reason})
+			continue
+		}
 		if err := CheckTargetName(name); err != nil {
 			return nil, err
 		}
@@ -498,6 +529,67 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 		return cand, nil
 	}
 	return nil, nil
+}
+
+// NotOffered lists the newer releases the last Latest passed over because
+// their signed rollout terms do not offer them to this device, newest first.
+func (c *Client) NotOffered() []NotOffered { return c.notOffered }
+
+// memberships judges rollout terms, looking the device's signed groups up
+// at most once (and only if a release carries terms).
+type memberships struct {
+	c      *Client
+	cr     Criteria
+	looked bool
+	groups []string
+	err    error
+}
+
+// offered returns "" when tf's signed terms (if any) offer it to the
+// device, else why not. Malformed terms, or a membership record that does
+// not verify or parse, offer nothing: never fail open.
+func (m *memberships) offered(tf *metadata.TargetFiles) string {
+	terms, ok, err := rollout.FromCustom(*tf.Custom)
+	switch {
+	case err != nil:
+		return "malformed rollout terms: " + err.Error()
+	case !ok:
+		return ""
+	case m.cr.Device == "" || m.cr.Serial == "":
+		return fmt.Sprintf("rollout %s is staged and the device identity is unknown", terms.ID)
+	}
+	if !m.looked {
+		m.looked = true
+		m.groups, m.err = m.c.membership(m.cr.Model, m.cr.Serial)
+	}
+	if m.err != nil {
+		return fmt.Sprintf("rollout %s is staged and the device's signed groups are unusable: %v", terms.ID, m.err)
+	}
+	if d := terms.Decide(m.cr.Device, m.groups); !d.Eligible {
+		return d.Reason
+	}
+	return ""
+}
+
+// membership reads the device's signed groups from the target
+// rollout.MembershipPath(model, serial), found by the delegation walk like
+// any target: none (nil) when no role on the path lists it.
+func (c *Client) membership(model, serial string) ([]string, error) {
+	tf, err := c.TargetInfo(rollout.MembershipPath(model, serial))
+	if errors.Is(err, ErrTargetNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if tf.Custom == nil {
+		return nil, errors.New("membership record without custom metadata")
+	}
+	m, err := rollout.ParseMembership(*tf.Custom)
+	if err != nil {
+		return nil, err
+	}
+	return m.Groups, nil
 }
 
 // loadModelRoles loads the roles the top-level targets delegates model's
