@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/server"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/foster-ota/foster/pkg/store"
 )
 
@@ -85,7 +86,8 @@ func size(n int64) string {
 }
 
 func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("release add", "release add --model M --version V [--counter N] [--hardware-id ID ...] [--min-from-version V] [--sha256 HEX] [--length BYTES] FILE", stderr)
+	fs := newFlags("release add", "release add --model M --version V [--hold] [--counter N] [--hardware-id ID ...] [--min-from-version V] [--sha256 HEX] [--length BYTES] FILE", stderr)
+	hold := fs.Bool("hold", false, "publish and sign the release, but offer it to no device until a rollout starts (foster rollout create); default: offered to every device of the model at once")
 	model := fs.String("model", "", "device model (required)")
 	version := fs.String("version", "", "semantic version above the model's latest, e.g. 1.0.1 (required)")
 	counter := fs.Int64("counter", 0, "monotonic release counter, at most 1000000 above the model's latest and at most 2^53-1 (default: latest + 1)")
@@ -124,6 +126,9 @@ func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr
 	if *minFrom != "" {
 		q.Set("min_from_version", *minFrom)
 	}
+	if *hold {
+		q.Set("hold", "true")
+	}
 	for _, h := range hw {
 		q.Add("hardware_id", h)
 	}
@@ -157,6 +162,9 @@ func cmdReleaseAdd(ctx context.Context, c *client, args []string, stdout, stderr
 		return printJSON(stdout, rel)
 	}
 	fmt.Fprintf(stdout, "published %s (model %s, version %s, counter %d, %d bytes, sha256 %s, role %s)\n", rel.TargetPath, rel.Model, rel.Version, rel.Counter, rel.Length, rel.SHA256, rel.Role)
+	if rel.Rollout != nil && rel.Rollout.State == rollout.StateHeld {
+		fmt.Fprintf(stdout, "held: offered to no device until a rollout starts (foster rollout create --model %s --version %s)\n", rel.Model, rel.Version)
+	}
 	return nil
 }
 
@@ -184,9 +192,9 @@ func cmdReleaseList(ctx context.Context, c *client, args []string, stdout, stder
 	}
 	var rows [][]string
 	for _, r := range rs {
-		rows = append(rows, []string{r.Model, r.Version, strconv.FormatInt(r.Counter, 10), r.Status, strconv.FormatInt(r.Length, 10), r.SHA256[:min(16, len(r.SHA256))], fmtTime(r.CreatedAt)})
+		rows = append(rows, []string{r.Model, r.Version, strconv.FormatInt(r.Counter, 10), r.Status, offeredTo(r), strconv.FormatInt(r.Length, 10), r.SHA256[:min(16, len(r.SHA256))], fmtTime(r.CreatedAt)})
 	}
-	table(stdout, "MODEL\tVERSION\tCOUNTER\tSTATUS\tBYTES\tSHA256\tPUBLISHED", rows)
+	table(stdout, "MODEL\tVERSION\tCOUNTER\tSTATUS\tOFFERED\tBYTES\tSHA256\tPUBLISHED", rows)
 	return nil
 }
 
@@ -256,6 +264,25 @@ func printRelease(w io.Writer, r server.Release) {
 		r.Model, r.Version, r.Counter, r.Status, r.TargetPath, r.Length, r.SHA256)
 	fmt.Fprintf(w, "hardware ids:     %s\n", orDash(strings.Join(r.HardwareIDs, ", ")))
 	fmt.Fprintf(w, "min from version: %s\nsigned by role:   %s\npublished:        %s by %s\n", orDash(r.MinFromVersion), orDash(r.Role), fmtTime(r.CreatedAt), r.CreatedBy)
+	fmt.Fprintf(w, "offered to:       %s\n", offeredTo(r))
+}
+
+// offeredTo says whom the signed rollout terms offer a release.
+func offeredTo(r server.Release) string {
+	t := r.Rollout
+	switch {
+	case r.Status != "published":
+		return "-"
+	case t == nil:
+		return "all devices"
+	case t.State == rollout.StateHeld:
+		return "none (held)"
+	}
+	s := fmt.Sprintf("%s%% (rollout %s, %s)", strconv.FormatFloat(float64(t.Share)*100/rollout.Scale, 'f', -1, 64), t.ID, t.State)
+	if len(t.Groups) > 0 {
+		s += " of groups " + strings.Join(t.Groups, ",")
+	}
+	return s
 }
 
 func cmdReleaseRevoke(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {

@@ -56,6 +56,8 @@ type Config struct {
 	// HTTP tunes connection and request limits, throttling and the
 	// metrics listener (limits.go).
 	HTTP HTTPConfig `json:"http,omitzero"`
+	// Rollouts tunes the staged-rollout controller (rollouts.go).
+	Rollouts RolloutsConfig `json:"rollouts,omitzero"`
 }
 
 // IdentityConfig tunes certificate lifetimes and renewal. Durations are Go

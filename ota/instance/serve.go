@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/ota/rollout"
 	"github.com/foster-ota/foster/ota/server"
 	"github.com/foster-ota/foster/ota/tlog"
 	"github.com/foster-ota/foster/ota/tufrepo"
@@ -41,7 +42,11 @@ type Instance struct {
 	CA     *ca.CA
 	Repo   *tufrepo.Repo
 	Log    *tlog.Log // install-attestation transparency log
-	API    *server.Server
+	// Rollouts runs staged rollouts; Serve runs its loop every RolloutTick
+	// (config rollouts.tick_interval).
+	Rollouts    *rollout.Controller
+	RolloutTick time.Duration
+	API         *server.Server
 	TLS    *tls.Config
 	// SyncInterval is how often, with a PostgreSQL store, fosterd checks
 	// whether another replica published the TUF repository and reloads it
@@ -120,8 +125,16 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
+	rolloutTick, err := cfg.Rollouts.tick()
+	if err != nil {
+		return nil, err
+	}
+	rollouts, err := rollout.New(rollout.Config{Store: st, Publisher: repo, Log: log})
+	if err != nil {
+		return nil, err
+	}
 	api, err := server.New(server.Config{
-		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace,
+		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
 		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
 	})
 	if err != nil {
@@ -139,7 +152,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, err
 	}
 	return &Instance{
-		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api,
+		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api, Rollouts: rollouts, RolloutTick: rolloutTick,
 		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
 	}, nil
 }
@@ -179,7 +192,7 @@ func syncInterval() (time.Duration, error) {
 
 // Serve serves HTTPS on ln until ctx is done, then shuts down gracefully.
 // The server and its background loops (metadata and CRL refresh, server
-// certificate renewal, following other replicas) run in one errgroup: Serve
+// certificate renewal, following other replicas, rollouts) run in one errgroup: Serve
 // returns only after every one of them has stopped, so the caller may close
 // the store and the CA as soon as it returns. A server that fails stops the
 // loops; the first error is returned.
@@ -195,6 +208,7 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { in.refreshLoop(gctx); return nil })
 	g.Go(func() error { in.serverCertLoop(gctx); return nil })
+	g.Go(func() error { return in.runRollouts(gctx) })
 	g.Go(func() error {
 		in.Repo.Follow(gctx, in.SyncInterval, func(err error) {
 			in.log.Error("checking for TUF metadata published by another fosterd", "err", err)

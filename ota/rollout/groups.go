@@ -212,3 +212,34 @@ func (c *Controller) auditDetail(ctx context.Context, actor, action, detail stri
 		c.log.Error("recording audit event", "action", action, "err", err)
 	}
 }
+
+// membershipReader reads back a device's signed groups (*tufrepo.Repo).
+type membershipReader interface {
+	Membership(model, serial string) (groups []string, ok bool)
+}
+
+// SyncEnrolled signs the groups of a device that has just enrolled: one
+// whose serial a static group lists, or a re-enrolled device whose tags
+// outlived it. It signs nothing when the device's groups are already
+// signed as they are (most enrollments: no group, no record), so enrolling
+// a fleet does not re-sign a bin per device.
+func (c *Controller) SyncEnrolled(ctx context.Context, deviceID string) error {
+	p, err := identity.ParseURI(deviceID)
+	if err != nil || p.Role != identity.RoleDevice {
+		return invalid("device id %q: not a device URN", deviceID)
+	}
+	groups, err := c.store.DeviceGroups(ctx, []string{deviceID})
+	if err != nil {
+		return err
+	}
+	want := groups[deviceID]
+	if mr, ok := c.pub.(membershipReader); ok {
+		signed, found := mr.Membership(p.Model, p.Serial())
+		if (!found && len(want) == 0) || (found && slices.Equal(signed, want)) {
+			return nil
+		}
+	} else if len(want) == 0 {
+		return nil
+	}
+	return c.syncDevices(ctx, []string{deviceID})
+}

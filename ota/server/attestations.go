@@ -61,12 +61,20 @@ type attestLog interface {
 	ProveInclusion(ctx context.Context, index int64, cp []byte) (size int64, hashes [][]byte, err error)
 }
 
+// rolloutNotifier re-evaluates a model's active rollouts soon
+// (*rollout.Controller): an accepted attestation may cross a rollout's
+// failure threshold, which must halt it within seconds, not at the next tick.
+type rolloutNotifier interface {
+	Notify(model string)
+}
+
 // attestAPI ingests install attestations, serves their bundles and the
 // fleet report. Safe for concurrent use.
 type attestAPI struct {
 	store    attestStore
 	tlog     attestLog
 	repo     repoVersions
+	rollouts rolloutNotifier
 	evidence *tufEvidence
 	log      *slog.Logger
 	now      func() time.Time
@@ -160,6 +168,7 @@ func (g *attestAPI) ingest(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	g.rollouts.Notify(p.Model) // never blocks
 	b, err := g.bundleFor(ctx, entry, rec.LeafIndex, cp, ev)
 	if err != nil {
 		return err

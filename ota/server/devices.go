@@ -72,14 +72,25 @@ type deviceDetail struct {
 
 // resolve finds a device by URN or by an unambiguous serial.
 func (g *deviceAPI) resolve(ctx context.Context, id string) (store.Device, error) {
+	return resolveDevice(ctx, g.store, id)
+}
+
+// deviceFinder finds devices (*store.DB).
+type deviceFinder interface {
+	GetDevice(ctx context.Context, id string) (store.Device, error)
+	DevicesBySerial(ctx context.Context, serial string) ([]store.Device, error)
+}
+
+// resolveDevice finds a device by URN or by an unambiguous serial.
+func resolveDevice(ctx context.Context, s deviceFinder, id string) (store.Device, error) {
 	if strings.HasPrefix(id, "urn:") {
-		d, err := g.store.GetDevice(ctx, id)
+		d, err := s.GetDevice(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			return store.Device{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "device %s not found", id)
 		}
 		return d, err
 	}
-	match, err := g.store.DevicesBySerial(ctx, id)
+	match, err := s.DevicesBySerial(ctx, id)
 	if err != nil {
 		return store.Device{}, err
 	}

@@ -33,6 +33,13 @@ type enrollStore interface {
 	RenewDevice(ctx context.Context, r store.RenewRequest, issue func() (store.Issued, error)) (store.RenewResult, error)
 }
 
+// membershipSyncer signs the groups of a newly enrolled device
+// (*rollout.Controller): a static group may list its serial, and a
+// re-enrolled device keeps its tags.
+type membershipSyncer interface {
+	SyncEnrolled(ctx context.Context, deviceID string) error
+}
+
 // deviceIssuer checks device requests and signs device certificates (ca.CA).
 type deviceIssuer interface {
 	// CheckDeviceCSR validates a device CSR before anything is authorised or signed.
@@ -44,9 +51,10 @@ type deviceIssuer interface {
 
 // enrollAPI is the device identity group. Safe for concurrent use.
 type enrollAPI struct {
-	store      enrollStore
-	issuer     deviceIssuer
-	crl        *crl
+	store       enrollStore
+	issuer      deviceIssuer
+	memberships membershipSyncer
+	crl         *crl
 	log        *slog.Logger
 	renewGrace time.Duration
 }
@@ -186,6 +194,12 @@ func (g *enrollAPI) issueEnrollment(w http.ResponseWriter, r *http.Request, auth
 		return g.replayOrRefuse(w, r, auth, err)
 	}
 	g.log.Info("device enrolled", "device", dev.ID, "cert_serial", dev.CertSerial, "via", viaOf(auth))
+	// Before the answer, so the device's first check sees its groups. A
+	// failure does not undo the enrollment: the device is enrolled, and a
+	// membership resync signs it later.
+	if err := g.memberships.SyncEnrolled(ctx, dev.ID); err != nil {
+		g.log.Error("signing the groups of an enrolled device", "device", dev.ID, "err", err)
+	}
 	return writeJSON(w, http.StatusCreated, enrollResponse{DeviceID: dev.ID, Certificate: dev.CertPEM})
 }
 

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/identity"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/foster-ota/foster/pkg/store"
 	"golang.org/x/mod/semver"
 )
@@ -94,7 +97,12 @@ type targetCustom struct {
 // add publishes a firmware image into its model's TUF role.
 //
 //	POST /v1/releases?model=M&version=V[&name=FILE][&counter=N][&sha256=HEX][&length=BYTES]
-//	                 [&hardware_id=ID ...][&min_from_version=V]
+//	                 [&hardware_id=ID ...][&min_from_version=V][&hold=true]
+//
+// With hold=true the release is published and signed with rollout terms
+// that offer it to no device (share 0, state "held", a random seed) until a
+// rollout starts (ota/rollout re-signs the terms); without it the release is
+// offered to every device of the model, as before rollouts existed.
 //
 // It refuses, publishing nothing and keeping no blob: an unknown model, a
 // version not above the model's latest (semver) or a counter not above its
@@ -117,6 +125,20 @@ func (g *releaseAPI) add(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := identity.ValidName(name); err != nil {
 		return badRequest("file name: %v", err)
+	}
+	var held *rollout.Terms
+	if v := q.Get("hold"); v != "" {
+		h, err := strconv.ParseBool(v)
+		if err != nil {
+			return badRequest("hold must be true or false")
+		}
+		if h {
+			seed := make([]byte, rollout.SeedBytes)
+			if _, err := rand.Read(seed); err != nil {
+				return err
+			}
+			held = &rollout.Terms{Seed: hex.EncodeToString(seed), Share: 0, State: rollout.StateHeld}
+		}
 	}
 	minFrom := q.Get("min_from_version")
 	if minFrom != "" && (!validVersion(minFrom) || compareVersions(minFrom, version) >= 0) {
@@ -213,6 +235,12 @@ func (g *releaseAPI) add(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: rel.Counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
+		if held != nil {
+			var err error
+			if custom, err = rollout.WithTerms(custom, held); err != nil {
+				return err
+			}
+		}
 		if err := pending.SetCustom(custom); err != nil {
 			return err
 		}
@@ -242,7 +270,7 @@ func (g *releaseAPI) add(w http.ResponseWriter, r *http.Request) error {
 		return publishError(tpath, err)
 	}
 	counter = rel.Counter
-	g.audit.record(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d", t.Path, t.SHA256, t.Length, counter))
+	g.audit.record(r, "release.add", fmt.Sprintf("%s sha256=%s length=%d counter=%d held=%t", t.Path, t.SHA256, t.Length, counter, held != nil))
 	g.log.Info("release published", "target", t.Path, "sha256", t.SHA256, "length", t.Length, "counter", counter)
 	return writeJSON(w, http.StatusCreated, g.view(rel))
 }
@@ -310,6 +338,8 @@ type Release struct {
 	MinFromVersion string   `json:"min_from_version,omitempty"`
 	// Role is the TUF role that signs it (models/<model>, or one of its bins).
 	Role string `json:"role,omitempty"`
+	// Rollout is the signed rollout terms (absent: offered to every device).
+	Rollout *rollout.Terms `json:"rollout,omitempty"`
 }
 
 func (g *releaseAPI) view(rel store.Release) Release {
@@ -322,6 +352,9 @@ func (g *releaseAPI) view(rel store.Release) Release {
 	var c targetCustom
 	if json.Unmarshal(t.Custom, &c) == nil {
 		v.HardwareIDs, v.MinFromVersion = nonNil(c.HardwareIDs), c.MinFromVersion
+	}
+	if terms, ok, err := rollout.FromCustom(t.Custom); ok && err == nil {
+		v.Rollout = &terms
 	}
 	return v
 }

@@ -55,7 +55,9 @@ type Config struct {
 	// Distribution configures device-facing metadata and target serving.
 	Distribution Distribution
 	// Log is the install-attestation transparency log.
-	Log    *tlog.Log
+	Log *tlog.Log
+	// Rollouts is the staged-rollout control plane (*rollout.Controller).
+	Rollouts Rollouts
 	Logger *slog.Logger
 	// MaxFirmwareSize bounds an uploaded release. Default 4 GiB.
 	MaxFirmwareSize int64
@@ -78,7 +80,7 @@ type Config struct {
 // It is a router over handler groups, one per capability: enrollAPI
 // (enrollment.go, renew.go), distributionAPI, releaseAPI, ceremonyAPI
 // (tuf.go), attestAPI, logAPI (tlog.go), modelAPI, deviceAPI, stationAPI,
-// adminAPI and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
+// adminAPI, rolloutAPI (rollouts.go) and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
 // group is a struct that holds only what it uses: small interfaces declared
 // in its own file, next to their one consumer (satisfied by *store.DB, ca.CA,
 // tufrepo.Repo, *tlog.Log), and shared helpers (auditTrail, crl). Its
@@ -116,6 +118,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: Blobs is required")
 	case cfg.Log == nil:
 		return nil, errors.New("server: Log is required")
+	case cfg.Rollouts == nil:
+		return nil, errors.New("server: Rollouts is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -156,16 +160,17 @@ func New(cfg Config) (*Server, error) {
 		metrics:  m, log: log, transferWindow: cfg.Limits.TransferWindow,
 	}
 	s.groups = []routeGroup{
-		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
+		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, memberships: cfg.Rollouts, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
 		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
 		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log},
-		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
+		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, rollouts: cfg.Rollouts, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
 		&logAPI{log: cfg.Log},
 		&modelAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, now: cfg.Now, defaultTokenTTL: cfg.DefaultTokenTTL, maxTokenTTL: cfg.MaxTokenTTL},
 		&deviceAPI{store: cfg.Store, audit: trail, crl: revocations, log: log},
 		&stationAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations},
 		&adminAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations, log: log},
+		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
 		trail,
 	}
 	return s, nil

@@ -48,6 +48,10 @@ const (
 	maxCustomBytes = 16 << 10
 )
 
+// StateHeld is the State of the terms of a release published with
+// `foster release add --hold`: offered to no device until a rollout starts.
+const StateHeld = "held"
+
 // Terms are a staged release's rollout terms, signed in its target's custom
 // metadata. Absent terms mean the release is offered to every device of its
 // model (releases published without a rollout, as before rollouts existed).
