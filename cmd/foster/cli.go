@@ -33,7 +33,7 @@ Usage:
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list [--json]
   foster [connection] token create --serial SN --model M [--ttl 24h]
-  foster [connection] release add --model M --version V [--counter N] FILE
+  foster [connection] release add --model M --version V [--hold] [--counter N] FILE
   foster [connection] release list [--model M] [--json]
   foster [connection] release show|revoke --model M --version V [--json]
   foster [connection] tuf status|stage|inspect|publish ...   foster tuf keygen|sign|combine ...  (offline ceremonies: foster tuf --help)
@@ -41,6 +41,13 @@ Usage:
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
   foster [connection] device reprovision SERIAL|URN
+  foster [connection] device tag|untag SERIAL|URN TAG...
+  foster [connection] group create NAME --tag T | --serials FILE
+  foster [connection] group list|show|delete [NAME] [--json]
+  foster [connection] rollout create --model M --version V [--group G ...] [--waves 1,10,50,100]
+                      [--wave-interval 6h] [--max-failure-rate 0.05] [--min-sample 20] [--silence-deadline 24h] [--supersede]
+  foster [connection] rollout list [--model M] [--active] [--json]
+  foster [connection] rollout show|promote|pause|resume|abort ID [--json]
   foster [connection] station create NAME --quota N --models M,...|'*' [--valid-for 720h] [--serial-pattern RE] --out NAME.station
   foster [connection] station list [--json]
   foster [connection] station revoke NAME
@@ -147,6 +154,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdDeviceRevoke
 	case "device reprovision":
 		fn = cmdDeviceReprovision
+	case "device tag":
+		fn = cmdDeviceTag(false)
+	case "device untag":
+		fn = cmdDeviceTag(true)
+	case "group create":
+		fn = cmdGroupCreate
+	case "group list":
+		fn = cmdGroupList
+	case "group show":
+		fn = cmdGroupShow
+	case "group delete":
+		fn = cmdGroupDelete
+	case "rollout create":
+		fn = cmdRolloutCreate
+	case "rollout list":
+		fn = cmdRolloutList
+	case "rollout show":
+		fn = cmdRolloutShow
+	case "rollout promote":
+		fn = cmdRolloutAction("promote", "promoted")
+	case "rollout pause":
+		fn = cmdRolloutAction("pause", "paused")
+	case "rollout resume":
+		fn = cmdRolloutAction("resume", "resumed")
+	case "rollout abort":
+		fn = cmdRolloutAction("abort", "aborted")
 	case "station create":
 		fn = cmdStationCreate
 	case "station list":

@@ -47,7 +47,7 @@ type Instance struct {
 	Rollouts    *rollout.Controller
 	RolloutTick time.Duration
 	API         *server.Server
-	TLS    *tls.Config
+	TLS         *tls.Config
 	// SyncInterval is how often, with a PostgreSQL store, fosterd checks
 	// whether another replica published the TUF repository and reloads it
 	// (Repo.Follow). Default DefaultSyncInterval (FOSTER_TEST_SYNC_INTERVAL in

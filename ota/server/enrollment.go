@@ -55,8 +55,8 @@ type enrollAPI struct {
 	issuer      deviceIssuer
 	memberships membershipSyncer
 	crl         *crl
-	log        *slog.Logger
-	renewGrace time.Duration
+	log         *slog.Logger
+	renewGrace  time.Duration
 }
 
 func (g *enrollAPI) routes(mux *http.ServeMux, e *edge) {

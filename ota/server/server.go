@@ -58,7 +58,7 @@ type Config struct {
 	Log *tlog.Log
 	// Rollouts is the staged-rollout control plane (*rollout.Controller).
 	Rollouts Rollouts
-	Logger *slog.Logger
+	Logger   *slog.Logger
 	// MaxFirmwareSize bounds an uploaded release. Default 4 GiB.
 	MaxFirmwareSize int64
 	// DefaultTokenTTL is the lifetime of an enrollment token when none is asked. Default 24h.
