@@ -16,7 +16,7 @@ import (
 // store knows) that are silent past the deadline.
 func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error) {
 	now := c.now().UTC()
-	o, err := c.store.TargetOutcomes(ctx, r.TargetPath, r.CreatedAt, store.MaxHaltIndices)
+	o, err := c.store.TargetOutcomes(ctx, r.TargetPath, outcomesSince(r), store.MaxHaltIndices)
 	if err != nil {
 		return Health{}, err
 	}
@@ -27,7 +27,7 @@ func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error
 	}
 	after := ""
 	for {
-		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, Target: r.TargetPath, Since: r.CreatedAt, AfterID: after, Limit: store.MaxDevicePage})
+		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, Target: r.TargetPath, Since: outcomesSince(r), AfterID: after, Limit: store.MaxDevicePage})
 		if err != nil {
 			return Health{}, err
 		}
@@ -64,6 +64,13 @@ func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error
 	return h, nil
 }
 
+// outcomesSince is when r's outcomes start counting: its creation, to the
+// second, because fosterd records an attestation's receipt time in whole
+// seconds (the time in its log entry). Without the truncation the
+// attestations received in the second the rollout was created would be
+// missed, and a wave failing fast would never halt.
+func outcomesSince(r store.Rollout) time.Time { return r.CreatedAt.Truncate(time.Second) }
+
 // offeredAt is when bucket b was first offered: the start of the first wave
 // whose share covers it.
 func offeredAt(r store.Rollout, b int) time.Time {
@@ -93,7 +100,7 @@ func (c *Controller) quickHealth(ctx context.Context, r store.Rollout) (Health, 
 	if !ok {
 		return c.health(ctx, r)
 	}
-	o, err := c.store.TargetOutcomes(ctx, r.TargetPath, r.CreatedAt, store.MaxHaltIndices)
+	o, err := c.store.TargetOutcomes(ctx, r.TargetPath, outcomesSince(r), store.MaxHaltIndices)
 	if err != nil {
 		return Health{}, err
 	}
