@@ -56,6 +56,8 @@ type Config struct {
 	// HTTP tunes connection and request limits, throttling and the
 	// metrics listener (limits.go).
 	HTTP HTTPConfig `json:"http,omitzero"`
+	// MQTT is the broker for "update now" nudges (nudge.go); optional.
+	MQTT MQTTConfig `json:"mqtt,omitzero"`
 }
 
 // IdentityConfig tunes certificate lifetimes and renewal. Durations are Go

@@ -140,8 +140,12 @@ func ClientOptions(broker, caFile, certFile, keyFile string) (*mqtt.ClientOption
 	return opts, nil
 }
 
-// Nudge asks every device of model to check for updates now.
+// Nudge asks every device of model to check for updates now. A nil
+// Publisher (no broker configured) sends nothing and returns nil.
 func (p *Publisher) Nudge(ctx context.Context, model string) error {
+	if p == nil {
+		return nil
+	}
 	topic, err := nudgemsg.ModelTopic(model)
 	if err != nil {
 		return err
@@ -151,6 +155,9 @@ func (p *Publisher) Nudge(ctx context.Context, model string) error {
 
 // NudgeDevice asks one device to check for updates now.
 func (p *Publisher) NudgeDevice(ctx context.Context, model, serial string) error {
+	if p == nil {
+		return nil
+	}
 	topic, err := nudgemsg.DeviceTopic(model, serial)
 	if err != nil {
 		return err
@@ -189,4 +196,8 @@ func (p *Publisher) publish(ctx context.Context, topic string, m nudgemsg.Messag
 func (p *Publisher) Connected() bool { return p.c.IsConnectionOpen() }
 
 // Close disconnects, waiting at most 250 ms for in-flight publishes.
-func (p *Publisher) Close() { p.c.Disconnect(250) }
+func (p *Publisher) Close() {
+	if p != nil {
+		p.c.Disconnect(250)
+	}
+}
