@@ -18,7 +18,7 @@ func cmdNudge(ctx context.Context, c *client, args []string, stdout, stderr io.W
 		return err
 	}
 	if len(pos) > 0 {
-		return usageError(fs, "unexpected argument "+pos[0])
+		return usageError(fs, "unexpected argument %q", pos[0])
 	}
 	if *model == "" {
 		return usageError(fs, "--model is required")
