@@ -91,8 +91,8 @@ type FileConfig struct {
 	// NudgeMinInterval: at most one nudged check per this long (default 1m).
 	NudgeMinInterval Duration `json:"nudge_min_interval,omitempty"`
 	Interval         Duration `json:"interval,omitempty"`
-	RequestTimeout Duration `json:"request_timeout,omitempty"`
-	Clock          struct {
+	RequestTimeout   Duration `json:"request_timeout,omitempty"`
+	Clock            struct {
 		// MaxLead: how far the wall clock may run ahead of signed evidence (default 1 year).
 		MaxLead Duration `json:"max_lead,omitempty"`
 		// TimestampValidity: the longest validity of the repository's TUF timestamps (default 7 days).
