@@ -15,6 +15,7 @@ import (
 	"github.com/foster-ota/foster/client/internal/fetch"
 	"github.com/foster-ota/foster/client/internal/install"
 	"github.com/foster-ota/foster/client/internal/journal"
+	"github.com/foster-ota/foster/client/internal/nudge"
 	"github.com/foster-ota/foster/client/internal/outbox"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/client/internal/tufclient"
@@ -28,7 +29,10 @@ const (
 	DefaultHealthTimeout  = 5 * time.Minute // per health check run
 	DefaultMaxReboots     = 3               // reboot requests per phase before giving up on them
 	DefaultRebootWait     = 5 * time.Minute // Run waits this long for a requested reboot
-	maxReason             = 1024            // bytes, attest's limit
+	// DefaultNudgeInterval: Run checks at most once per this long because
+	// of MQTT nudges (a flood of forged ones cannot make it hammer fosterd).
+	DefaultNudgeInterval = time.Minute
+	maxReason            = 1024 // bytes, attest's limit
 )
 
 // Target identifies a firmware target as signed in TUF metadata.
@@ -76,9 +80,26 @@ type Config struct {
 	TimestampValidity time.Duration
 	// UserAgent is sent with every request; default "foster-agent".
 	UserAgent string
+	// MQTT, when MQTT.Broker is set, makes Run also check when fosterd
+	// nudges the device over MQTT (docs/AGENT.md). Polling goes on as usual.
+	MQTT MQTTConfig
 	// Now is the wall clock; default time.Now. Trust decisions use the
 	// reference time derived from it and signed evidence (docs/AGENT.md).
 	Now func() time.Time
+}
+
+// MQTTConfig is the broker the agent listens to for "update now" nudges.
+// A nudge carries no authority: it only runs the ordinary signed check
+// sooner (client/internal/nudge).
+type MQTTConfig struct {
+	// Broker is tcp://HOST:PORT or ssl://HOST:PORT; empty: no nudges.
+	Broker string
+	// CAFile verifies the broker (default: system roots); CertFile and
+	// KeyFile are a client certificate for brokers that require one.
+	CAFile, CertFile, KeyFile string
+	// MinInterval: at most one nudged check per this long; default
+	// DefaultNudgeInterval.
+	MinInterval time.Duration
 }
 
 // Agent is an enrolled device agent. Not safe for concurrent use; RunOnce
@@ -132,6 +153,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MQTT.MinInterval <= 0 {
+		cfg.MQTT.MinInterval = DefaultNudgeInterval
 	}
 	layout := statedir.Layout{Dir: cfg.StateDir}
 	id, err := loadIdentity(layout, true)
@@ -311,11 +335,17 @@ func rolledBack(rep *Report, err error) error {
 
 // Run checks for updates now and then every interval (±10% jitter, so a
 // fleet does not poll in lockstep) until ctx is done. Transient failures are
-// retried sooner with exponential backoff, capped at interval.
+// retried sooner with exponential backoff, capped at interval. With an MQTT
+// broker configured, a nudge starts a check at once, at most one per
+// MQTT.MinInterval (a nudge arriving sooner is deferred to the end of that
+// interval, never dropped, unless the next poll comes first).
 func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
+	nudges, stop := a.listen()
+	defer stop()
+	var lastNudged time.Time
 	backoff := 30 * time.Second
 	for {
 		rep, err := a.RunOnce(ctx)
@@ -337,14 +367,64 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 		default:
 			a.log.Error("check failed", "err", err, "next_check_in", wait.Round(time.Second))
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if nudged, ok := a.sleep(ctx, wait, nudges, &lastNudged); !ok {
 			return nil
-		case <-t.C:
+		} else if nudged {
+			a.log.Info("nudged over MQTT: checking for updates now")
 		}
 	}
+}
+
+// sleep waits for the next check: wait elapsing or a nudge (debounced by
+// lastNudged). It reports whether a nudge ended the wait, and false in ok
+// when ctx is done.
+func (a *Agent) sleep(ctx context.Context, wait time.Duration, nudges <-chan struct{}, lastNudged *time.Time) (nudged, ok bool) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	deadline := time.Now().Add(wait)
+	deferred := false
+	for {
+		select {
+		case <-ctx.Done():
+			return false, false
+		case <-t.C:
+			if deferred {
+				*lastNudged = time.Now()
+			}
+			return deferred, true
+		case <-nudges:
+			now := time.Now()
+			next := lastNudged.Add(a.cfg.MQTT.MinInterval)
+			if !now.Before(next) {
+				*lastNudged = now
+				return true, true
+			}
+			if next.Before(deadline) && !deferred {
+				a.log.Debug("nudge deferred: checked because of a nudge recently", "in", next.Sub(now).Round(time.Millisecond))
+				t.Reset(next.Sub(now))
+				deadline, deferred = next, true
+			}
+		}
+	}
+}
+
+// listen subscribes to nudges when a broker is configured (a nil channel,
+// never ready, otherwise). A broker that cannot be used leaves polling
+// alone. stop closes the subscription.
+func (a *Agent) listen() (nudges <-chan struct{}, stop func()) {
+	m := a.cfg.MQTT
+	if m.Broker == "" {
+		return nil, func() {}
+	}
+	l, err := nudge.Start(nudge.Config{
+		Broker: m.Broker, CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile,
+		Model: a.id.cfg.Model, Serial: a.id.cfg.Serial, Log: a.log,
+	})
+	if err != nil {
+		a.log.Error("MQTT nudges disabled; polling continues", "err", err)
+		return nil, func() {}
+	}
+	return l.C(), l.Close
 }
 
 func jitter(d time.Duration) time.Duration {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/client/internal/install"
+	"github.com/foster-ota/foster/client/internal/nudge"
 	"github.com/foster-ota/foster/client/internal/statedir"
 )
 
@@ -81,9 +82,17 @@ type FileConfig struct {
 		// fosterd may redirect downloads to (default: the system roots).
 		RedirectCAFile string `json:"redirect_ca_file,omitempty"`
 	} `json:"download,omitzero"`
-	Interval       Duration `json:"interval,omitempty"`
-	RequestTimeout Duration `json:"request_timeout,omitempty"`
-	Clock          struct {
+	// MQTTBroker (tcp://HOST:PORT or ssl://HOST:PORT) enables "update now"
+	// nudges; empty: polling only. The MQTT* files are TLS settings.
+	MQTTBroker   string `json:"mqtt_broker,omitempty"`
+	MQTTCAFile   string `json:"mqtt_ca_file,omitempty"`
+	MQTTCertFile string `json:"mqtt_cert_file,omitempty"`
+	MQTTKeyFile  string `json:"mqtt_key_file,omitempty"`
+	// NudgeMinInterval: at most one nudged check per this long (default 1m).
+	NudgeMinInterval Duration `json:"nudge_min_interval,omitempty"`
+	Interval         Duration `json:"interval,omitempty"`
+	RequestTimeout   Duration `json:"request_timeout,omitempty"`
+	Clock            struct {
 		// MaxLead: how far the wall clock may run ahead of signed evidence (default 1 year).
 		MaxLead Duration `json:"max_lead,omitempty"`
 		// TimestampValidity: the longest validity of the repository's TUF timestamps (default 7 days).
@@ -126,6 +135,13 @@ func (c *FileConfig) Validate() error {
 	}
 	if len(c.Reboot.Command) > 0 && c.Reboot.Command[0] == "" {
 		errs = append(errs, errors.New("reboot.command: empty program"))
+	}
+	if c.MQTTBroker != "" {
+		if err := nudge.CheckBroker(c.MQTTBroker); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt_broker: %w", err))
+		}
+	} else if c.MQTTCAFile != "" || c.MQTTCertFile != "" || c.MQTTKeyFile != "" {
+		errs = append(errs, errors.New("mqtt_ca_file, mqtt_cert_file and mqtt_key_file need mqtt_broker"))
 	}
 	return errors.Join(errs...)
 }
@@ -203,6 +219,10 @@ func (c *FileConfig) Apply(cfg *Config) {
 	if cfg.MaxReboots == 0 {
 		cfg.MaxReboots = c.Reboot.MaxAttempts
 	}
+	if cfg.MQTT.Broker == "" {
+		cfg.MQTT.Broker, cfg.MQTT.CAFile, cfg.MQTT.CertFile, cfg.MQTT.KeyFile = c.MQTTBroker, c.MQTTCAFile, c.MQTTCertFile, c.MQTTKeyFile
+	}
+	set(&cfg.MQTT.MinInterval, c.NudgeMinInterval)
 }
 
 // NewInstaller returns the named installer with a target path (the file

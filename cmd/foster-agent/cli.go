@@ -280,6 +280,7 @@ func runCmd() command {
 				healthCheck            string
 				healthTimeout          time.Duration
 				rebootCommand, bootIDs string
+				mqtt                   client.MQTTConfig
 			)
 			fs.BoolVar(&once, "once", false, "check once, install if needed, and exit (default: loop until SIGINT/SIGTERM); "+
 				"after a reboot request the process exits and the next run continues the install")
@@ -295,6 +296,11 @@ func runCmd() command {
 			fs.DurationVar(&healthTimeout, "health-timeout", client.DefaultHealthTimeout, "timeout of the health check")
 			fs.StringVar(&rebootCommand, "reboot-command", "", "shell `COMMAND` that reboots the device (default: reboot)")
 			fs.StringVar(&bootIDs, "boot-id-file", "", "`FILE` whose content changes on every boot (default /proc/sys/kernel/random/boot_id)")
+			fs.StringVar(&mqtt.Broker, "mqtt-broker", "", "MQTT broker `URL` (tcp://HOST:PORT or ssl://HOST:PORT) to listen on for \"update now\" nudges; polling goes on as usual (default: none)")
+			fs.StringVar(&mqtt.CAFile, "mqtt-ca", "", "CA certificates `PEM` the MQTT broker's certificate must chain to (ssl://; default: system roots)")
+			fs.StringVar(&mqtt.CertFile, "mqtt-cert", "", "client certificate `PEM` for the MQTT broker (ssl://)")
+			fs.StringVar(&mqtt.KeyFile, "mqtt-key", "", "client key `PEM` for the MQTT broker (ssl://)")
+			fs.DurationVar(&mqtt.MinInterval, "nudge-min-interval", client.DefaultNudgeInterval, "at most one nudged check per this long")
 			return func(ctx context.Context, e *env) error {
 				set := map[string]bool{}
 				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -319,6 +325,24 @@ func runCmd() command {
 				}
 				if set["target"] {
 					fc.File.Path = target
+				}
+				if set["mqtt-broker"] {
+					fc.MQTTBroker = mqtt.Broker
+				}
+				if set["mqtt-ca"] {
+					fc.MQTTCAFile = mqtt.CAFile
+				}
+				if set["mqtt-cert"] {
+					fc.MQTTCertFile = mqtt.CertFile
+				}
+				if set["mqtt-key"] {
+					fc.MQTTKeyFile = mqtt.KeyFile
+				}
+				if set["nudge-min-interval"] {
+					if mqtt.MinInterval <= 0 {
+						return usagef("--nudge-min-interval must be positive")
+					}
+					fc.NudgeMinInterval = client.Duration(mqtt.MinInterval)
 				}
 				if fc.Installer == "file" && fc.File.Path == "" {
 					return required([2]string{"target", ""})

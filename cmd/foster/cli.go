@@ -55,6 +55,7 @@ Usage:
   foster [connection] admin list [--json]
   foster [connection] admin revoke NAME [--reason keyCompromise]
   foster [connection] admin renew                 a fresh credential for the caller, written over its files
+  foster [connection] nudge --model M [--serial SN]   devices check for updates now (MQTT; docs/ROLLOUTS.md)
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
@@ -121,8 +122,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cmd == "audit" {
 		return runAudit(ctx, c, rest, stdout, stderr) // verify is offline, monitor needs no credential
 	}
-	if cmd == "enroll" {
-		rest = append([]string{""}, rest...) // the one command without a subcommand
+	if cmd == "enroll" || cmd == "nudge" {
+		rest = append([]string{""}, rest...) // the commands without a subcommand
 	}
 	if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 		fmt.Fprintf(stderr, "foster %s: missing subcommand\n\n", cmd)
@@ -196,6 +197,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdAdminRenew
 	case "enroll ":
 		fn = cmdStationEnroll
+	case "nudge ":
+		fn = cmdNudge
 	default:
 		fmt.Fprintf(stderr, "foster: unknown command %q\n\n", cmd+" "+sub)
 		fs.Usage()

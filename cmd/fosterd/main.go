@@ -20,6 +20,7 @@ Usage:
   fosterd [--data-dir DIR] [--listen ADDR] [--db URL] [--blobs URL]
           [--target-redirect presign|none] [--public-repository]
           [--read-timeout DURATION] [--max-connections N] [--metrics-listen ADDR]
+          [--mqtt-broker tcp://HOST:PORT]
 
 On an empty or missing --data-dir, fosterd initialises a development instance
 (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
@@ -44,6 +45,7 @@ func main() {
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 0, "time a client has to send a whole request, body included (default from config.json http.read_timeout; 20s)")
 	fs.IntVar(&cfg.maxConnections, "max-connections", 0, "most connections open at once; more wait (default from config.json http.max_connections; 1024)")
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "also serve GET /metrics without authentication, over plain HTTP, on this address, e.g. 127.0.0.1:9464 (default from config.json http.metrics_listen; off)")
+	fs.StringVar(&cfg.mqttBroker, "mqtt-broker", "", "MQTT broker for \"update now\" nudges, tcp://HOST:PORT or ssl://HOST:PORT (default from config.json mqtt.broker; none)")
 	fs.Usage = func() {
 		fmt.Fprint(os.Stderr, usage)
 		fs.PrintDefaults()

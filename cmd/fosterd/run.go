@@ -22,6 +22,7 @@ type config struct {
 	readTimeout                time.Duration
 	maxConnections             int
 	metricsListen              string
+	mqttBroker                 string
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -48,6 +49,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs,
 		TargetRedirect: cfg.targetRedirect, PublicRepository: cfg.publicRepository,
 		ReadTimeout: cfg.readTimeout, MaxConnections: cfg.maxConnections, MetricsListen: cfg.metricsListen,
+		MQTTBroker: cfg.mqttBroker,
 	}, pass, log)
 	if err != nil {
 		return err

@@ -58,6 +58,8 @@ type Config struct {
 	HTTP HTTPConfig `json:"http,omitzero"`
 	// Rollouts tunes the staged-rollout controller (rollouts.go).
 	Rollouts RolloutsConfig `json:"rollouts,omitzero"`
+	// MQTT is the broker for "update now" nudges (nudge.go); optional.
+	MQTT MQTTConfig `json:"mqtt,omitzero"`
 }
 
 // IdentityConfig tunes certificate lifetimes and renewal. Durations are Go

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ca"
+	"github.com/foster-ota/foster/ota/nudge"
 	"github.com/foster-ota/foster/ota/rollout"
 	"github.com/foster-ota/foster/ota/server"
 	"github.com/foster-ota/foster/ota/tlog"
@@ -32,6 +33,8 @@ type Overrides struct {
 	ReadTimeout    time.Duration
 	MaxConnections int
 	MetricsListen  string
+	// MQTTBroker overrides config.json mqtt.broker.
+	MQTTBroker string
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -48,6 +51,9 @@ type Instance struct {
 	RolloutTick time.Duration
 	API         *server.Server
 	TLS         *tls.Config
+	// Nudger publishes "update now" nudges; nil without a broker. The
+	// rollout Controller takes it as rollout.Config.Nudger.
+	Nudger *nudge.Publisher
 	// SyncInterval is how often, with a PostgreSQL store, fosterd checks
 	// whether another replica published the TUF repository and reloads it
 	// (Repo.Follow). Default DefaultSyncInterval (FOSTER_TEST_SYNC_INTERVAL in
@@ -129,14 +135,34 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
-	rollouts, err := rollout.New(rollout.Config{Store: st, Publisher: repo, Log: log})
+	if ov.MQTTBroker != "" {
+		cfg.MQTT.Broker = ov.MQTTBroker
+	}
+	nudger, err := openNudger(dir, cfg.MQTT, log)
 	if err != nil {
 		return nil, err
 	}
-	api, err := server.New(server.Config{
+	defer func() {
+		if err != nil && nudger != nil {
+			nudger.Close()
+		}
+	}()
+	rcfg := rollout.Config{Store: st, Publisher: repo, Log: log}
+	if nudger != nil { // a nil *Publisher in the interface would not be nil
+		rcfg.Nudger = nudger
+	}
+	rollouts, err := rollout.New(rcfg)
+	if err != nil {
+		return nil, err
+	}
+	scfg := server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
 		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
-	})
+	}
+	if nudger != nil { // a nil *Publisher in the interface would not be nil
+		scfg.Nudger = nudger
+	}
+	api, err := server.New(scfg)
 	if err != nil {
 		return nil, err
 	}
@@ -154,11 +180,15 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api, Rollouts: rollouts, RolloutTick: rolloutTick,
 		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
+		Nudger: nudger,
 	}, nil
 }
 
 // Close stops the CA's CRL generator and releases the store.
 func (in *Instance) Close() error {
+	if in.Nudger != nil {
+		in.Nudger.Close()
+	}
 	in.CA.Close()
 	return in.Store.Close()
 }

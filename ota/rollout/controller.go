@@ -77,6 +77,13 @@ type TermsPublisher interface {
 	SetMemberships(ctx context.Context, model string, members map[string][]string) error
 }
 
+// Nudger asks a model's devices to check for updates now (ota/nudge, over
+// MQTT). It carries no authority: devices still check the signed terms, so
+// a nudge only shortens the wait for what was just signed.
+type Nudger interface {
+	Nudge(ctx context.Context, model string) error
+}
+
 // Defaults of CreateRequest's zero fields.
 var (
 	DefaultWaves           = []int{1, 10, 50, 100}
@@ -116,16 +123,20 @@ type Config struct {
 	Now func() time.Time
 	// Rand supplies rollout ids and seeds (default crypto/rand).
 	Rand io.Reader
+	// Nudger, when set, is called whenever the signed terms offer a release
+	// to more devices (create, promote, advance) or resume (nil: no nudges).
+	Nudger Nudger
 }
 
 // Controller runs rollouts. Safe for concurrent use; several Controllers
 // (fosterd replicas) may share one PostgreSQL store.
 type Controller struct {
-	store Store
-	pub   TermsPublisher
-	log   *slog.Logger
-	now   func() time.Time
-	rand  io.Reader
+	store  Store
+	pub    TermsPublisher
+	log    *slog.Logger
+	now    func() time.Time
+	rand   io.Reader
+	nudger Nudger
 
 	mu      sync.Mutex
 	pending map[string]bool // models Notify asked about, not yet evaluated
@@ -138,7 +149,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Store == nil || cfg.Publisher == nil {
 		return nil, errors.New("rollout: Store and Publisher are required")
 	}
-	c := &Controller{store: cfg.Store, pub: cfg.Publisher, log: cfg.Log, now: cfg.Now, rand: cfg.Rand,
+	c := &Controller{store: cfg.Store, pub: cfg.Publisher, log: cfg.Log, now: cfg.Now, rand: cfg.Rand, nudger: cfg.Nudger,
 		pending: map[string]bool{}, silent: map[string]int{}, wake: make(chan struct{}, 1)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -313,6 +324,7 @@ func (c *Controller) Create(ctx context.Context, actor string, req CreateRequest
 		return Status{}, errors.Join(fmt.Errorf("signing rollout %s terms: %w", r.ID, err), aerr)
 	}
 	c.audit(ctx, actor, "rollout.create", r, fmt.Sprintf("model=%s version=%s groups=%s waves=%v", r.Model, r.Version, store.GroupsKey(r.Groups), r.Waves))
+	c.nudge(ctx, r)
 	return c.status(ctx, r)
 }
 
@@ -423,6 +435,9 @@ func (c *Controller) act(ctx context.Context, actor, id, action string, next fun
 		return Status{}, err
 	}
 	c.audit(ctx, actor, action, r, fmt.Sprintf("wave=%d/%d share=%d", r.Wave+1, len(r.Waves), share(r)))
+	if share(r) > share(from) || (r.State == store.RolloutRunning && from.State != store.RolloutRunning) {
+		c.nudge(ctx, r)
+	}
 	return c.status(ctx, r)
 }
 
@@ -451,6 +466,17 @@ func (c *Controller) audit(ctx context.Context, actor, action string, r store.Ro
 	detail = fmt.Sprintf("rollout=%s state=%s %s", r.ID, r.State, detail)
 	if err := c.store.Audit(ctx, actor, action, detail); err != nil {
 		c.log.Error("recording rollout audit event", "rollout", r.ID, "action", action, "err", err)
+	}
+}
+
+// nudge asks r's model's devices to check now; a failure only delays them
+// until their next poll.
+func (c *Controller) nudge(ctx context.Context, r store.Rollout) {
+	if c.nudger == nil {
+		return
+	}
+	if err := c.nudger.Nudge(ctx, r.Model); err != nil {
+		c.log.Warn("nudging devices failed; they will see the rollout at their next poll", "rollout", r.ID, "model", r.Model, "err", err)
 	}
 }
 

@@ -161,6 +161,7 @@ func (c *Controller) evaluateOnce(ctx context.Context, r store.Rollout, quick bo
 		}
 		c.log.Info("rollout advanced", "rollout", n.ID, "state", n.State, "wave", n.Wave+1, "percent", n.Waves[n.Wave])
 		c.audit(ctx, SystemActor, "rollout.advance", n, fmt.Sprintf("wave=%d/%d share=%d failure_rate=%.4f outcomes=%d", n.Wave+1, len(n.Waves), share(n), h.FailureRate, outcomes))
+		c.nudge(ctx, n)
 	}
 	return nil
 }

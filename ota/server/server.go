@@ -72,7 +72,9 @@ type Config struct {
 	Limits Limits
 	// Throttle bounds failed unauthenticated attempts per address (throttle.go).
 	Throttle Throttle
-	Now      func() time.Time
+	// Nudger publishes "update now" nudges over MQTT (nudge.go); nil: none.
+	Nudger Nudger
+	Now    func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -171,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		&stationAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations},
 		&adminAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations, log: log},
 		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
+		&nudgeAPI{nudger: cfg.Nudger, store: cfg.Store, audit: trail, log: log},
 		trail,
 	}
 	return s, nil
