@@ -15,7 +15,7 @@ vet:
 
 build:
 	mkdir -p bin
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/ ./cmd/fosterd ./cmd/foster ./cmd/foster-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags='-s -w' -o bin/ ./cmd/fosterd ./cmd/foster ./cmd/foster-agent
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

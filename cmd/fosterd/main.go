@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/foster-ota/foster/pkg/buildinfo"
 	"github.com/foster-ota/foster/pkg/env"
 )
 
@@ -34,7 +35,9 @@ Flags:
 
 func main() {
 	var cfg config
+	var version bool
 	fs := flag.NewFlagSet("fosterd", flag.ContinueOnError)
+	fs.BoolVar(&version, "version", false, "print the version, VCS commit and Go version, and exit")
 	fs.StringVar(&cfg.dataDir, "data-dir", "foster-data", "instance data directory (created and initialised when empty)")
 	fs.StringVar(&cfg.listen, "listen", "", "HTTPS listen address (default from config.json; 127.0.0.1:8443 for a new instance)")
 	fs.StringVar(&cfg.db, "db", "", "store: SQLite file path or postgres://user@host:5432/db (default from config.json; foster.db)")
@@ -54,6 +57,10 @@ func main() {
 			os.Exit(0)
 		}
 		os.Exit(2)
+	}
+	if version {
+		fmt.Println(buildinfo.Read("fosterd"))
+		return
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "fosterd: unexpected argument %q (see fosterd --help)\n", fs.Arg(0))

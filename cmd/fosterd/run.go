@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/buildinfo"
 	"github.com/foster-ota/foster/pkg/env"
 )
 
@@ -66,7 +67,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
   data directory:                 %s
 Admin CLI:  foster --instance %s device list
 `, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
-	log.Info("serving", "addr", ln.Addr().String())
+	log.Info("serving", append([]any{"addr", ln.Addr().String()}, buildinfo.Read("fosterd").LogAttrs()...)...)
 	reloadOnHangup(ctx, in, log)
 	return in.Serve(ctx, ln)
 }
