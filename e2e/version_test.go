@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -11,11 +13,15 @@ import (
 // built from (when built from a git checkout) and the Go toolchain.
 func TestVersion(t *testing.T) {
 	e := &Env{t: t}
+	// go build stamps the commit only in a checkout whose .git is a
+	// directory (a clone, as in CI; not a git worktree, whose .git is a file).
 	commit := ""
-	git := exec.Command("git", "rev-parse", "HEAD")
-	git.Dir = moduleRoot()
-	if out, err := git.Output(); err == nil {
-		commit = strings.TrimSpace(string(out))
+	if fi, err := os.Stat(filepath.Join(moduleRoot(), ".git")); err == nil && fi.IsDir() {
+		git := exec.Command("git", "rev-parse", "HEAD")
+		git.Dir = moduleRoot()
+		if out, err := git.Output(); err == nil {
+			commit = strings.TrimSpace(string(out))
+		}
 	}
 	for _, bin := range []string{"fosterd", "foster", "foster-agent"} {
 		out := strings.TrimSpace(e.MustRun(bin, "--version").Stdout)
