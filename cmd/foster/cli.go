@@ -30,7 +30,7 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
   foster --version
-  foster init --dir DIR [--listen ADDR]            create an instance (fosterd does this on first start too)
+  foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
   foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list [--json]
