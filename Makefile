@@ -3,7 +3,7 @@
 GO ?= go
 export GOTOOLCHAIN ?= local
 
-.PHONY: test build vet bench clean
+.PHONY: test build vet bench clean image
 
 test: vet
 	$(GO) test -count=1 -timeout 30m ./...
@@ -15,10 +15,17 @@ vet:
 
 build:
 	mkdir -p bin
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/ ./cmd/fosterd ./cmd/foster ./cmd/foster-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags='-s -w' -o bin/ ./cmd/fosterd ./cmd/foster ./cmd/foster-agent
+
+# fosterd's container image, without a Docker daemon (deploy/image): an OCI
+# layout in image/oci and a tarball for `docker load -i image/fosterd.tar`.
+image: build
+	rm -rf image
+	mkdir -p image
+	$(GO) run ./deploy/image --bin bin --out image/oci --tar image/fosterd.tar
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 clean:
-	rm -rf bin
+	rm -rf bin image

@@ -32,7 +32,8 @@ func TestMain(m *testing.M) {
 	code := func() int {
 		defer os.RemoveAll(dir)
 		for _, b := range []string{"fosterd", "foster", "foster-agent"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "./cmd/"+b)
+			// -buildvcs=auto: stamp the commit (--version) when built from a git checkout.
+			cmd := exec.Command("go", "build", "-buildvcs=auto", "-o", filepath.Join(dir, b), "./cmd/"+b)
 			cmd.Dir = moduleRoot()
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 			if err := cmd.Run(); err != nil {

@@ -34,7 +34,9 @@ func NewEnvWith(t *testing.T, args []string, envv ...string) *Env {
 // until it answers /healthz.
 func (e *Env) StartDaemonWith(args []string, envv ...string) {
 	e.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "fosterd"), append([]string{"--data-dir", e.DataDir, "--listen", e.Addr}, args...)...)
+	// --init: a fresh DataDir becomes a dev instance; an initialised one (a
+	// restart, a replica's copy) is opened as it is.
+	cmd := exec.Command(filepath.Join(binDir, "fosterd"), append([]string{"--data-dir", e.DataDir, "--init", "--listen", e.Addr}, args...)...)
 	cmd.Stdout, cmd.Stderr = e.logs, e.logs
 	cmd.Env = append(os.Environ(), envv...)
 	if err := cmd.Start(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/client"
+	"github.com/foster-ota/foster/pkg/buildinfo"
 )
 
 // Exit codes.
@@ -28,6 +29,7 @@ const mainUsage = `foster-agent: Foster device agent (enroll, update, attest).
 
 Usage:
   foster-agent [--state-dir DIR] [--log-level LEVEL] <command> [flags]
+  foster-agent --version
 
 Commands:
   enroll   generate the device key and obtain a device certificate with a one-time token
@@ -95,6 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	top := flag.NewFlagSet("foster-agent", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
 	g.register(top)
+	version := top.Bool("version", false, "print the version, VCS commit and Go version, and exit")
 	top.Usage = func() {}
 	printMain := func(w io.Writer) {
 		fmt.Fprint(w, mainUsage)
@@ -108,6 +111,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "foster-agent: %v\n\n", err)
 		printMain(stderr)
 		return exitUsage
+	}
+	if *version {
+		fmt.Fprintln(stdout, buildinfo.Read("foster-agent"))
+		return exitOK
 	}
 	rest := top.Args()
 	if len(rest) == 0 {

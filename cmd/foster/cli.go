@@ -20,6 +20,7 @@ import (
 	"github.com/foster-ota/foster/ota/instance"
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/buildinfo"
 	"github.com/foster-ota/foster/pkg/env"
 )
 
@@ -28,7 +29,8 @@ var errUsage = errors.New("usage error")
 const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
-  foster init --dir DIR [--listen ADDR]            create an instance (fosterd does this on first start too)
+  foster --version
+  foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
   foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list [--json]
@@ -79,8 +81,10 @@ type conn struct {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c conn
+	var version bool
 	fs := flag.NewFlagSet("foster", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.BoolVar(&version, "version", false, "print the version, VCS commit and Go version, and exit")
 	fs.StringVar(&c.instance, "instance", "", "instance data directory (reads config.json, admin.crt, admin.key, ca.pem)")
 	fs.StringVar(&c.server, "server", "", "fosterd URL, e.g. https://127.0.0.1:8443")
 	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM chain)")
@@ -95,6 +99,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if version {
+		fmt.Fprintln(stdout, buildinfo.Read("foster"))
+		return nil
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {

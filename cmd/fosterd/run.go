@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/buildinfo"
 	"github.com/foster-ota/foster/pkg/env"
 )
 
@@ -23,6 +26,35 @@ type config struct {
 	maxConnections             int
 	metricsListen              string
 	mqttBroker                 string
+	// init creates a development instance when dataDir is missing or
+	// empty. Without it fosterd only opens an existing instance: an
+	// unmounted volume or a typo must not become a brand-new CA and TUF root.
+	init bool
+}
+
+// checkInit decides whether fosterd may create an instance in dir, which
+// holds none (no config.json). It creates nothing itself.
+func checkInit(dir string, init bool) error {
+	ents, err := os.ReadDir(dir)
+	switch {
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("reading data directory: %w", err)
+	case len(ents) > 0:
+		if _, err := os.Stat(filepath.Join(dir, "ca.pem")); err != nil {
+			return fmt.Errorf("%s is not empty and holds no Foster instance: refusing to initialise into it", dir)
+		}
+		// An interrupted Init (config.json is written last): finish it only when asked.
+		if !init {
+			return fmt.Errorf("%s holds an unfinished Foster instance (no config.json): run with --init to finish creating a development instance", dir)
+		}
+		return nil
+	case init:
+		return nil
+	case err != nil:
+		return fmt.Errorf("data directory %s does not exist (is the volume mounted?); run with --init to create a new development instance", dir)
+	default:
+		return fmt.Errorf("data directory %s is empty (is the volume mounted?); run with --init to create a new development instance", dir)
+	}
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
@@ -35,10 +67,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	pass := env.Passphrase.Bytes()
 	if !instance.Exists(dir) {
-		if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-			if _, err := os.Stat(filepath.Join(dir, "ca.pem")); err != nil {
-				return fmt.Errorf("%s is not empty and holds no Foster instance: refusing to initialise into it", dir)
-			}
+		if err := checkInit(dir, cfg.init); err != nil {
+			return err
 		}
 		log.Info("initialising a new development instance", "dir", dir)
 		if _, err := instance.Init(ctx, dir, instance.InitOptions{Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs, Passphrase: pass, Logger: log}); err != nil {
@@ -68,7 +98,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
   data directory:                 %s
 Admin CLI:  foster --instance %s device list
 `, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
-	log.Info("serving", "addr", ln.Addr().String())
+	log.Info("serving", append([]any{"addr", ln.Addr().String()}, buildinfo.Read("fosterd").LogAttrs()...)...)
 	reloadOnHangup(ctx, in, log)
 	return in.Serve(ctx, ln)
 }

@@ -1,5 +1,5 @@
 // Package instance knows the layout of a fosterd data directory, creates a
-// development instance on first start (PKI, TUF keys and root, admin
+// development instance when asked (PKI, TUF keys and root, admin
 // credential, config), and wires the CA, store, blob store, TUF repository
 // and HTTP API into a running server.
 //
@@ -143,7 +143,7 @@ func Exists(dir string) bool {
 func Load(dir string) (*Config, error) {
 	b, err := os.ReadFile(PathsOf(dir).Config)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s is not a Foster instance (no config.json): start fosterd --data-dir %s or run foster init --dir %s", dir, dir, dir)
+		return nil, fmt.Errorf("%s is not a Foster instance (no config.json): create one with fosterd --data-dir %s --init or foster init --dir %s", dir, dir, dir)
 	}
 	if err != nil {
 		return nil, err

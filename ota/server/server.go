@@ -44,6 +44,7 @@ type Repo interface {
 	targetPublisher // releases.go
 	ceremonyRepo    // tuf.go
 	repoVersions    // evidence.go
+	blobProber      // ready.go
 }
 
 // Config holds the server's dependencies and limits.
@@ -74,7 +75,9 @@ type Config struct {
 	Throttle Throttle
 	// Nudger publishes "update now" nudges over MQTT (nudge.go); nil: none.
 	Nudger Nudger
-	Now    func() time.Time
+	// ReadyTimeout bounds each check of GET /readyz (ready.go). Default 2s.
+	ReadyTimeout time.Duration
+	Now          func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -144,6 +147,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 2 * time.Second
+	}
+	if cfg.ReadyTimeout < 0 {
+		return nil, errors.New("server: negative ReadyTimeout")
+	}
 	var err error
 	if cfg.Limits, err = cfg.Limits.withDefaults(); err != nil {
 		return nil, err
@@ -175,11 +184,13 @@ func New(cfg Config) (*Server, error) {
 		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
 		&nudgeAPI{nudger: cfg.Nudger, store: cfg.Store, audit: trail, log: log},
 		trail,
+		&readiness{store: cfg.Store, blobs: cfg.Repo, timeout: cfg.ReadyTimeout, log: log},
 	}
 	return s, nil
 }
 
-// Handler returns the routed API: every group's routes, health, metrics
+// Handler returns the routed API: every group's routes, liveness (/healthz;
+// readiness, /readyz, is the readiness group's), metrics
 // (admins and auditors; MetricsHandler serves them unauthenticated on a
 // separate listener) and a JSON 404 for the rest.
 func (s *Server) Handler() http.Handler {

@@ -581,6 +581,16 @@ func metaVersion[T metadata.Roles](m *metadata.Metadata[T]) int64 {
 // RootJSON returns the current root metadata, the trust anchor for clients.
 func (r *Repo) RootJSON() []byte { return clone(r.cur.Load().rootRaw) }
 
+// CheckStore reads the blob store cheaply (one Stat of the published
+// timestamp.json): fosterd's readiness check that the bucket or directory
+// the repository lives in answers.
+func (r *Repo) CheckStore(ctx context.Context) error {
+	if _, err := r.store.Stat(ctx, timestampKey); err != nil {
+		return fmt.Errorf("blob store: %w", err)
+	}
+	return nil
+}
+
 // Versions returns the current version of each top-level role.
 func (r *Repo) Versions() (root, targets, snapshot, timestamp int64) {
 	st := r.cur.Load()

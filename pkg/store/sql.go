@@ -106,6 +106,14 @@ func (d *DB) Close() error {
 	return d.db.Close()
 }
 
+// Ping checks that the database answers (fosterd's /readyz).
+func (d *DB) Ping(ctx context.Context) error {
+	if err := d.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
 // SetClock replaces the clock (tests).
 func (d *DB) SetClock(now func() time.Time) { d.now = now }
 

@@ -20,7 +20,7 @@ go build -o "$W/bin/" ./cmd/fosterd ./cmd/foster
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$W/bin/foster-agent" ./cmd/foster-agent
 PATH=$W/bin:$PATH
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-fosterd --data-dir "$W/data" --listen "127.0.0.1:$PORT" >"$W/fosterd.log" 2>&1 &
+fosterd --data-dir "$W/data" --init --listen "127.0.0.1:$PORT" >"$W/fosterd.log" 2>&1 &
 FOSTERD=$!
 for i in $(seq 1 600); do
   [ -f "$W/data/ca.pem" ] && curl -sf --cacert "$W/data/ca.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
