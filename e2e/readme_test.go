@@ -56,7 +56,7 @@ func TestREADMERunsAsWritten(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if bytes.Contains(b, []byte(walkthroughMarker)) {
+		if walkthroughRE.Match(b) {
 			docs = append(docs, p)
 		}
 	}
@@ -101,6 +101,8 @@ type docBlock struct {
 	text string
 	skip string // the skip marker's reason, if marked
 }
+
+var walkthroughRE = regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(walkthroughMarker) + `\s*$`)
 
 var fenceRE = regexp.MustCompile("^```(sh|bash|shell|console)\\s*$")
 
