@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -33,7 +34,8 @@ Usage:
   foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
   foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
-  foster [connection] model list [--json]
+  foster [connection] model list|show [NAME] [--json]
+  foster [connection] model update NAME [--add-hardware-id ID ...] [--remove-hardware-id ID ...]
   foster [connection] token create --serial SN --model M [--ttl 24h]
   foster [connection] release add --model M --version V [--hold] [--counter N] FILE
   foster [connection] release list [--model M] [--json]
@@ -60,6 +62,7 @@ Usage:
   foster [connection] nudge --model M [--serial SN]   devices check for updates now (MQTT; docs/ROLLOUTS.md)
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
+  foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: move an instance's metadata and firmware
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
   foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
   foster [connection] audit monitor --state FILE [--log-key log.pub]   (needs only --server URL --ca FILE)
@@ -69,6 +72,9 @@ Connection (one of):
   --cred FILE                          an admin or auditor credential bundle (foster admin create)
   --station FILE                       a factory station credential bundle (foster station create)
   --server URL --cert FILE --key FILE --ca FILE
+
+  foster help [COMMAND [SUBCOMMAND]]             help on stdout; "foster GROUP --help" lists a group's commands
+  foster completion bash|zsh|fish                  shell completion (bash: source <(foster completion bash))
 
 Run "foster COMMAND --help" for a command's flags.
 `
@@ -110,6 +116,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	cmd, rest := rest[0], rest[1:]
+	switch cmd {
+	case "help":
+		return cmdHelp(ctx, rest, stdout, stderr)
+	case "completion":
+		if len(rest) != 1 || isHelp(rest) {
+			fmt.Fprint(stderr, "Usage: foster completion bash|zsh|fish\n\n  bash: source <(foster completion bash)\n  zsh:  source <(foster completion zsh)\n  fish: foster completion fish | source\n")
+			if isHelp(rest) {
+				return nil
+			}
+			return errUsage
+		}
+		return completionScript(stdout, rest[0])
+	}
+	top, ok := findCommand(cmd)
+	if !ok {
+		return unknownCommand(stderr, "", cmd, topNames())
+	}
+	if len(top.subs) > 0 && cmd != "tuf" { // tuf --help prints its ceremony guide
+		switch {
+		case len(rest) == 0 || isHelp(rest[:1]):
+			printGroupHelp(stdout, top)
+			return nil
+		case !strings.HasPrefix(rest[0], "-") && !top.hasSub(rest[0]):
+			return unknownCommand(stderr, cmd, rest[0], subNames(top))
+		}
+	}
+	if cmd == "blobs" {
+		return cmdBlobsCopy(ctx, rest[1:], stdout, stderr) // offline: store to store
+	}
 	if cmd == "ca" {
 		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is
 	}
@@ -145,6 +180,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdModelAdd
 	case "model list":
 		fn = cmdModelList
+	case "model show":
+		fn = cmdModelShow
+	case "model update":
+		fn = cmdModelUpdate
 	case "token create":
 		fn = cmdTokenCreate
 	case "release add":
@@ -208,9 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "nudge ":
 		fn = cmdNudge
 	default:
-		fmt.Fprintf(stderr, "foster: unknown command %q\n\n", cmd+" "+sub)
-		fs.Usage()
-		return errUsage
+		return unknownCommand(stderr, cmd, sub, subNames(top))
 	}
 	// Parse the command's own flags (and --help) before connecting.
 	cl, err := c.client()
@@ -222,6 +259,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return fn(ctx, cl, rest, stdout, stderr)
+}
+
+// cmdHelp is `foster help [COMMAND [SUBCOMMAND]]`: help on stdout, exit 0.
+func cmdHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		fmt.Fprintln(stdout, "\nCommands:")
+		for _, c := range commandTree {
+			fmt.Fprintf(stdout, "  %-12s %s\n", c.name, c.summary)
+		}
+		fmt.Fprintln(stdout, "\nRun \"foster --help\" for the connection flags and environment variables.")
+		return nil
+	}
+	c, ok := findCommand(args[0])
+	if !ok {
+		return unknownCommand(stderr, "", args[0], topNames())
+	}
+	if len(args) == 1 && len(c.subs) > 0 && c.name != "tuf" {
+		printGroupHelp(stdout, c)
+		return nil
+	}
+	if c.name == "help" {
+		return cmdHelp(ctx, nil, stdout, stderr)
+	}
+	err := run(ctx, append(slices.Clone(args), "--help"), stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
 }
 
 func isHelp(args []string) bool {

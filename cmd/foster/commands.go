@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
@@ -87,6 +89,67 @@ func cmdModelList(ctx context.Context, c *client, args []string, stdout, stderr 
 		rows = append(rows, []string{m.Name, orDash(strings.Join(m.HardwareIDs, ",")), v, fmtTime(m.CreatedAt)})
 	}
 	table(stdout, "MODEL\tHARDWARE IDS\tCERT VALIDITY\tCREATED", rows)
+	return nil
+}
+
+func cmdModelShow(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model show", "model show NAME [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError(fs, "want exactly one model NAME")
+	}
+	var m store.Model
+	if err := c.do(ctx, "GET", "/v1/models/"+url.PathEscape(pos[0]), nil, 0, "", &m); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, m)
+	}
+	printModel(stdout, m)
+	return nil
+}
+
+func printModel(stdout io.Writer, m store.Model) {
+	v := "default"
+	if m.CertValiditySeconds > 0 {
+		v = m.CertValidity().String()
+	}
+	table(stdout, "FIELD\tVALUE", [][]string{
+		{"model", m.Name}, {"hardware ids", orDash(strings.Join(m.HardwareIDs, ","))},
+		{"cert validity", v}, {"created", fmtTime(m.CreatedAt)},
+	})
+}
+
+func cmdModelUpdate(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("model update", "model update NAME [--add-hardware-id ID ...] [--remove-hardware-id ID ...] [--json]", stderr)
+	var add, remove multi
+	fs.Var(&add, "add-hardware-id", "hardware id to add to the model (repeatable)")
+	fs.Var(&remove, "remove-hardware-id", "hardware id to remove from the model (repeatable); published releases keep theirs")
+	asJSON := fs.Bool("json", false, "print the updated model as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError(fs, "want exactly one model NAME")
+	}
+	if len(add)+len(remove) == 0 {
+		return usageError(fs, "nothing to change: give --add-hardware-id or --remove-hardware-id")
+	}
+	var m store.Model
+	body := map[string]any{"add_hardware_ids": []string(add), "remove_hardware_ids": []string(remove)}
+	b, _ := json.Marshal(body)
+	if err := c.do(ctx, "PATCH", "/v1/models/"+url.PathEscape(pos[0]), bytes.NewReader(b), int64(len(b)), "application/json", &m); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, m)
+	}
+	printModel(stdout, m)
 	return nil
 }
 

@@ -2,7 +2,10 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -190,6 +193,14 @@ func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs 
 		opts.Arbiter = repoArbiter{st}
 	}
 	repo, err := tufrepo.Open(ctx, blobs, keys, opts)
+	if errors.Is(err, tufrepo.ErrNotInitialized) {
+		hint := "initialise it with fosterd --data-dir on an empty directory and this --blobs"
+		if _, serr := os.Stat(filepath.Join(dir, "blobs", "tuf", "1.root.json")); serr == nil {
+			hint = fmt.Sprintf("this instance's repository is in file:%s; copy it there first (with fosterd stopped): foster blobs copy --from file:%s --to '%s'",
+				filepath.Join(dir, "blobs"), filepath.Join(dir, "blobs"), cfg.Blobs)
+		}
+		return nil, fmt.Errorf("opening TUF repository in %s: %w\n  %s", cfg.Blobs, err, hint)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening TUF repository: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -21,6 +22,7 @@ type modelStore interface {
 	CreateModel(ctx context.Context, m store.Model) (store.Model, error)
 	ListModels(ctx context.Context) ([]store.Model, error)
 	GetModel(ctx context.Context, name string) (store.Model, error)
+	UpdateModel(ctx context.Context, name string, add, remove []string) (store.Model, error)
 	CreateToken(ctx context.Context, t store.Token) error
 }
 
@@ -42,6 +44,8 @@ type modelAPI struct {
 func (g *modelAPI) routes(mux *http.ServeMux, e *edge) {
 	mux.Handle("POST /v1/models", e.handle(adminOnly, g.createModel))
 	mux.Handle("GET /v1/models", e.handle(readers, g.listModels))
+	mux.Handle("GET /v1/models/{name}", e.handle(readers, g.getModel))
+	mux.Handle("PATCH /v1/models/{name}", e.handle(adminOnly, g.updateModel))
 	mux.Handle("POST /v1/tokens", e.handle(adminOnly, g.createToken))
 }
 
@@ -60,13 +64,8 @@ func (g *modelAPI) createModel(w http.ResponseWriter, r *http.Request) error {
 	if err := identity.ValidName(req.Name); err != nil {
 		return badRequest("model: %v", err)
 	}
-	if len(req.HardwareIDs) > 64 {
-		return badRequest("at most 64 hardware ids")
-	}
-	for _, h := range req.HardwareIDs {
-		if err := identity.ValidName(h); err != nil {
-			return badRequest("hardware id: %v", err)
-		}
+	if err := checkHardwareIDs(req.HardwareIDs); err != nil {
+		return err
 	}
 	if req.CertValiditySeconds != 0 {
 		if req.CertValiditySeconds < 0 || req.CertValiditySeconds > math.MaxInt64/int64(time.Second) {
@@ -93,6 +92,72 @@ func (g *modelAPI) listModels(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, nonNil(ms))
+}
+
+func checkHardwareIDs(ids []string) error {
+	if len(ids) > store.MaxHardwareIDs {
+		return badRequest("at most %d hardware ids", store.MaxHardwareIDs)
+	}
+	for _, h := range ids {
+		if err := identity.ValidName(h); err != nil {
+			return badRequest("hardware id: %v", err)
+		}
+	}
+	return nil
+}
+
+func (g *modelAPI) getModel(w http.ResponseWriter, r *http.Request) error {
+	m, err := g.store.GetModel(r.Context(), r.PathValue("name"))
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no model %q", r.PathValue("name"))
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, m)
+}
+
+// modelUpdate is PATCH /v1/models/{name}: hardware ids to add, then to
+// remove. A release keeps the hardware ids it was published for: removing
+// one from the model only stops new releases from naming it.
+type modelUpdate struct {
+	AddHardwareIDs    []string `json:"add_hardware_ids"`
+	RemoveHardwareIDs []string `json:"remove_hardware_ids"`
+}
+
+func (g *modelAPI) updateModel(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	var req modelUpdate
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if len(req.AddHardwareIDs)+len(req.RemoveHardwareIDs) == 0 {
+		return badRequest("nothing to change: give add_hardware_ids or remove_hardware_ids")
+	}
+	if err := checkHardwareIDs(req.AddHardwareIDs); err != nil {
+		return err
+	}
+	if err := checkHardwareIDs(req.RemoveHardwareIDs); err != nil {
+		return err
+	}
+	m, err := g.store.UpdateModel(r.Context(), name, req.AddHardwareIDs, req.RemoveHardwareIDs)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no model %q (create it with: foster model add %s)", name, name)
+	case errors.Is(err, store.ErrConflict):
+		return apierr.New(http.StatusConflict, apierr.CodeConflict, "%v", err)
+	case err != nil:
+		return err
+	}
+	detail := m.Name
+	if len(req.AddHardwareIDs) > 0 {
+		detail += " +hardware_ids=" + strings.Join(req.AddHardwareIDs, ",")
+	}
+	if len(req.RemoveHardwareIDs) > 0 {
+		detail += " -hardware_ids=" + strings.Join(req.RemoveHardwareIDs, ",")
+	}
+	g.audit.record(r, "model.update", detail)
+	return writeJSON(w, http.StatusOK, m)
 }
 
 type tokenRequest struct {

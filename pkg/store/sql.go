@@ -39,7 +39,7 @@ type DB struct {
 	stmts      map[string]*sql.Stmt
 	unprepared func(query string)
 
-	models     sync.Map     // name -> Model, read once (see GetModel)
+	models     sync.Map     // name -> cachedModel (see GetModel)
 	modelCount atomic.Int64 // models cached, bounded by maxCachedModels
 	rolloutMu  sync.Mutex   // UpdateRollout on SQLite (rollouts.go)
 }
@@ -303,14 +303,18 @@ func (d *DB) CreateModel(ctx context.Context, m Model) (Model, error) {
 
 // GetModel returns a model or ErrNotFound.
 //
-// Models are never changed or deleted once created (there is no API for
-// it), so a model read once is kept in memory: every enrollment reads its
-// model. Whoever adds a way to change a model must drop it from d.models.
+// Every enrollment reads its model, and models change rarely (UpdateModel
+// adds or removes hardware ids), so a model read is kept in memory for
+// modelCacheTTL: UpdateModel drops it from this process's cache at once,
+// and other fosterd sharing the database see the change within the TTL.
 func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	if v, ok := d.models.Load(name); ok {
-		m := v.(Model)
-		m.HardwareIDs = slices.Clone(m.HardwareIDs)
-		return m, nil
+		c := v.(cachedModel)
+		if time.Since(c.at) < modelCacheTTL {
+			m := c.m
+			m.HardwareIDs = slices.Clone(m.HardwareIDs)
+			return m, nil
+		}
 	}
 	var m Model
 	var hw string
@@ -327,10 +331,68 @@ func (d *DB) GetModel(ctx context.Context, name string) (Model, error) {
 	if err := json.Unmarshal([]byte(hw), &m.HardwareIDs); err != nil {
 		return Model{}, fmt.Errorf("model %q: corrupt hardware ids: %w", name, err)
 	}
-	if d.modelCount.Add(1) <= maxCachedModels {
+	if _, known := d.models.Load(name); known || d.modelCount.Add(1) <= maxCachedModels {
 		c := m
 		c.HardwareIDs = slices.Clone(m.HardwareIDs)
-		d.models.Store(name, c)
+		d.models.Store(name, cachedModel{m: c, at: time.Now()})
+	}
+	return m, nil
+}
+
+// cachedModel is a model as read at a time (GetModel).
+type cachedModel struct {
+	m  Model
+	at time.Time
+}
+
+// modelCacheTTL bounds how long a model changed by another fosterd on the
+// same database may be served from this one's cache.
+const modelCacheTTL = 10 * time.Second
+
+// MaxHardwareIDs bounds a model's hardware ids.
+const MaxHardwareIDs = 64
+
+// UpdateModel adds and then removes hardware ids of a model and returns the
+// model as stored. Adding an id the model has, or removing one it lacks,
+// changes nothing; the result may hold at most MaxHardwareIDs ids
+// (ErrConflict otherwise). ErrNotFound if the model does not exist.
+func (d *DB) UpdateModel(ctx context.Context, name string, add, remove []string) (Model, error) {
+	var m Model
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		var hw string
+		var at int64
+		err := tx.QueryRowContext(ctx, d.q(sqlModel+d.forUpdate()), name).Scan(&m.Name, &hw, &m.CertValiditySeconds, &at)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("model %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("reading model: %w", err)
+		}
+		m.CreatedAt = fromTS(at)
+		if err := json.Unmarshal([]byte(hw), &m.HardwareIDs); err != nil {
+			return fmt.Errorf("model %q: corrupt hardware ids: %w", name, err)
+		}
+		for _, h := range add {
+			if !slices.Contains(m.HardwareIDs, h) {
+				m.HardwareIDs = append(m.HardwareIDs, h)
+			}
+		}
+		m.HardwareIDs = slices.DeleteFunc(m.HardwareIDs, func(h string) bool { return slices.Contains(remove, h) })
+		if m.HardwareIDs == nil {
+			m.HardwareIDs = []string{}
+		}
+		if len(m.HardwareIDs) > MaxHardwareIDs {
+			return fmt.Errorf("model %q: at most %d hardware ids: %w", name, MaxHardwareIDs, ErrConflict)
+		}
+		b, _ := json.Marshal(m.HardwareIDs)
+		if _, err := tx.ExecContext(ctx, d.q(`UPDATE models SET hardware_ids = ? WHERE name = ?`), string(b), name); err != nil {
+			return fmt.Errorf("updating model: %w", err)
+		}
+		return nil
+	})
+	d.models.Delete(name)
+	if err != nil {
+		return Model{}, err
 	}
 	return m, nil
 }

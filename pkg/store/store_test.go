@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -40,6 +41,39 @@ func TestModels(t *testing.T) {
 		ms, err := d.ListModels(ctx)
 		if err != nil || len(ms) != 1 || ms[0].Name != "edge-gw" {
 			t.Fatalf("%v %v", ms, err)
+		}
+	})
+}
+
+func TestUpdateModelHardwareIDsIsSeenAtOnce(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		if _, err := d.GetModel(ctx, "edge-gw"); err != nil { // cached now
+			t.Fatal(err)
+		}
+		m, err := d.UpdateModel(ctx, "edge-gw", []string{"rev-a", "rev-b", "rev-a"}, nil)
+		if err != nil || !slices.Equal(m.HardwareIDs, []string{"rev-a", "rev-b"}) {
+			t.Fatalf("add: %v %v", m.HardwareIDs, err)
+		}
+		if got, err := d.GetModel(ctx, "edge-gw"); err != nil || !slices.Equal(got.HardwareIDs, []string{"rev-a", "rev-b"}) {
+			t.Fatalf("stale cached model after update: %v %v", got.HardwareIDs, err)
+		}
+		m, err = d.UpdateModel(ctx, "edge-gw", []string{"rev-c"}, []string{"rev-a", "nope"})
+		if err != nil || !slices.Equal(m.HardwareIDs, []string{"rev-b", "rev-c"}) {
+			t.Fatalf("add+remove: %v %v", m.HardwareIDs, err)
+		}
+		if _, err := d.UpdateModel(ctx, "nope", []string{"x"}, nil); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("unknown model: %v", err)
+		}
+		many := make([]string, store.MaxHardwareIDs)
+		for i := range many {
+			many[i] = fmt.Sprintf("hw-%d", i)
+		}
+		if _, err := d.UpdateModel(ctx, "edge-gw", many, nil); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("too many hardware ids: %v", err)
+		}
+		if got, _ := d.GetModel(ctx, "edge-gw"); !slices.Equal(got.HardwareIDs, []string{"rev-b", "rev-c"}) {
+			t.Fatalf("a refused update changed the model: %v", got.HardwareIDs)
 		}
 	})
 }
