@@ -25,8 +25,26 @@ type FleetReport struct {
 	Behind []DeviceStatus `json:"behind"`
 	// Stale lists active devices with no attestation (and no enrollment) for StaleDays.
 	Stale []DeviceStatus `json:"stale"`
+	// Revoked lists revoked devices; RevokedCount counts them all.
+	Revoked      []DeviceStatus `json:"revoked"`
+	RevokedCount int            `json:"revoked_count"`
+	// Active counts the active devices the report covers.
+	Active int `json:"active"`
+	// Coverage is patch coverage over the last CoverageDays days, one point
+	// a day, oldest first: how many of today's active devices had committed
+	// their model's latest release by the end of that day.
+	Coverage []CoveragePoint `json:"coverage"`
 	// Truncated says a device list hit MaxReportDevices.
 	Truncated bool `json:"truncated,omitempty"`
+}
+
+// CoverageDays is the span of FleetReport.Coverage.
+const CoverageDays = 30
+
+// CoveragePoint is one day of FleetReport.Coverage.
+type CoveragePoint struct {
+	Day     time.Time `json:"day"` // end of the day (UTC), or the report's time for today
+	Patched int       `json:"patched"`
 }
 
 // ReleaseStatus is one release and the devices on it.
@@ -76,7 +94,7 @@ func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*Fle
 		return nil, fmt.Errorf("stale days must not be negative")
 	}
 	now := d.now()
-	rep := &FleetReport{GeneratedAt: now, Model: model, StaleDays: staleDays, Releases: []ReleaseStatus{}, Behind: []DeviceStatus{}, Stale: []DeviceStatus{}}
+	rep := &FleetReport{GeneratedAt: now, Model: model, StaleDays: staleDays, Releases: []ReleaseStatus{}, Behind: []DeviceStatus{}, Stale: []DeviceStatus{}, Revoked: []DeviceStatus{}, Coverage: []CoveragePoint{}}
 	rels, err := d.ListReleases(ctx, model)
 	if err != nil {
 		return nil, err
@@ -126,6 +144,7 @@ func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*Fle
 			return nil, fmt.Errorf("reading devices: %w", err)
 		}
 		ds.LastAttestationAt, ds.EnrolledAt = fromTS(last), fromTS(enrolled)
+		rep.Active++
 		if rs := byKey[key{ds.Model, ds.InstalledCounter}]; rs != nil {
 			rs.Installed++
 			if len(rs.Devices) < MaxReportDevices {
@@ -155,22 +174,27 @@ func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*Fle
 		return nil, fmt.Errorf("reading devices: %w", err)
 	}
 	rows.Close()
+	if err := d.reportRevoked(ctx, rep); err != nil {
+		return nil, err
+	}
 
 	// Time to patch: first committed attestation of each device per release.
 	where, args = `WHERE a.outcome = ?`, []any{"committed"}
 	if model != "" {
 		where, args = where+` AND d.model = ?`, append(args, model)
 	}
-	trows, err := d.db.QueryContext(ctx, d.q(`SELECT d.model, a.counter, MIN(a.received_at) FROM attestations a JOIN devices d ON d.id = a.device_id `+where+` GROUP BY a.device_id, d.model, a.counter`), args...)
+	trows, err := d.db.QueryContext(ctx, d.q(`SELECT d.model, d.status, a.counter, MIN(a.received_at) FROM attestations a JOIN devices d ON d.id = a.device_id `+where+` GROUP BY a.device_id, d.model, d.status, a.counter`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading attestations: %w", err)
 	}
 	defer trows.Close()
 	ttp := map[*ReleaseStatus][]float64{}
+	var patchedAt []time.Time // active devices' first commit of their model's latest release
 	for trows.Next() {
 		var k key
+		var status string
 		var first int64
-		if err := trows.Scan(&k.model, &k.counter, &first); err != nil {
+		if err := trows.Scan(&k.model, &status, &k.counter, &first); err != nil {
 			return nil, fmt.Errorf("reading attestations: %w", err)
 		}
 		rs := byKey[k]
@@ -179,6 +203,9 @@ func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*Fle
 		}
 		rs.Committed++
 		ttp[rs] = append(ttp[rs], math.Max(0, fromTS(first).Sub(rs.PublishedAt).Seconds()))
+		if rs.Latest && status == DeviceActive {
+			patchedAt = append(patchedAt, fromTS(first))
+		}
 	}
 	if err := trows.Err(); err != nil {
 		return nil, fmt.Errorf("reading attestations: %w", err)
@@ -186,7 +213,52 @@ func (d *DB) FleetReport(ctx context.Context, model string, staleDays int) (*Fle
 	for rs, ds := range ttp {
 		rs.TimeToPatch = percentiles(ds)
 	}
+	rep.Coverage = coverage(now, patchedAt)
 	return rep, nil
+}
+
+// coverage counts, for each of the last CoverageDays days, the times at
+// or before that day's end (today: now).
+func coverage(now time.Time, at []time.Time) []CoveragePoint {
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	today := now.UTC().Truncate(24 * time.Hour)
+	pts := make([]CoveragePoint, 0, CoverageDays)
+	n := 0
+	for i := CoverageDays - 1; i >= 0; i-- {
+		end := today.Add(-time.Duration(i-1) * 24 * time.Hour).Add(-time.Nanosecond)
+		if i == 0 {
+			end = now
+		}
+		for n < len(at) && !at[n].After(end) {
+			n++
+		}
+		pts = append(pts, CoveragePoint{Day: end, Patched: n})
+	}
+	return pts
+}
+
+// reportRevoked fills the report's revoked devices.
+func (d *DB) reportRevoked(ctx context.Context, rep *FleetReport) error {
+	where, args := `WHERE status = ?`, []any{DeviceRevoked}
+	if rep.Model != "" {
+		where, args = where+` AND model = ?`, append(args, rep.Model)
+	}
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT id, serial, model, installed_version, installed_counter, last_attestation_at, enrolled_at FROM devices `+where+` ORDER BY model, serial`), args...)
+	if err != nil {
+		return fmt.Errorf("reading revoked devices: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ds DeviceStatus
+		var last, enrolled int64
+		if err := rows.Scan(&ds.ID, &ds.Serial, &ds.Model, &ds.InstalledVersion, &ds.InstalledCounter, &last, &enrolled); err != nil {
+			return fmt.Errorf("reading revoked devices: %w", err)
+		}
+		ds.LastAttestationAt, ds.EnrolledAt = fromTS(last), fromTS(enrolled)
+		rep.RevokedCount++
+		rep.Truncated = appendBounded(&rep.Revoked, ds) || rep.Truncated
+	}
+	return rows.Err()
 }
 
 func appendBounded(list *[]DeviceStatus, ds DeviceStatus) (truncated bool) {

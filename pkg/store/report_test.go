@@ -92,6 +92,14 @@ func TestFleetReport(t *testing.T) {
 		if len(rep.Stale) != 2 || rep.Stale[0].Serial != "SN-2" || rep.Stale[1].Serial != "SN-4" {
 			t.Fatalf("stale: %+v", rep.Stale)
 		}
+		// Revoked: SN-3; coverage: SN-1 and SN-2 committed 1.1.0 before the window, so every day counts 2.
+		if rep.Active != 4 || rep.RevokedCount != 1 || len(rep.Revoked) != 1 || rep.Revoked[0].Serial != "SN-3" {
+			t.Fatalf("active %d, revoked %d %+v", rep.Active, rep.RevokedCount, rep.Revoked)
+		}
+		if len(rep.Coverage) != store.CoverageDays || rep.Coverage[0].Patched != 2 || rep.Coverage[len(rep.Coverage)-1].Patched != 2 ||
+			!rep.Coverage[len(rep.Coverage)-1].Day.Equal(now) {
+			t.Fatalf("coverage: %+v", rep.Coverage)
+		}
 		if rep, _ := d.FleetReport(ctx, "other", 30); len(rep.Releases) != 0 || len(rep.Behind) != 0 {
 			t.Fatalf("other model: %+v", rep)
 		}
