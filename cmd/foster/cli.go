@@ -66,6 +66,7 @@ Usage:
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
   foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
   foster [connection] audit monitor --state FILE [--log-key log.pub]   (needs only --server URL --ca FILE)
+  foster [connection] console [--listen 127.0.0.1:8080]   the fleet console in your browser (docs/CONSOLE.md)
 
 Connection (one of):
   --instance DIR                       use DIR's server URL, admin certificate and CA root
@@ -161,6 +162,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return cmdStationToken(cred, rest[1:], stdout, stderr)
+	}
+	if cmd == "console" {
+		return cmdConsole(ctx, c, rest, stdout, stderr) // runs until interrupted
 	}
 	if cmd == "audit" {
 		return runAudit(ctx, c, rest, stdout, stderr) // verify is offline, monitor needs no credential

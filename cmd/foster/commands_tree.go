@@ -72,6 +72,7 @@ var commandTree = []command{
 		{"report", "fleet status"},
 		{"monitor", "check the transparency log only grows"},
 	}},
+	{"console", "the fleet console: a web UI on this machine, with your credential", nil},
 	{"blobs", "blob stores (TUF metadata and firmware)", []subcommand{
 		{"copy", "offline: copy every object to another store (local files to S3)"},
 	}},
