@@ -3,10 +3,14 @@
 GO ?= go
 export GOTOOLCHAIN ?= local
 
-.PHONY: test build vet bench clean image
+.PHONY: test build vet bench clean image chromium
 
-test: vet
+test: vet chromium
 	$(GO) test -count=1 -timeout 30m ./...
+
+# Debian's chromium, for the console's browser test (e2e/console_test.go).
+chromium:
+	sh scripts/install-chromium.sh
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
