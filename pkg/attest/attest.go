@@ -25,8 +25,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sigstore/sigstore/pkg/signature"
 	ssldsse "github.com/secure-systems-lab/go-securesystemslib/dsse"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
 )
 
