@@ -1,9 +1,11 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -19,6 +21,7 @@ import (
 	"github.com/foster-ota/foster/client/internal/outbox"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/client/internal/tufclient"
+	"github.com/foster-ota/foster/pkg/apierr"
 )
 
 // Defaults.
@@ -116,6 +119,9 @@ type Agent struct {
 	clock  clock.Source
 	// floor is the clock state (journal.Clock) in use; read by TLS handshakes.
 	floor atomic.Pointer[journal.Clock]
+	// revoked is the server's last "revoked" refusal of this device's
+	// certificate, seen on any request (go-tuf's errors keep only the status).
+	revoked atomic.Pointer[string]
 	// serverNotBefore is the newest NotBefore of a verified server certificate (unix seconds).
 	serverNotBefore atomic.Int64
 	warnedClock     bool
@@ -184,10 +190,10 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
-	a.api = userAgent{api, cfg.UserAgent}
+	a.api = userAgent{api, cfg.UserAgent, &a.revoked}
 	a.closeIdle = func() { api.CloseIdleConnections(); dl.CloseIdleConnections() }
 	a.dl = &fetch.Downloader{
-		Client:          userAgent{dl, cfg.UserAgent},
+		Client:          userAgent{dl, cfg.UserAgent, &a.revoked},
 		StallTimeout:    cfg.StallTimeout,
 		MinRate:         cfg.MinRate,
 		RateWindow:      cfg.RateWindow,
@@ -278,6 +284,7 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	}
 	j.SetClock(a.now)
 	a.loadClock(j) // renewal decides with the trusted clock
+	a.revoked.Store(nil)
 	// Renew the certificate first when due (or expired): everything below
 	// authenticates with it. A failure is logged and retried next run.
 	if _, err := a.renew(ctx, false); err != nil {
@@ -304,7 +311,7 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	sel, err := a.check(ctx, j)
 	rep.NotOffered = j.State().NotOffered
 	if err != nil {
-		return rep, a.recordError(j, err)
+		return rep, a.recordError(j, a.plainRevoked(err))
 	}
 	if sel == nil {
 		if st := j.State(); st.Phase == journal.PhaseDownloading {
@@ -550,15 +557,49 @@ func (a *Agent) recordError(j *journal.Journal, err error) error {
 	return err
 }
 
-// userAgent sets the User-Agent header on every request.
+// userAgent sets the User-Agent header on every request, and notes the
+// server's refusal of a revoked certificate in revoked.
 type userAgent struct {
-	d  fetch.Doer
-	ua string
+	d       fetch.Doer
+	ua      string
+	revoked *atomic.Pointer[string]
 }
 
 func (u userAgent) Do(req *http.Request) (*http.Response, error) {
 	req.Header.Set("User-Agent", u.ua)
-	return u.d.Do(req)
+	resp, err := u.d.Do(req)
+	if err != nil || resp.StatusCode != http.StatusForbidden || u.revoked == nil {
+		return resp, err
+	}
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if rerr == nil {
+		peek := &http.Response{StatusCode: resp.StatusCode, Status: resp.Status, Body: io.NopCloser(bytes.NewReader(body))}
+		var e *apierr.Error
+		if errors.As(apierr.FromResponse(peek), &e) && e.Code == apierr.CodeRevoked {
+			msg := e.Message
+			u.revoked.Store(&msg)
+		}
+	}
+	return resp, err
+}
+
+// ErrRevoked: the server refused this device's certificate as revoked.
+// Nothing the agent retries will change that: an operator must allow a
+// re-enrollment (foster device reprovision) and the device enroll again.
+var ErrRevoked = errors.New("this device's certificate is revoked")
+
+// plainRevoked replaces err by ErrRevoked when the server said the
+// certificate is revoked during this run.
+func (a *Agent) plainRevoked(err error) error {
+	if err == nil {
+		return nil
+	}
+	if msg := a.revoked.Load(); msg != nil && !errors.Is(err, ErrRevoked) {
+		return fmt.Errorf("%w (server: %s); it cannot check for updates or report installs until it is enrolled again", ErrRevoked, *msg)
+	}
+	return err
 }
 
 func reasonOf(format string, args ...any) string {

@@ -81,6 +81,7 @@ func TestAuditorVerifiesInstallsOffline(t *testing.T) {
 	if _, err := os.Stat(dev.Bundle(1)); err != nil {
 		t.Fatalf("the agent kept no bundle: %v", err)
 	}
+	verifyWithReferenceDSSE(t, dev.Bundle(1), dev.StateDir)
 	anchors := env.anchors()
 	env.stopDaemon() // offline from here on
 

@@ -197,10 +197,16 @@ func TestRevokedDeviceIsRefusedEverywhere(t *testing.T) {
 	cert, _ := x509.ParseCertificate(block.Bytes)
 
 	env.Admin("device", "revoke", "SN-0001", "--reason", "keyCompromise")
-	// go-tuf reports only the status of the refused metadata request.
+	// go-tuf reports only the status of the refused metadata request; the
+	// agent says plainly what it means.
 	r := dev.RunOnce()
-	if r.Code == 0 || !strings.Contains(r.Stdout+r.Stderr, "403") {
-		t.Fatalf("revoked agent ran: exit %d\n%s", r.Code, r.Stderr)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "this device's certificate is revoked") {
+		t.Fatalf("revoked agent ran or did not say it is revoked: exit %d\n%s", r.Code, r.Stderr)
+	}
+	if st := env.MustRun("foster-agent", "--state-dir", dev.StateDir, "status").Stdout; !strings.Contains(st, "this device's certificate is revoked") {
+		t.Fatalf("status does not show the revocation as the last error:\n%s", st)
+	} else if strings.Count(st, "\ndevice") != 0 || !strings.HasPrefix(st, "device:") { // "device:" once, no "device id:" repeating it
+		t.Fatalf("status should name the device once:\n%s", st)
 	}
 	env.MustFail("revoked", "foster-agent", "--state-dir", dev.StateDir, "renew", "--force")
 	show := env.Admin("device", "show", "SN-0001").Stdout

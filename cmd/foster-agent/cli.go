@@ -496,7 +496,7 @@ func statusCmd() command {
 func printStatus(w io.Writer, s *client.Status, now time.Time) {
 	line := func(k, format string, args ...any) { fmt.Fprintf(w, "%-14s %s\n", k+":", fmt.Sprintf(format, args...)) }
 	line("device", "%s", s.Device)
-	if s.DeviceID != "" {
+	if s.DeviceID != "" && s.DeviceID != s.Device { // the server's id is the URN today: say it once
 		line("device id", "%s", s.DeviceID)
 	}
 	if s.HardwareID != "" {

@@ -267,7 +267,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // cmdHelp is `foster help [COMMAND [SUBCOMMAND]]`: help on stdout, exit 0.
 func cmdHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
+	if len(args) == 0 || isHelp(args[:1]) {
 		fmt.Fprint(stdout, usage)
 		fmt.Fprintln(stdout, "\nCommands:")
 		for _, c := range commandTree {

@@ -50,10 +50,7 @@ targets keys. See docs/TUF.md for the ceremonies step by step.
 // combine) need no connection.
 func runTUF(ctx context.Context, c conn, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || isHelp(args[:1]) {
-		fmt.Fprint(stderr, tufUsage)
-		if len(args) == 0 {
-			return errUsage
-		}
+		fmt.Fprint(stdout, tufUsage) // like every group: its commands, exit 0
 		return nil
 	}
 	sub, rest := args[0], args[1:]
@@ -245,6 +242,9 @@ func parseExpires(s string) (time.Time, error) {
 func cmdTUFStage(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "root" && args[0] != "targets") {
 		fmt.Fprint(stderr, tufUsage)
+		if isHelp(args[:min(len(args), 1)]) {
+			return nil
+		}
 		return fmt.Errorf("%w: foster tuf stage root|targets", errUsage)
 	}
 	what, args := args[0], args[1:]

@@ -15,7 +15,7 @@ import (
 // (admin-only and read routes), with concrete paths.
 var credentialRoutes = []struct{ method, path string }{
 	{"GET", "/v1/admins"}, {"POST", "/v1/admins"}, {"POST", "/v1/admins/renew"}, {"POST", "/v1/admins/bob/revoke"},
-	{"GET", "/v1/models"}, {"POST", "/v1/models"}, {"POST", "/v1/tokens"},
+	{"GET", "/v1/models"}, {"POST", "/v1/models"}, {"GET", "/v1/models/edge-gw"}, {"PATCH", "/v1/models/edge-gw"}, {"POST", "/v1/tokens"},
 	{"GET", "/v1/releases"}, {"POST", "/v1/releases"}, {"GET", "/v1/releases/edge-gw/1.0.0"}, {"POST", "/v1/releases/edge-gw/1.0.0/revoke"},
 	{"GET", "/v1/devices"}, {"GET", "/v1/devices/SN-1"}, {"POST", "/v1/devices/SN-1/revoke"}, {"POST", "/v1/devices/SN-1/reprovision"},
 	{"GET", "/v1/attestations"}, {"GET", "/v1/attestations/x/1/bundle"}, {"GET", "/v1/audit"},

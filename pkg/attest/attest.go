@@ -15,13 +15,17 @@ package attest
 
 import (
 	"bytes"
+	"context"
 	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	ssldsse "github.com/secure-systems-lab/go-securesystemslib/dsse"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
 )
@@ -125,10 +129,32 @@ func (t Target) validate() error {
 	return nil
 }
 
-// Sign wraps in into a DSSE-enveloped in-toto statement signed by signer.
+// KeyID is the DSSE keyid of a device key: the lowercase hex SHA-256 of
+// its DER SubjectPublicKeyInfo (the same bytes as the devices table's
+// key_sha256). It lets independent DSSE verifiers (securesystemslib,
+// go-securesystemslib) match a signature to the key that made it.
+func KeyID(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("device key: %w", err)
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Sign wraps in into a DSSE-enveloped in-toto statement signed by signer,
+// whose signature names the key by KeyID.
 func Sign(signer signature.Signer, in Install) ([]byte, error) {
 	if err := in.Validate(); err != nil {
 		return nil, err
+	}
+	pub, err := signer.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("signing attestation: %w", err)
+	}
+	keyID, err := KeyID(pub)
+	if err != nil {
+		return nil, fmt.Errorf("signing attestation: %w", err)
 	}
 	st := statement{
 		Type:          StatementType,
@@ -140,14 +166,20 @@ func Sign(signer signature.Signer, in Install) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding statement: %w", err)
 	}
-	env, err := dsse.WrapSigner(signer, PayloadType).SignMessage(bytes.NewReader(payload))
+	es, err := ssldsse.NewEnvelopeSigner(&dsse.SignerAdapter{SignatureSigner: signer, Pub: signer.PublicKey, PubKeyID: keyID})
 	if err != nil {
 		return nil, fmt.Errorf("signing attestation: %w", err)
 	}
-	return env, nil
+	env, err := es.SignPayload(context.Background(), PayloadType, payload)
+	if err != nil {
+		return nil, fmt.Errorf("signing attestation: %w", err)
+	}
+	return json.Marshal(env)
 }
 
-// Verify checks envelope's signature with pub and returns the predicate.
+// Verify checks envelope's signature with pub and returns the predicate. A
+// signature whose keyid is set must name pub (KeyID); envelopes signed
+// before Foster set keyids (keyid "") verify as before.
 func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
 	if len(envelope) > MaxEnvelopeSize {
 		return nil, fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
@@ -156,12 +188,23 @@ func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: unsupported key: %v", ErrBadSignature, err)
 	}
-	var payload []byte
-	dv := dsse.WrapVerifier(v, dsse.WithExpectedPayloadType(PayloadType), dsse.WithDecodedPayload(&payload))
-	if err := dv.VerifySignature(bytes.NewReader(envelope), nil); err != nil {
-		if !json.Valid(envelope) {
-			return nil, fmt.Errorf("%w: envelope is not JSON", ErrMalformed)
-		}
+	keyID, err := KeyID(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: unsupported key: %v", ErrBadSignature, err)
+	}
+	var env ssldsse.Envelope
+	if err := json.Unmarshal(envelope, &env); err != nil {
+		return nil, fmt.Errorf("%w: envelope is not JSON: %v", ErrMalformed, err)
+	}
+	if env.PayloadType != PayloadType {
+		return nil, fmt.Errorf("%w: dsse: unexpected payload type: got %q, want %q", ErrBadSignature, env.PayloadType, PayloadType)
+	}
+	ev, err := ssldsse.NewEnvelopeVerifier(&dsse.VerifierAdapter{SignatureVerifier: v, Pub: pub, PubKeyID: keyID})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	_, payload, err := ev.VerifyAndDecode(context.Background(), &env)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
 	return parseStatement(payload)

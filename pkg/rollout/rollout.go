@@ -137,6 +137,9 @@ func (t Terms) Decide(urn string, groups []string) Decision {
 	}
 	if d.Bucket >= t.Share {
 		d.Reason = fmt.Sprintf("rollout %s offers buckets below %d, device is in bucket %d", t.ID, t.Share, d.Bucket)
+		if t.ID == "" && t.Share == 0 {
+			d.Reason = "held: offered to no device until a rollout starts"
+		}
 		return d
 	}
 	d.Eligible = true

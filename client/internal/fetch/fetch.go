@@ -62,7 +62,7 @@ const (
 	DefaultStallTimeout    = 60 * time.Second
 	DefaultRateWindow      = 60 * time.Second
 	DefaultCheckpointEvery = 4 << 20 // bytes
-	DefaultProgressEvery   = 30 * time.Second
+	DefaultProgressEvery   = 10 * time.Second
 )
 
 // Expected is what signed metadata says a target is.
@@ -297,10 +297,7 @@ func (d *Downloader) fetch(ctx context.Context, req Request, f *os.File, v *veri
 		}
 		if d.Log != nil && time.Since(lastLog) >= progressEvery {
 			lastLog = time.Now()
-			rate := float64(n-start) / time.Since(began).Seconds()
-			d.Log.Info("downloading", "target", want.Name, "bytes", n, "of", want.Length,
-				"percent", fmt.Sprintf("%.1f", 100*float64(n)/float64(max(want.Length, 1))),
-				"rate_kib_s", int64(rate/1024))
+			d.Log.Info("downloading", progressAttrs(want, start, n, time.Since(began))...)
 		}
 		return nil
 	})
@@ -330,6 +327,20 @@ func (d *Downloader) get(ctx context.Context, url string, from int64) (*http.Res
 		hreq.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
 	}
 	return d.Client.Do(hreq)
+}
+
+// progressAttrs describes a download in flight: bytes so far, percent of
+// the signed length, the rate since this request began (bytes from resumed
+// ones excluded) and the time left at that rate.
+func progressAttrs(want Expected, start, n int64, took time.Duration) []any {
+	rate := float64(n-start) / max(took.Seconds(), 1e-3) // bytes/s
+	eta := "unknown"
+	if rate > 0 {
+		eta = time.Duration(float64(want.Length-n) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	return []any{"target", want.Name, "bytes", n, "of", want.Length,
+		"percent", fmt.Sprintf("%.1f", 100*float64(n)/float64(max(want.Length, 1))),
+		"rate_kib_s", int64(rate / 1024), "eta", eta}
 }
 
 // restart forgets the partial download.

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -442,4 +444,33 @@ func FuzzCheckContentRange(f *testing.F) {
 			t.Fatalf("accepted %q", h)
 		}
 	})
+}
+
+// A long download reports its progress in the log: bytes, rate, time left.
+func TestDownloadLogsProgressWithRateAndETA(t *testing.T) {
+	data := bytes.Repeat([]byte("x"), 64<<10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		for i := 0; i < len(data); i += 8 << 10 {
+			w.Write(data[i : i+8<<10])
+			w.(http.Flusher).Flush()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}))
+	defer srv.Close()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	d := &Downloader{Client: srv.Client(), Log: log, ProgressEvery: time.Millisecond}
+	if err := d.Download(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "fw"), Want: expect(data)}); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	for _, want := range []string{"msg=downloading", "bytes=", "of=65536", "rate_kib_s=", "eta="} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("progress log lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "eta=unknown") && strings.Count(out, "msg=downloading") == 1 {
+		t.Fatalf("no time-left estimate:\n%s", out)
+	}
 }
