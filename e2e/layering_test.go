@@ -23,6 +23,7 @@ var layerRules = []struct {
 	{"ota/rollout", []string{"ota/rollout", "ota/tufrepo", "ota/blob", "pkg/"}},
 	{"ota/server", []string{"ota/server", "ota/tufrepo", "ota/tlog", "ota/blob", "ota/rollout", "ca", "pkg/"}},
 	{"ota/instance", []string{"ota/", "ca", "pkg/"}},
+	{"ota/console", []string{"ota/console", "ota/server", "ota/tufrepo", "ota/rollout", "pkg/"}},
 	{"cmd/foster-agent", []string{"client", "pkg/"}},
 }
 
@@ -61,6 +62,9 @@ func TestLayeringRulesHold(t *testing.T) {
 			checked++
 			if under(dep, "cmd") || under(dep, "e2e") {
 				t.Errorf("%s imports %s: nothing imports a main or the e2e tests", pkg, dep)
+			}
+			if under(dep, "ota/console") && !under(pkg, "ota/console") && !under(pkg, "cmd/foster") {
+				t.Errorf("%s imports %s: only foster (the CLI) serves the console; fosterd must not", pkg, dep)
 			}
 			for _, tp := range testOnly {
 				if under(dep, tp) && !under(pkg, tp) {

@@ -61,9 +61,17 @@ func ago(t time.Time) string {
 		return "never"
 	}
 	d := time.Since(t)
+	if d < 0 {
+		switch d = -d; {
+		case d < time.Hour:
+			return fmt.Sprintf("in %d min", int(d.Minutes()))
+		case d < 48*time.Hour:
+			return fmt.Sprintf("in %d h", int(d.Hours()))
+		default:
+			return fmt.Sprintf("in %d days", int(d.Hours()/24))
+		}
+	}
 	switch {
-	case d < 0:
-		return "in " + (-d).Round(time.Minute).String()
 	case d < time.Minute:
 		return "just now"
 	case d < time.Hour:
