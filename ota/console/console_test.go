@@ -29,6 +29,7 @@ type fakeFosterd struct {
 	auditor bool
 	posts   []string
 	state   string
+	root    string // the log checkpoint's root hash (base64)
 }
 
 func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -87,7 +88,11 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/v1/stations":
 		reply([]store.Station{{Name: "line-1", Status: "active", Quota: 100, Used: 7, Models: []string{"edge-gw"}}})
 	case r.URL.Path == "/v1/log/checkpoint":
-		io.WriteString(w, "foster.example/log\n5\n"+strings.Repeat("A", 43)+"=\n\n— foster.example/log sig\n")
+		root := f.root
+		if root == "" {
+			root = strings.Repeat("A", 43) + "="
+		}
+		io.WriteString(w, "foster.example/log\n5\n"+root+"\n\n— foster.example/log sig\n")
 	default:
 		w.WriteHeader(http.StatusNotFound)
 		reply(map[string]string{"error": "not found", "code": "not_found"})
@@ -347,5 +352,29 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestLogSplitViewIsReported: the log answers a checkpoint of the same
+// size with another root hash than the one the console saw before (a
+// rewritten history or a split view): the stations page says so.
+func TestLogSplitViewIsReported(t *testing.T) {
+	tc := startConsole(t, identity.RoleAuditor)
+	if _, body := tc.get(t, "/stations"); !strings.Contains(body, "first look") {
+		t.Fatal("first view: no first-look verdict")
+	}
+	if _, body := tc.get(t, "/stations"); !strings.Contains(body, "consistent with the checkpoint seen before (5 entries)") {
+		t.Fatalf("second view of the same checkpoint: %s", body)
+	}
+	tc.api.mu.Lock()
+	tc.api.root = strings.Repeat("B", 43) + "="
+	tc.api.mu.Unlock()
+	_, body := tc.get(t, "/stations")
+	if !strings.Contains(body, "INCONSISTENT") || !strings.Contains(body, `verdict bad`) {
+		t.Fatalf("split view not reported:\n%s", body)
+	}
+	// It keeps saying so: the console does not adopt the forged checkpoint.
+	if _, body := tc.get(t, "/stations"); !strings.Contains(body, "INCONSISTENT") {
+		t.Fatal("the console forgot the split view on the next look")
 	}
 }
