@@ -11,6 +11,7 @@ package helm
 
 import (
 	"bytes"
+	"errors"
 	"os/exec"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -73,8 +75,21 @@ type serviceMonitorSpec struct {
 	} `json:"endpoints"`
 }
 
+// decodeStrict decodes a manifest as the API server does with
+// fieldValidation=Strict: YAML to JSON (duplicate keys refused), then
+// case-sensitive JSON decoding that refuses unknown and duplicate fields.
+// (encoding/json, under sigs.k8s.io/yaml.UnmarshalStrict, matches field
+// names case-insensitively: "readOnlyRootFileSystem" would pass there.)
 func decodeStrict(doc []byte, into any) error {
-	return yaml.UnmarshalStrict(doc, into)
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(js, into)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 func render(t *testing.T, set ...string) rendered {
