@@ -3,7 +3,7 @@
 GO ?= go
 export GOTOOLCHAIN ?= local
 
-.PHONY: test build vet bench clean image chromium
+.PHONY: test build vet bench clean image deploy-test chromium
 
 test: vet chromium
 	$(GO) test -count=1 -timeout 30m ./...
@@ -27,6 +27,12 @@ image: build
 	rm -rf image
 	mkdir -p image
 	$(GO) run ./deploy/image --bin bin --out image/oci --tar image/fosterd.tar
+
+# The Helm chart's tests (helm lint, helm template, strict decoding into the
+# Kubernetes API types) are their own Go module, deploy/helm, and not part
+# of `make test`: building helm v4 cold takes minutes on 2 cores.
+deploy-test:
+	cd deploy/helm && $(GO) vet ./... && $(GO) test -count=1 -timeout 30m ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

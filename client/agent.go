@@ -359,11 +359,12 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		wait := jitter(interval)
+		wait, woken := jitter(interval), nudges
 		switch {
 		case rep != nil && rep.Rebooting:
 			// The reboot should end this process; if it does not, look again.
 			wait = a.cfg.RebootWait
+			woken = nil // a nudge must not spend a reboot attempt
 			a.log.Info("waiting for the reboot", "timeout", wait)
 		case err == nil || errors.Is(err, ErrRolledBack):
 			backoff = 30 * time.Second
@@ -374,7 +375,7 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 		default:
 			a.log.Error("check failed", "err", err, "next_check_in", wait.Round(time.Second))
 		}
-		if nudged, ok := a.sleep(ctx, wait, nudges, &lastNudged); !ok {
+		if nudged, ok := a.sleep(ctx, wait, woken, &lastNudged); !ok {
 			return nil
 		} else if nudged {
 			a.log.Info("nudged over MQTT: checking for updates now")

@@ -21,6 +21,7 @@ var layerRules = []struct {
 	{"ota/tlog", []string{"ota/tlog", "pkg/"}},
 	{"ota/tufrepo", []string{"ota/tufrepo", "ota/blob", "pkg/"}},
 	{"ota/rollout", []string{"ota/rollout", "ota/tufrepo", "ota/blob", "pkg/"}},
+	{"ota/nudge", []string{"ota/nudge", "pkg/"}},
 	{"ota/server", []string{"ota/server", "ota/tufrepo", "ota/tlog", "ota/blob", "ota/rollout", "ca", "pkg/"}},
 	{"ota/instance", []string{"ota/", "ca", "pkg/"}},
 	{"ota/console", []string{"ota/console", "ota/server", "ota/tufrepo", "ota/rollout", "pkg/"}},

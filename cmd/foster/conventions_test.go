@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -111,5 +113,30 @@ func TestCompletionScripts(t *testing.T) {
 	}
 	if _, _, err := runCLI("completion", "powershell"); !errors.Is(err, errUsage) {
 		t.Fatalf("unknown shell: %v", err)
+	}
+}
+
+// TestEveryDispatchedCommandIsInTheTree: a command run dispatches (a case
+// of cli.go's switch) but the tree lacks is refused as "unknown command"
+// before it is dispatched. This reads the switch from the source so a new
+// command cannot be added to one and not the other.
+func TestEveryDispatchedCommandIsInTheTree(t *testing.T) {
+	src, err := os.ReadFile("cli.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := regexp.MustCompile(`(?m)^\s*case "([a-z-]+) ?([a-z-]*)":`).FindAllStringSubmatch(string(src), -1)
+	if len(cases) < 30 {
+		t.Fatalf("found only %d dispatch cases in cli.go: has the switch moved?", len(cases))
+	}
+	for _, m := range cases {
+		c, ok := findCommand(m[1])
+		if !ok {
+			t.Errorf("foster %s is dispatched but not in commandTree", m[1])
+			continue
+		}
+		if m[2] != "" && !c.hasSub(m[2]) {
+			t.Errorf("foster %s %s is dispatched but not in commandTree", m[1], m[2])
+		}
 	}
 }

@@ -47,6 +47,12 @@ func RecoverPair(certPath, keyPath string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	// Look before removing: on a read-only directory (a Kubernetes Secret
+	// mounted as the data directory) removing a file that is not there
+	// fails with EROFS, not ENOENT.
+	if _, err := os.Lstat(keyPath + nextSuffix); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err := os.Remove(keyPath + nextSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -5,6 +5,7 @@
 package mqtttest
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -59,7 +60,8 @@ func Start(t testing.TB) string {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(bin, "-c", conf)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("starting mosquitto: %v", err)
 		}
@@ -85,7 +87,7 @@ func Start(t testing.TB) string {
 		}
 		stop()
 		if attempt == 2 {
-			t.Fatalf("mosquitto did not start listening on %s", addr)
+			t.Fatalf("mosquitto did not start listening on %s:\n%s", addr, out.String())
 		}
 	}
 }
