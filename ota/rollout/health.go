@@ -25,9 +25,16 @@ func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error
 	if err != nil {
 		return Health{}, err
 	}
+	// The attesters are read once: asking the store per device (PageFleet's
+	// Target) costs devices x attestations (110 s per health at 100,000
+	// devices and 2,000 attestations on SQLite; docs/BENCHMARKS.md).
+	attested, err := c.store.TargetAttesters(ctx, r.TargetPath, outcomesSince(r))
+	if err != nil {
+		return Health{}, err
+	}
 	after := ""
 	for {
-		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, Target: r.TargetPath, Since: outcomesSince(r), AfterID: after, Limit: store.MaxDevicePage})
+		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, AfterID: after, Limit: store.MaxDevicePage})
 		if err != nil {
 			return Health{}, err
 		}
@@ -41,7 +48,7 @@ func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error
 				continue
 			}
 			h.Offered++
-			if d.Attested || d.InstalledTarget == r.TargetPath {
+			if attested[d.ID] || d.InstalledTarget == r.TargetPath {
 				continue
 			}
 			if now.Sub(offeredAt(r, b)) > r.SilenceDeadline {
