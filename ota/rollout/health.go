@@ -34,7 +34,7 @@ func (c *Controller) health(ctx context.Context, r store.Rollout) (Health, error
 	}
 	after := ""
 	for {
-		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, AfterID: after, Limit: store.MaxDevicePage})
+		page, err := c.store.PageFleet(ctx, store.FleetQuery{Model: r.Model, AfterID: after, Limit: store.MaxDevicePage, NoGroups: len(r.Groups) == 0})
 		if err != nil {
 			return Health{}, err
 		}

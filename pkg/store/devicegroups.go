@@ -376,6 +376,9 @@ type FleetQuery struct {
 	Since   time.Time // ... when received at or after Since
 	AfterID string    // page after this device id
 	Limit   int       // 1..MaxDevicePage
+	// NoGroups skips reading the devices' groups (Groups stays nil): for a
+	// caller to whom groups do not matter, like a rollout to every group.
+	NoGroups bool
 }
 
 // PageFleet returns the next page of q.Model's devices in id order, with
@@ -410,6 +413,9 @@ func (d *DB) PageFleet(ctx context.Context, q FleetQuery) ([]FleetDevice, error)
 	}()
 	if err != nil {
 		return nil, fmt.Errorf("listing fleet: %w", err)
+	}
+	if q.NoGroups {
+		return out, nil
 	}
 	groups, err := d.DeviceGroups(ctx, ids)
 	if err != nil {
@@ -468,11 +474,17 @@ func (d *DB) TargetOutcomes(ctx context.Context, target string, since time.Time,
 	}
 	const failed = `outcome IN ('failed', 'rolled-back')`
 	var o Outcomes
+	// One pass over the target's attestations, grouped by device (a
+	// correlated NOT EXISTS per committed attestation was quadratic in them:
+	// the planners search the target's index, not the device's).
 	err := d.db.QueryRowContext(ctx, d.q(`SELECT
-		(SELECT COUNT(DISTINCT device_id) FROM attestations WHERE target_path = ? AND received_at >= ? AND `+failed+`),
-		(SELECT COUNT(DISTINCT a.device_id) FROM attestations a WHERE a.target_path = ? AND a.received_at >= ? AND a.outcome = 'committed'
-			AND NOT EXISTS (SELECT 1 FROM attestations b WHERE b.device_id = a.device_id AND b.target_path = a.target_path AND b.received_at >= ? AND b.`+failed+`))`),
-		target, ts(since), target, ts(since), ts(since)).Scan(&o.Failed, &o.Succeeded)
+		COALESCE(SUM(CASE WHEN f > 0 THEN 1 ELSE 0 END), 0),
+		COALESCE(SUM(CASE WHEN f = 0 AND c > 0 THEN 1 ELSE 0 END), 0)
+		FROM (SELECT device_id,
+			SUM(CASE WHEN `+failed+` THEN 1 ELSE 0 END) AS f,
+			SUM(CASE WHEN outcome = 'committed' THEN 1 ELSE 0 END) AS c
+			FROM attestations WHERE target_path = ? AND received_at >= ? GROUP BY device_id) per_device`),
+		target, ts(since)).Scan(&o.Failed, &o.Succeeded)
 	if err != nil {
 		return Outcomes{}, fmt.Errorf("counting outcomes: %w", err)
 	}
