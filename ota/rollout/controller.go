@@ -52,6 +52,7 @@ type Store interface {
 	UpdateRollout(ctx context.Context, from store.Rollout, apply func(cur store.Rollout) (store.Rollout, error)) (store.Rollout, error)
 	PageFleet(ctx context.Context, q store.FleetQuery) ([]store.FleetDevice, error)
 	TargetOutcomes(ctx context.Context, target string, since time.Time, maxIndices int) (store.Outcomes, error)
+	TargetAttesters(ctx context.Context, target string, since time.Time) (map[string]bool, error)
 
 	TagDevice(ctx context.Context, deviceID string, tags []string) error
 	UntagDevice(ctx context.Context, deviceID string, tags []string) error

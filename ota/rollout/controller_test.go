@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,4 +378,73 @@ func TestNotifyHaltsWithinSeconds(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
+}
+
+// slowFleet is a store whose fleet walk blocks while blocked is set: a
+// tick over a huge fleet.
+type slowFleet struct {
+	*store.DB
+	blocked atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowFleet) PageFleet(ctx context.Context, q store.FleetQuery) ([]store.FleetDevice, error) {
+	if s.blocked.Load() {
+		select {
+		case s.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.DB.PageFleet(ctx, q)
+}
+
+// A failing wave halts while a tick is still walking a (slow) fleet: the
+// attestation path does not queue behind the tick.
+func TestNotifyHaltsDuringASlowTick(t *testing.T) {
+	e := newEnv(t, 20)
+	slow := &slowFleet{DB: e.db, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	ctl, err := rollout.New(rollout.Config{Store: slow, Publisher: e.pub, Now: e.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ctl.Create(e.ctx, "urn:foster:admin:alice", rollout.CreateRequest{Model: model, Version: e.rel.Version, Waves: []int{100}, MinSample: 2, MaxFailureRate: 0.1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Get(e.ctx, s.ID); err != nil { // a full health: the silent count Notify reuses
+		t.Fatal(err)
+	}
+	slow.blocked.Store(true)
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(ctx, time.Hour) }()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-slow.entered: // Run's first tick is in the fleet walk, and stays there
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run's first tick never walked the fleet")
+	}
+	for _, id := range e.devices[:2] {
+		e.attest(id, e.rel.TargetPath, attest.OutcomeFailed)
+	}
+	ctl.Notify(model)
+	deadline := time.Now().Add(60 * time.Second)
+	for got := e.pub.current(e.rel.TargetPath); got.State != store.RolloutHalted; got = e.pub.current(e.rel.TargetPath) {
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout not halted 60 s after Notify while a tick walked the fleet: signed %+v", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(slow.release)
 }

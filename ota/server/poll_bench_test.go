@@ -47,12 +47,20 @@ func BenchmarkTimestampPoll(b *testing.B) {
 // pollServer is an initialised instance behind a real TLS listener, and
 // the TLS client settings of one device (or of anyone, when public).
 func pollServer(b *testing.B, public bool) (url string, cfg *tls.Config) {
+	url, cfg, _, _ = pollInstance(b, public)
+	return url, cfg
+}
+
+// pollInstance is pollServer that also returns the instance and an admin
+// client.
+func pollInstance(b *testing.B, public bool) (url string, cfg *tls.Config, in *instance.Instance, ac *http.Client) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	if _, err := instance.Init(ctx, dir, instance.InitOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	in, err := instance.Open(ctx, dir, instance.Overrides{PublicRepository: public}, nil, nil)
+	var err error
+	in, err = instance.Open(ctx, dir, instance.Overrides{PublicRepository: public}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,7 +76,7 @@ func pollServer(b *testing.B, public bool) (url string, cfg *tls.Config) {
 		b.Fatal(err)
 	}
 	cfg = &tls.Config{RootCAs: in.CA.RootPool(), ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(128)}
-	ac := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: in.CA.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{admin}}}}
+	ac = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: in.CA.RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{admin}}}}
 	post := func(c *http.Client, path string, in, out any) {
 		body, _ := json.Marshal(in)
 		resp, err := c.Post(srv.URL+path, "application/json", bytes.NewReader(body))
@@ -108,7 +116,7 @@ func pollServer(b *testing.B, public bool) (url string, cfg *tls.Config) {
 		// would authenticate as nobody.
 		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(128)
 	}
-	return srv.URL, cfg
+	return srv.URL, cfg, in, ac
 }
 
 func benchPolls(b *testing.B, public, cond bool) {

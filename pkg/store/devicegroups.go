@@ -367,11 +367,18 @@ type FleetDevice struct {
 
 // FleetQuery pages the devices of a model for a rollout.
 type FleetQuery struct {
-	Model   string
-	Target  string    // attestations for this target path count as Attested
+	Model string
+	// Target: attestations for this target path count as Attested ("": no
+	// device is Attested). Each device is looked up on its own: with many
+	// attestations of Target, a whole fleet's walk costs devices x
+	// attestations; TargetAttesters reads them once.
+	Target  string
 	Since   time.Time // ... when received at or after Since
 	AfterID string    // page after this device id
 	Limit   int       // 1..MaxDevicePage
+	// NoGroups skips reading the devices' groups (Groups stays nil): for a
+	// caller to whom groups do not matter, like a rollout to every group.
+	NoGroups bool
 }
 
 // PageFleet returns the next page of q.Model's devices in id order, with
@@ -380,10 +387,13 @@ func (d *DB) PageFleet(ctx context.Context, q FleetQuery) ([]FleetDevice, error)
 	if q.Limit <= 0 || q.Limit > MaxDevicePage {
 		return nil, fmt.Errorf("page size %d out of range 1..%d", q.Limit, MaxDevicePage)
 	}
-	rows, err := d.db.QueryContext(ctx, d.q(`SELECT d.id, d.serial, d.status, d.installed_target,
-		EXISTS (SELECT 1 FROM attestations a WHERE a.device_id = d.id AND a.target_path = ? AND a.received_at >= ?)
-		FROM devices d WHERE d.model = ? AND d.id > ? ORDER BY d.id LIMIT `+strconv.Itoa(q.Limit)),
-		q.Target, ts(q.Since), q.Model, q.AfterID)
+	attested := `EXISTS (SELECT 1 FROM attestations a WHERE a.device_id = d.id AND a.target_path = ? AND a.received_at >= ?)`
+	args := []any{q.Target, ts(q.Since), q.Model, q.AfterID}
+	if q.Target == "" {
+		attested, args = `(1 = 0)`, args[2:]
+	}
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT d.id, d.serial, d.status, d.installed_target, `+attested+`
+		FROM devices d WHERE d.model = ? AND d.id > ? ORDER BY d.id LIMIT `+strconv.Itoa(q.Limit)), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing fleet: %w", err)
 	}
@@ -404,12 +414,41 @@ func (d *DB) PageFleet(ctx context.Context, q FleetQuery) ([]FleetDevice, error)
 	if err != nil {
 		return nil, fmt.Errorf("listing fleet: %w", err)
 	}
+	if q.NoGroups {
+		return out, nil
+	}
 	groups, err := d.DeviceGroups(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
 	for i := range out {
 		out[i].Groups = groups[out[i].ID]
+	}
+	return out, nil
+}
+
+// TargetAttesters returns the devices of model that attested target (any
+// outcome) at or after since, as a set. One query over the attestations of
+// the target (index attestations_target), not one per device: a rollout's
+// health walks the model's fleet page by page (PageFleet without Target)
+// and looks each device up here. The set holds at most one entry per
+// device of the model.
+func (d *DB) TargetAttesters(ctx context.Context, target string, since time.Time) (map[string]bool, error) {
+	rows, err := d.db.QueryContext(ctx, d.q(`SELECT DISTINCT device_id FROM attestations WHERE target_path = ? AND received_at >= ?`), target, ts(since))
+	if err != nil {
+		return nil, fmt.Errorf("reading attesters: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("reading attesters: %w", err)
+		}
+		out[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading attesters: %w", err)
 	}
 	return out, nil
 }
@@ -435,11 +474,17 @@ func (d *DB) TargetOutcomes(ctx context.Context, target string, since time.Time,
 	}
 	const failed = `outcome IN ('failed', 'rolled-back')`
 	var o Outcomes
+	// One pass over the target's attestations, grouped by device (a
+	// correlated NOT EXISTS per committed attestation was quadratic in them:
+	// the planners search the target's index, not the device's).
 	err := d.db.QueryRowContext(ctx, d.q(`SELECT
-		(SELECT COUNT(DISTINCT device_id) FROM attestations WHERE target_path = ? AND received_at >= ? AND `+failed+`),
-		(SELECT COUNT(DISTINCT a.device_id) FROM attestations a WHERE a.target_path = ? AND a.received_at >= ? AND a.outcome = 'committed'
-			AND NOT EXISTS (SELECT 1 FROM attestations b WHERE b.device_id = a.device_id AND b.target_path = a.target_path AND b.received_at >= ? AND b.`+failed+`))`),
-		target, ts(since), target, ts(since), ts(since)).Scan(&o.Failed, &o.Succeeded)
+		COALESCE(SUM(CASE WHEN f > 0 THEN 1 ELSE 0 END), 0),
+		COALESCE(SUM(CASE WHEN f = 0 AND c > 0 THEN 1 ELSE 0 END), 0)
+		FROM (SELECT device_id,
+			SUM(CASE WHEN `+failed+` THEN 1 ELSE 0 END) AS f,
+			SUM(CASE WHEN outcome = 'committed' THEN 1 ELSE 0 END) AS c
+			FROM attestations WHERE target_path = ? AND received_at >= ? GROUP BY device_id) per_device`),
+		target, ts(since)).Scan(&o.Failed, &o.Succeeded)
 	if err != nil {
 		return Outcomes{}, fmt.Errorf("counting outcomes: %w", err)
 	}

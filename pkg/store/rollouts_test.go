@@ -258,6 +258,16 @@ func TestTagsGroupsAndFleetOutcomes(t *testing.T) {
 		if err != nil || len(fleet) != 1 || fleet[0].ID != ids[2] || fleet[0].Attested {
 			t.Fatalf("fleet page 2: %+v %v", fleet, err)
 		}
+		if a, err := d.TargetAttesters(ctx, rel.TargetPath, since); err != nil || len(a) != 2 || !a[ids[0]] || !a[ids[1]] {
+			t.Fatalf("attesters %v %v, want %s and %s", a, err, ids[0], ids[1])
+		}
+		if a, _ := d.TargetAttesters(ctx, rel.TargetPath, time.Now().Add(time.Hour)); len(a) != 0 {
+			t.Fatalf("attestations before since read as attesters: %v", a)
+		}
+		fleet, err = d.PageFleet(ctx, store.FleetQuery{Model: "edge-gw", NoGroups: true, Limit: 3})
+		if err != nil || len(fleet) != 3 || fleet[0].Attested || fleet[0].Groups != nil {
+			t.Fatalf("fleet without target or groups: %+v %v", fleet, err)
+		}
 		if err := d.UntagDevice(ctx, ids[0], []string{"eu"}); err != nil {
 			t.Fatal(err)
 		}
