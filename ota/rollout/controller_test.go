@@ -366,8 +366,8 @@ func TestNotifyHaltsWithinSeconds(t *testing.T) {
 	e.ctl.Notify(model)
 	select {
 	case <-e.pub.signed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no halt within 5 s of Notify")
+	case <-time.After(30 * time.Second): // generous for a loaded CI machine; the latency is logged and benchmarked (BenchmarkHaltLatency)
+		t.Fatal("no halt within 30 s of Notify (the tick is an hour away)")
 	}
 	latency := time.Since(start)
 	if got := e.pub.current(e.rel.TargetPath); got.Share != 0 || got.State != store.RolloutHalted {
