@@ -323,26 +323,6 @@ func pemCSR(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
-func parsePEMChain(s string) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for rest := []byte(s); ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no certificate")
-	}
-	return out, nil
-}
-
 func benchStationToken(b *testing.B, st cred, serial string) string {
 	p, _ := identity.FromCertificate(st.chain[0])
 	now := time.Now()

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -253,8 +252,3 @@ func (s *failingStore) Put(ctx context.Context, key string, r io.Reader, size in
 	return s.Store.Put(ctx, key, r, size)
 }
 
-func sortedCopy(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
-}
