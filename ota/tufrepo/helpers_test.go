@@ -251,4 +251,3 @@ func (s *failingStore) Put(ctx context.Context, key string, r io.Reader, size in
 	}
 	return s.Store.Put(ctx, key, r, size)
 }
-
