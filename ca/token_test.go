@@ -212,7 +212,7 @@ func TestPublicKeySHA256TellsKeysApart(t *testing.T) {
 	if PublicKeySHA256(a.Public()) == PublicKeySHA256(b.Public()) || len(PublicKeySHA256(a.Public())) != 64 {
 		t.Fatal("key fingerprints collide or are malformed")
 	}
-	if PublicKeySHA256(a.Public()) != PublicKeySHA256(a.Public()) {
+	if first := PublicKeySHA256(a.Public()); first != PublicKeySHA256(a.Public()) {
 		t.Fatal("not deterministic")
 	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/foster-ota/foster/client/internal/clock"
 	"github.com/foster-ota/foster/client/internal/fetch"
-	"github.com/foster-ota/foster/client/internal/install"
 	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/client/internal/nudge"
 	"github.com/foster-ota/foster/client/internal/outbox"
@@ -115,7 +114,6 @@ type Agent struct {
 	api    fetch.Doer
 	dl     *fetch.Downloader
 	outbox *outbox.Outbox
-	cmd    install.Command
 	clock  clock.Source
 	// floor is the clock state (journal.Clock) in use; read by TLS handshakes.
 	floor atomic.Pointer[journal.Clock]

@@ -38,7 +38,6 @@ type device struct {
 	target     string
 	srv        *clienttest.Server
 	logs       *bytes.Buffer
-	hardware   string
 	checkpoint int64
 	now        func() time.Time
 	minRate    int64

@@ -33,7 +33,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		for _, b := range []string{"fosterd", "foster", "foster-agent"} {
 			// -buildvcs=auto: stamp the commit (--version) when built from a git checkout.
-			cmd := exec.Command("go", "build", "-buildvcs=auto", "-o", filepath.Join(dir, b), "./cmd/"+b)
+			// -tags fostertest: honour the test hooks (pkg/env/hook.go).
+			cmd := exec.Command("go", "build", "-tags", "fostertest", "-buildvcs=auto", "-o", filepath.Join(dir, b), "./cmd/"+b)
 			cmd.Dir = moduleRoot()
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 			if err := cmd.Run(); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/foster-ota/foster/client"
 	"github.com/foster-ota/foster/pkg/buildinfo"
+	"github.com/foster-ota/foster/pkg/suggest"
 )
 
 // Exit codes.
@@ -137,8 +138,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if cmd == nil {
-		fmt.Fprintf(stderr, "foster-agent: unknown command %q\n\n", name)
-		printMain(stderr)
+		var known []string
+		for _, c := range commands() {
+			known = append(known, c.name)
+		}
+		fmt.Fprintf(stderr, "foster-agent: unknown command %q\n", name)
+		if s := suggest.Closest(name, append(known, "help")); s != "" {
+			fmt.Fprintf(stderr, "\nDid you mean this?\n\tfoster-agent %s\n", s)
+		}
+		fmt.Fprint(stderr, "\nRun \"foster-agent help\" for the list of commands.\n")
 		return exitUsage
 	}
 
@@ -461,7 +469,11 @@ func tufCmd() command {
 				case sub == "download" && len(args) == 0:
 					return client.TUFDownload(ctx, o)
 				}
-				return usagef("unknown or malformed subcommand %q (want: init ROOT.json, refresh, download)", strings.Join(e.args, " "))
+				msg := fmt.Sprintf("unknown or malformed subcommand %q (want: init ROOT.json, refresh, download)", strings.Join(e.args, " "))
+				if s := suggest.Closest(sub, []string{"init", "refresh", "download"}); s != "" && s != sub {
+					msg += fmt.Sprintf("; did you mean %q?", s)
+				}
+				return usagef("%s", msg)
 			}
 		},
 	}

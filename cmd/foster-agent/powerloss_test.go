@@ -31,10 +31,17 @@ import (
 // (Mender-style): with FOSTER_TEST_AGENT_MAIN=1 it is foster-agent.
 func TestMain(m *testing.M) {
 	if os.Getenv("FOSTER_TEST_AGENT_MAIN") == "1" {
+		// This test binary is not built with -tags fostertest: hand the
+		// kill points to the agent's hooks here.
+		fenv.AgentKillAt.Override(os.Getenv(killAtEnv))
+		fenv.AgentKillTrace.Override(os.Getenv(killTraceEnv))
 		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
+
+// How runAgent hands kill points to the agent run by TestMain.
+const killAtEnv, killTraceEnv = "FOSTER_AGENT_KILL_AT", "FOSTER_AGENT_KILL_TRACE"
 
 // A power-loss scenario: the release the device is offered and how it ends.
 type scenario struct {
@@ -107,7 +114,7 @@ func newPLDevice(t *testing.T, srv *clienttest.Server, serial string) *plDevice 
 // SIGKILL (a power cut, when kill is set).
 func (d *plDevice) runAgent(kill string, trace string) (killed bool, err error) {
 	cmd := exec.Command(os.Args[0], "--state-dir", d.state, "--log-level", "info", "run", "--once", "--config", d.config)
-	cmd.Env = append(os.Environ(), "FOSTER_TEST_AGENT_MAIN=1", fenv.AgentKillAt.Name+"="+kill, fenv.AgentKillTrace.Name+"="+trace)
+	cmd.Env = append(os.Environ(), "FOSTER_TEST_AGENT_MAIN=1", killAtEnv+"="+kill, killTraceEnv+"="+trace)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()

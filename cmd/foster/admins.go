@@ -69,8 +69,9 @@ func cmdAdminList(ctx context.Context, c *client, args []string, stdout, stderr 
 }
 
 func cmdAdminRevoke(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("admin revoke", "admin revoke NAME [--reason keyCompromise|affiliationChanged|cessationOfOperation|...]", stderr)
+	fs := newFlags("admin revoke", "admin revoke NAME [--reason keyCompromise|affiliationChanged|cessationOfOperation|...] [--json]", stderr)
 	reason := fs.String("reason", "unspecified", "RFC 5280 revocation reason")
+	asJSON := fs.Bool("json", false, "print the server's answer as JSON (name, revoked certificates)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -87,6 +88,9 @@ func cmdAdminRevoke(ctx context.Context, c *client, args []string, stdout, stder
 	}
 	if err := c.postJSON(ctx, "/v1/admins/"+url.PathEscape(pos[0])+"/revoke", map[string]string{"reason": *reason}, &resp); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, resp)
 	}
 	for _, cert := range resp.Revoked {
 		fmt.Fprintf(stdout, "%s certificate %s revoked (%s)\n", cert.Subject, cert.Serial, cert.RevokeReason)

@@ -333,15 +333,19 @@ func verifyJSON(path string, res *attbundle.Result, err error) verifyResult {
 // --- report
 
 func cmdAuditReport(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("audit report", "audit report [--model M] [--format table|json|csv] [--stale-days N]", stderr)
+	fs := newFlags("audit report", "audit report [--model M] [--json | --format table|json|csv] [--stale-days N]", stderr)
 	model := fs.String("model", "", "only this model")
 	format := fs.String("format", "table", "table, json or csv")
+	asJSON := fs.Bool("json", false, "print JSON (the same as --format json)")
 	stale := fs.Int("stale-days", 30, "devices with no attestation for this many days are orphan candidates")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *format != "table" && *format != "json" && *format != "csv" {
 		return usageError(fs, "--format must be table, json or csv")
+	}
+	if *asJSON {
+		*format = "json"
 	}
 	if *stale < 0 {
 		return fmt.Errorf("%w: --stale-days must not be negative", errUsage)

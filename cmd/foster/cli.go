@@ -77,6 +77,9 @@ Connection (one of):
   foster help [COMMAND [SUBCOMMAND]]             help on stdout; "foster GROUP --help" lists a group's commands
   foster completion bash|zsh|fish                  shell completion (bash: source <(foster completion bash))
 
+Output: every command that prints a result takes --json and then prints it as JSON on stdout, with the
+HTTP API's field names (docs/CONTRACTS.md, "CLI output"); errors go to stderr.
+
 Run "foster COMMAND --help" for a command's flags.
 `
 

@@ -44,7 +44,8 @@ func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("model add", "model add NAME [--hardware-id ID ...] [--cert-validity 720h]", stderr)
+	fs := newFlags("model add", "model add NAME [--hardware-id ID ...] [--cert-validity 720h] [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print the created model as JSON")
 	var hw multi
 	fs.Var(&hw, "hardware-id", "hardware id this model's images are built for (repeatable)")
 	validity := fs.Duration("cert-validity", 0, "lifetime of this model's device certificates, at least 1h (default: the instance's identity.device_validity, 2160h)")
@@ -62,6 +63,9 @@ func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr i
 	body := map[string]any{"name": pos[0], "hardware_ids": []string(hw), "cert_validity_seconds": int64(validity.Seconds())}
 	if err := c.postJSON(ctx, "/v1/models", body, &m); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, m)
 	}
 	fmt.Fprintf(stdout, "model %s created\n", m.Name)
 	return nil

@@ -5,6 +5,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/foster-ota/foster/pkg/suggest"
 )
 
 // The command tree: what `foster help`, `foster GROUP --help`, the
@@ -130,7 +132,7 @@ func printGroupHelp(w io.Writer, c command) {
 func unknownCommand(stderr io.Writer, group, name string, known []string) error {
 	full := strings.TrimSpace(group + " " + name)
 	fmt.Fprintf(stderr, "foster: unknown command %q", full)
-	if s := closest(name, known); s != "" {
+	if s := suggest.Closest(name, known); s != "" {
 		fmt.Fprintf(stderr, "\n\nDid you mean this?\n\tfoster %s\n", strings.TrimSpace(group+" "+s))
 	} else {
 		fmt.Fprintln(stderr)
@@ -157,45 +159,6 @@ func subNames(c command) []string {
 		out = append(out, s.name)
 	}
 	return out
-}
-
-// closest returns the known name nearest to name by edit distance, or a
-// known name name is a prefix of, or "" when nothing is near enough.
-func closest(name string, known []string) string {
-	best, bestD := "", 1<<30
-	for _, k := range known {
-		d := editDistance(name, k)
-		if strings.HasPrefix(k, name) && len(name) > 0 {
-			d = 1
-		}
-		if d < bestD {
-			best, bestD = k, d
-		}
-	}
-	if bestD > 2 && bestD > len(name)/2 {
-		return ""
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // globalFlags are the connection flags, for completion.

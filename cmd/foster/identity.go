@@ -201,8 +201,9 @@ func cmdStationList(ctx context.Context, c *client, args []string, stdout, stder
 }
 
 func cmdStationRevoke(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("station revoke", "station revoke NAME [--reason cessationOfOperation|keyCompromise|...]", stderr)
+	fs := newFlags("station revoke", "station revoke NAME [--reason cessationOfOperation|keyCompromise|...] [--json]", stderr)
 	reason := fs.String("reason", "cessationOfOperation", "RFC 5280 revocation reason")
+	asJSON := fs.Bool("json", false, "print the revoked station as JSON")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -213,6 +214,9 @@ func cmdStationRevoke(ctx context.Context, c *client, args []string, stdout, std
 	var st store.Station
 	if err := c.postJSON(ctx, "/v1/stations/"+url.PathEscape(pos[0])+"/revoke", map[string]string{"reason": *reason}, &st); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "station %s revoked (%d of %d enrollments used); its tokens and certificate are refused from now on\n", st.Name, st.Used, st.Quota)
 	return nil
@@ -325,8 +329,9 @@ func cmdStationEnroll(ctx context.Context, c *client, args []string, stdout, std
 // --- devices
 
 func cmdDeviceRevoke(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("device revoke", "device revoke SERIAL|URN [--reason keyCompromise|superseded|cessationOfOperation|...]", stderr)
+	fs := newFlags("device revoke", "device revoke SERIAL|URN [--reason keyCompromise|superseded|cessationOfOperation|...] [--json]", stderr)
 	reason := fs.String("reason", "unspecified", "RFC 5280 revocation reason")
+	asJSON := fs.Bool("json", false, "print the revoked device as JSON")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -341,12 +346,16 @@ func cmdDeviceRevoke(ctx context.Context, c *client, args []string, stdout, stde
 	if err := c.postJSON(ctx, "/v1/devices/"+url.PathEscape(pos[0])+"/revoke", map[string]string{"reason": *reason}, &d); err != nil {
 		return err
 	}
+	if *asJSON {
+		return printJSON(stdout, d)
+	}
 	fmt.Fprintf(stdout, "device %s revoked (%s): refused on every endpoint from now on, and listed in the CRL\n", d.ID, d.RevokeReason)
 	return nil
 }
 
 func cmdDeviceReprovision(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("device reprovision", "device reprovision SERIAL|URN", stderr)
+	fs := newFlags("device reprovision", "device reprovision SERIAL|URN [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print the device as JSON")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -357,6 +366,9 @@ func cmdDeviceReprovision(ctx context.Context, c *client, args []string, stdout,
 	var d store.Device
 	if err := c.postJSON(ctx, "/v1/devices/"+url.PathEscape(pos[0])+"/reprovision", map[string]string{}, &d); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, d)
 	}
 	fmt.Fprintf(stdout, "device %s may enroll once with a new key; its current certificates will then be revoked as superseded\n", d.ID)
 	return nil

@@ -352,7 +352,8 @@ func cmdGroupShow(ctx context.Context, c *client, args []string, stdout, stderr 
 }
 
 func cmdGroupDelete(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("group delete", "group delete NAME", stderr)
+	fs := newFlags("group delete", "group delete NAME [--json]", stderr)
+	asJSON := fs.Bool("json", false, `print {"name": NAME, "deleted": true} as JSON`)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -362,6 +363,9 @@ func cmdGroupDelete(ctx context.Context, c *client, args []string, stdout, stder
 	}
 	if err := c.do(ctx, "DELETE", "/v1/groups/"+url.PathEscape(pos[0]), nil, 0, "", nil); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, map[string]any{"name": pos[0], "deleted": true})
 	}
 	fmt.Fprintf(stdout, "group %s deleted; its devices' signed groups are updated\n", pos[0])
 	return nil

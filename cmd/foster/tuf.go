@@ -483,7 +483,8 @@ func cmdTUFInspect(ctx context.Context, c *client, args []string, stdout, stderr
 }
 
 func cmdTUFPublish(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("tuf publish", "tuf publish [--root FILE] [--targets FILE]", stderr)
+	fs := newFlags("tuf publish", "tuf publish [--root FILE] [--targets FILE] [--json]", stderr)
+	asJSON := fs.Bool("json", false, "print the repository status after the publish as JSON")
 	rootFile := fs.String("root", "", "signed staged root")
 	targetsFile := fs.String("targets", "", "signed staged targets")
 	if _, err := parse(fs, args); err != nil {
@@ -512,6 +513,9 @@ func cmdTUFPublish(ctx context.Context, c *client, args []string, stdout, stderr
 	var st tufrepo.Status
 	if err := c.postJSON(ctx, "/v1/tuf/publish", req, &st); err != nil {
 		return err
+	}
+	if *asJSON {
+		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "published: root v%d, targets v%d, snapshot v%d, timestamp v%d\n", st.Versions.Root, st.Versions.Targets, st.Versions.Snapshot, st.Versions.Timestamp)
 	return nil

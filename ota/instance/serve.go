@@ -215,7 +215,7 @@ func syncInterval() (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%s=%q: want a positive duration", env.TestSyncInterval.Name, v)
+		return 0, fmt.Errorf("%s=%q: want a positive duration", env.TestSyncInterval.Name(), v)
 	}
 	return d, nil
 }

@@ -166,7 +166,7 @@ func repoOptions() (tufrepo.Options, error) {
 	if v := env.TestPublishDelay.Get(); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
-			return o, fmt.Errorf("%s=%q: want a duration", env.TestPublishDelay.Name, v)
+			return o, fmt.Errorf("%s=%q: want a duration", env.TestPublishDelay.Name(), v)
 		}
 		o.AfterWrite = func(key string) {
 			if strings.HasPrefix(key, "tuf/") {

@@ -29,9 +29,9 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/instance"
-	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
+	"github.com/foster-ota/foster/pkg/store/storetest"
 	"github.com/foster-ota/foster/pkg/x5ctoken"
 )
 
@@ -293,10 +293,7 @@ func (e *benchEnv) station(b *testing.B, name string, quota int64) cred {
 // benchPostgres creates a fresh schema in the test PostgreSQL (skipping
 // when it is unreachable) and returns a DSN that uses it.
 func benchPostgres(b *testing.B) string {
-	base := env.TestPostgres.Get()
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
+	base := storetest.PostgresBase()
 	db, err := sql.Open("pgx", base)
 	if err == nil {
 		err = db.Ping()
@@ -324,26 +321,6 @@ func hashTok(tok string) string {
 
 func pemCSR(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-}
-
-func parsePEMChain(s string) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for rest := []byte(s); ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no certificate")
-	}
-	return out, nil
 }
 
 func benchStationToken(b *testing.B, st cred, serial string) string {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/ota/instance"
+	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/store/storetest"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -28,7 +29,7 @@ func TestConcurrentReleasesOfOneModelGetTheirOwnCounters(t *testing.T) {
 	// Publishes take ~300 ms (three metadata writes): long enough for the
 	// second add, started gap later, to be checked while the first holds
 	// the lock.
-	t.Setenv("FOSTER_TEST_PUBLISH_DELAY", "100ms")
+	t.Cleanup(env.TestPublishDelay.Override("100ms"))
 	const gap = 100 * time.Millisecond
 	for _, backend := range []string{"sqlite, one fosterd", "postgres, two replicas"} {
 		t.Run(backend, func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -251,10 +250,4 @@ func (s *failingStore) Put(ctx context.Context, key string, r io.Reader, size in
 		return fmt.Errorf("putting %q: %w", key, errInjected)
 	}
 	return s.Store.Put(ctx, key, r, size)
-}
-
-func sortedCopy(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
 }

@@ -17,12 +17,11 @@ import (
 
 // rel is one release of the stepping-stone scenario.
 type rel struct {
-	counter  int
-	version  string
-	hw       []string
-	minFrom  string
-	revoked  bool
-	released bool
+	counter int
+	version string
+	hw      []string
+	minFrom string
+	revoked bool
 }
 
 func (r *rel) path() string { return "edge-gw/" + r.version + "/fw.bin" }

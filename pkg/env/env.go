@@ -1,6 +1,10 @@
 // Package env is the one registry of environment variables Foster reads.
 // Every variable is declared here with its description, so `--help` output
 // and docs list them all and nothing reads os.Getenv ad hoc.
+//
+// Test hooks (hook.go) are not variables of a production binary: only a
+// build with -tags fostertest (what the e2e tests run) reads them from the
+// environment, and their names are not even compiled into a normal build.
 package env
 
 import (
@@ -24,16 +28,6 @@ var (
 		Description: "passphrase that encrypts (at init) and decrypts the CA and TUF keys of an instance; unset: keys are unencrypted (development only)"})
 	LogLevel = register(Var{Name: "FOSTER_LOG_LEVEL",
 		Description: "log level: debug, info, warn or error (default info)"})
-	AgentKillAt = register(Var{Name: "FOSTER_AGENT_KILL_AT",
-		Description: "tests only: foster-agent SIGKILLs itself at this kill point (NAME or NAME#N for the N-th hit) to simulate a power cut"})
-	AgentKillTrace = register(Var{Name: "FOSTER_AGENT_KILL_TRACE",
-		Description: "tests only: foster-agent appends the name of every kill point it passes to this file"})
-	TestPublishDelay = register(Var{Name: "FOSTER_TEST_PUBLISH_DELAY",
-		Description: "tests only: fosterd sleeps this long (Go duration) after each TUF metadata write of a publish, so a test can kill it midway"})
-	TestSyncInterval = register(Var{Name: "FOSTER_TEST_SYNC_INTERVAL",
-		Description: "tests only: how often (Go duration) fosterd looks for TUF publishes of other replicas sharing its PostgreSQL store (default 5s)"})
-	TestPostgres = register(Var{Name: "FOSTER_TEST_POSTGRES",
-		Description: "tests: PostgreSQL URL for the store suite (default postgres://postgres@127.0.0.1:5432/test?sslmode=disable)"})
 )
 
 var all = map[string]Var{}

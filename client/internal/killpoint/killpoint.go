@@ -2,13 +2,15 @@
 // named point of its update flow, deterministically (Mender's
 // SpontRebootStates, done with SIGKILL instead of a build tag).
 //
-// Production cost is one string comparison per point: with
-// FOSTER_AGENT_KILL_AT unset, Hit returns at once. With it set to NAME or
-// NAME#N, the N-th (default first) Hit(NAME) sends SIGKILL to the process
-// itself, which is as abrupt as a power cut for everything the agent wrote
-// with fsync (the page cache survives, which is the case fsync protects).
-// FOSTER_AGENT_KILL_TRACE=FILE appends every point passed to FILE, so a test
-// can first trace a run and then kill at each point it saw.
+// The points are set by test hooks (env.AgentKillAt, env.AgentKillTrace),
+// which only a test build (-tags fostertest, or a test's Override) honours:
+// in a production build Hit returns at once. With env.AgentKillAt set to
+// NAME or NAME#N (FOSTER_AGENT_KILL_AT in a test build), the N-th (default
+// first) Hit(NAME) sends SIGKILL to the process itself, which is as abrupt
+// as a power cut for everything the agent wrote with fsync (the page cache
+// survives, which is the case fsync protects). env.AgentKillTrace=FILE
+// appends every point passed to FILE, so a test can first trace a run and
+// then kill at each point it saw.
 package killpoint
 
 import (
@@ -22,8 +24,9 @@ import (
 
 var (
 	mu     sync.Mutex
-	spec   = parse(env.AgentKillAt.Get())
-	trace  = env.AgentKillTrace.Get()
+	once   sync.Once
+	spec   killSpec
+	trace  string
 	counts = map[string]int{}
 )
 
@@ -48,6 +51,10 @@ func parse(s string) killSpec {
 
 // Hit marks that the agent reached point name.
 func Hit(name string) {
+	once.Do(func() {
+		spec = parse(env.AgentKillAt.Get())
+		trace = env.AgentKillTrace.Get()
+	})
 	if spec.name == "" && trace == "" {
 		return
 	}

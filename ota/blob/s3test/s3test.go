@@ -22,7 +22,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -318,9 +317,10 @@ func build(t testing.TB) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(gobin)
+	// go test puts the running toolchain's bin directory first in PATH.
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return "", fmt.Errorf("s3test: the go command is needed to build %s: %w", VersitygwModule, err)
 	}
 	pkg := VersitygwModule + "@" + VersitygwVersion
 	t.Logf("s3test: building %s into %s (one to two minutes, cached afterwards)", pkg, dir)
@@ -354,5 +354,3 @@ func lastLines(b []byte, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-var errNoLock = errors.New("file locking not supported on this platform")

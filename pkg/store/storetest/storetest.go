@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/store"
 )
 
@@ -79,15 +78,25 @@ func PostgresFrom(t testing.TB, legacy string) *store.DB {
 	return d
 }
 
+// PostgresEnv names the test suite's PostgreSQL (a test knob, not a
+// variable of Foster's binaries, so not in pkg/env).
+const PostgresEnv = "FOSTER_TEST_POSTGRES"
+
+// PostgresBase is the test PostgreSQL's URL: $FOSTER_TEST_POSTGRES, default
+// postgres://postgres@127.0.0.1:5432/test?sslmode=disable.
+func PostgresBase() string {
+	if v := os.Getenv(PostgresEnv); v != "" {
+		return v
+	}
+	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+}
+
 // PostgresDSN creates a fresh schema in the test PostgreSQL, dropped when the
 // test ends, and returns a store DSN that uses it (for tests that open the
 // store through a whole fosterd instance). Unreachable: as Postgres.
 func PostgresDSN(t testing.TB) string {
 	t.Helper()
-	base := env.TestPostgres.Get()
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-	}
+	base := PostgresBase()
 	admin, err := sql.Open("pgx", base)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
