@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -35,6 +36,10 @@ type Overrides struct {
 	MetricsListen  string
 	// MQTTBroker overrides config.json mqtt.broker.
 	MQTTBroker string
+	// Sets are fosterd's --set KEY=VALUE flags (settings.go), applied over
+	// config.json and the FOSTER_<SETTING> environment, before the flags
+	// above.
+	Sets []string
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -74,6 +79,12 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	cfg, err := Load(dir)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.ApplyEnv(os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if err := cfg.ApplySets(ov.Sets); err != nil {
 		return nil, err
 	}
 	if ov.Listen != "" {
