@@ -21,7 +21,7 @@ Usage:
   fosterd [--data-dir DIR] [--init] [--listen ADDR] [--db URL] [--blobs URL]
           [--target-redirect presign|none] [--public-repository]
           [--read-timeout DURATION] [--max-connections N] [--metrics-listen ADDR]
-          [--mqtt-broker tcp://HOST:PORT] [--log-format text|json]
+          [--mqtt-broker tcp://HOST:PORT] [--set KEY=VALUE ...] [--log-format text|json]
   fosterd --data-dir DIR [--listen ADDR] --probe
   fosterd --version
 
@@ -31,6 +31,11 @@ instance (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
 certificate) and prints where everything is; on an initialised directory
 --init changes nothing. Without --init, a missing or empty --data-dir (an
 unmounted volume, a typo) is an error, never a new CA.
+
+Every config.json setting can also be set with --set KEY=VALUE (repeatable,
+e.g. --set http.write_timeout=90s) or the environment variable FOSTER_KEY
+(FOSTER_HTTP_WRITE_TIMEOUT=90s); precedence: flag > environment >
+config.json > default (docs/CONFIG.md).
 
 fosterd renews its own TLS server certificate when two thirds of its life
 have passed, without a restart; SIGHUP makes it re-read a replaced
@@ -57,6 +62,7 @@ func main() {
 	fs.StringVar(&logFormat, "log-format", "text", "log format on stderr: text or json (one JSON object a line, for log collectors)")
 	fs.BoolVar(&probeReady, "probe", false, "do not serve: ask the fosterd serving --data-dir (at --listen or config.json's listen) for GET /readyz and exit 0 when it is ready, 1 otherwise (health check for images without a shell)")
 	fs.StringVar(&cfg.metricsListen, "metrics-listen", "", "also serve GET /metrics without authentication, over plain HTTP, on this address, e.g. 127.0.0.1:9464 (default from config.json http.metrics_listen; off)")
+	fs.Var(&cfg.sets, "set", "KEY=VALUE: set a config.json setting for this run, e.g. http.write_timeout=90s (repeatable; docs/CONFIG.md)")
 	fs.StringVar(&cfg.mqttBroker, "mqtt-broker", "", "MQTT broker for \"update now\" nudges, tcp://HOST:PORT or ssl://HOST:PORT (default from config.json mqtt.broker; none)")
 	fs.Usage = func() {
 		fmt.Fprint(os.Stderr, usage)

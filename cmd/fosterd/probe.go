@@ -29,6 +29,12 @@ func probe(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	if err := c.ApplyEnv(os.LookupEnv); err != nil {
+		return err
+	}
+	if err := c.ApplySets(cfg.sets); err != nil {
+		return err
+	}
 	listen := c.Listen
 	if cfg.listen != "" {
 		listen = cfg.listen

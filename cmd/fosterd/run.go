@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +27,8 @@ type config struct {
 	maxConnections             int
 	metricsListen              string
 	mqttBroker                 string
+	// sets are --set KEY=VALUE flags: any config.json setting.
+	sets setFlags
 	// init creates a development instance when dataDir is missing or
 	// empty. Without it fosterd only opens an existing instance: an
 	// unmounted volume or a typo must not become a brand-new CA and TUF root.
@@ -79,7 +82,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Listen: cfg.listen, DB: cfg.db, Blobs: cfg.blobs,
 		TargetRedirect: cfg.targetRedirect, PublicRepository: cfg.publicRepository,
 		ReadTimeout: cfg.readTimeout, MaxConnections: cfg.maxConnections, MetricsListen: cfg.metricsListen,
-		MQTTBroker: cfg.mqttBroker,
+		MQTTBroker: cfg.mqttBroker, Sets: cfg.sets,
 	}, pass, log)
 	if err != nil {
 		return err
@@ -122,3 +125,9 @@ func reloadOnHangup(ctx context.Context, in *instance.Instance, log *slog.Logger
 		}
 	}()
 }
+
+// setFlags collects repeated --set KEY=VALUE flags.
+type setFlags []string
+
+func (s *setFlags) String() string     { return strings.Join(*s, " ") }
+func (s *setFlags) Set(v string) error { *s = append(*s, v); return nil }

@@ -18,7 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -84,7 +84,7 @@ const (
 // S3 is safe for concurrent use; the readers Open returns are not.
 type S3 struct {
 	client   *s3.Client
-	uploader *manager.Uploader
+	uploader *transfermanager.Client
 	presign  *s3.PresignClient
 	bucket   string
 	prefix   string // "" or ends in "/"
@@ -257,9 +257,16 @@ func NewS3(ctx context.Context, rawURL string) (*S3, error) {
 		maxCopy:  maxS3CopyObjectSize,
 		copyPart: s3CopyPartSize,
 	}
-	s.uploader = manager.NewUploader(client, func(u *manager.Uploader) {
-		u.PartSize = s.partSize
-		u.Concurrency = s3UploadConcurrency
+	s.uploader = transfermanager.New(client, func(o *transfermanager.Options) {
+		o.PartSizeBytes = s.partSize
+		// One part or less goes in a single PutObject, as before (the
+		// transfer manager's own threshold is 16 MiB whatever the part size).
+		o.MultipartUploadThreshold = s.partSize
+		o.Concurrency = s3UploadConcurrency
+		o.MaxUploadParts = maxS3Parts
+		// Abort a failed multipart upload on a fresh context even when the
+		// caller's has ended, so its parts do not linger (and cost).
+		o.FailTimeout = s3CleanupTimeout
 	})
 	return s, nil
 }
@@ -313,12 +320,12 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error
 		return s.errorf("putting", key, err)
 	}
 	body := &sizedReader{r: ctxReader{ctx, r}, size: size}
-	var opts []func(*manager.Uploader)
+	var opts []func(*transfermanager.Options)
 	if size > s.partSize*maxS3Parts {
 		ps := (size + maxS3Parts - 1) / maxS3Parts
-		opts = append(opts, func(u *manager.Uploader) { u.PartSize = ps })
+		opts = append(opts, func(o *transfermanager.Options) { o.PartSizeBytes, o.MultipartUploadThreshold = ps, ps })
 	}
-	_, err := s.uploader.Upload(ctx, &s3.PutObjectInput{
+	_, err := s.uploader.UploadObject(ctx, &transfermanager.UploadObjectInput{
 		Bucket:      aws.String(s.bucket),
 		Key:         aws.String(s.prefix + key),
 		Body:        body,
@@ -327,10 +334,10 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, size int64) error
 	if err == nil {
 		return nil
 	}
-	var mf manager.MultiUploadFailure
-	if errors.As(err, &mf) && ctx.Err() != nil {
-		// The uploader aborts with the caller's context, which is done:
-		// abort again so the parts do not linger (and cost) forever.
+	var mf transfermanager.MultipartUploadError
+	if errors.As(err, &mf) && ctx.Err() != nil && mf.UploadID() != "" {
+		// The transfer manager aborts on a fresh context (FailTimeout);
+		// abort again in case that failed too, so the parts do not linger.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s3CleanupTimeout)
 		_, _ = s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
 			Bucket: aws.String(s.bucket), Key: aws.String(s.prefix + key), UploadId: aws.String(mf.UploadID()),

@@ -46,6 +46,8 @@ type Config struct {
 	Blobs string `json:"blobs"`
 	// TUF key references: file paths (relative to DIR) or KMS URIs.
 	TUFKeys TUFKeyRefs `json:"tuf_keys"`
+	// TUFLifetimes are the TUF metadata lifetimes per role (lifetimes.go).
+	TUFLifetimes TUFLifetimes `json:"tuf_lifetimes,omitzero"`
 	// LogKey is the transparency log key (Ed25519): a file path (relative
 	// to DIR) or a KMS URI. Default DefaultLogKey, created when missing.
 	LogKey string `json:"log_key,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/foster-ota/foster/ca"
@@ -35,6 +36,10 @@ type Overrides struct {
 	MetricsListen  string
 	// MQTTBroker overrides config.json mqtt.broker.
 	MQTTBroker string
+	// Sets are fosterd's --set KEY=VALUE flags (settings.go), applied over
+	// config.json and the FOSTER_<SETTING> environment, before the flags
+	// above.
+	Sets []string
 }
 
 // Instance is an opened data directory, ready to serve.
@@ -74,6 +79,12 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	}
 	cfg, err := Load(dir)
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.ApplyEnv(os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if err := cfg.ApplySets(ov.Sets); err != nil {
 		return nil, err
 	}
 	if ov.Listen != "" {
@@ -194,7 +205,8 @@ func (in *Instance) Close() error {
 }
 
 // RefreshInterval is how often fosterd re-signs snapshot and timestamp
-// metadata that would expire within RefreshMargin.
+// metadata that would expire within RefreshMargin, with the default
+// timestamp lifetime; shorter lifetimes shorten both (refreshSchedule).
 const (
 	RefreshInterval = time.Hour
 	RefreshMargin   = 6 * time.Hour
@@ -264,25 +276,37 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (in *Instance) refreshLoop(ctx context.Context) {
-	refresh := func() {
-		if err := in.Repo.Refresh(ctx, RefreshMargin); err != nil && ctx.Err() == nil {
+	var o tufrepo.Options
+	if err := in.Config.TUFLifetimes.apply(&o); err != nil {
+		o.TimestampExpiry = DefaultTimestampLifetime // validated in Open
+	}
+	interval, margin := refreshSchedule(o.TimestampExpiry)
+	refreshTUF := func() {
+		if err := in.Repo.Refresh(ctx, margin); err != nil && ctx.Err() == nil {
 			in.log.Error("refreshing TUF timestamp/snapshot", "err", err)
 		}
-		// A fresh CRL every interval, far within its validity (default 24h);
-		// revocations also regenerate it at once.
+	}
+	// A fresh CRL every RefreshInterval, far within its validity (default
+	// 24h); revocations also regenerate it at once.
+	refreshCRL := func() {
 		if err := in.CA.RefreshCRL(ctx); err != nil && ctx.Err() == nil {
 			in.log.Error("refreshing the CRL", "err", err)
 		}
 	}
-	refresh()
-	t := time.NewTicker(RefreshInterval)
-	defer t.Stop()
+	refreshTUF()
+	refreshCRL()
+	tuf := time.NewTicker(interval)
+	defer tuf.Stop()
+	crl := time.NewTicker(RefreshInterval)
+	defer crl.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			refresh()
+		case <-tuf.C:
+			refreshTUF()
+		case <-crl.C:
+			refreshCRL()
 		}
 	}
 }

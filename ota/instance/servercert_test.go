@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"database/sql"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,4 +181,40 @@ func slicesEqual(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// A config.json with a TUF lifetime out of bounds does not open: fosterd
+// refuses to start, naming the setting.
+func TestOpenRefusesBadTUFLifetimes(t *testing.T) {
+	dir, p := newInstance(t)
+	cfg, err := instance.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TUFLifetimes = instance.TUFLifetimes{Timestamp: "30s"}
+	writeConfig(t, p.Config, cfg)
+	if in, err := instance.Open(context.Background(), dir, instance.Overrides{}, nil, nil); err == nil {
+		in.Close()
+		t.Fatal("opened an instance with a 30s timestamp lifetime")
+	} else if !strings.Contains(err.Error(), "tuf_lifetimes.timestamp 30s") {
+		t.Fatalf("error does not name the setting: %v", err)
+	}
+	cfg.TUFLifetimes = instance.TUFLifetimes{Timestamp: "10m", Snapshot: "1h", Delegated: "48h"}
+	writeConfig(t, p.Config, cfg)
+	in, err := instance.Open(context.Background(), dir, instance.Overrides{}, nil, nil)
+	if err != nil {
+		t.Fatalf("valid lifetimes: %v", err)
+	}
+	in.Close()
+}
+
+func writeConfig(t *testing.T, path string, cfg *instance.Config) {
+	t.Helper()
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

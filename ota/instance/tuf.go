@@ -187,6 +187,9 @@ func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs 
 	if err != nil {
 		return nil, err
 	}
+	if err := cfg.TUFLifetimes.apply(&opts); err != nil {
+		return nil, err
+	}
 	if st.IsPostgres() {
 		// Replicas may share the database and the bucket: publish one at a
 		// time, through the database. SQLite serves a single fosterd.

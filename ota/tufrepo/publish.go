@@ -456,7 +456,11 @@ func (t *txn) signRole(name string, final map[string]*role, newRoot *metadata.Me
 		cur = rl.md.Signed.Version
 	}
 	md.Signed.Version = t.nextVersion(name+".json", cur)
-	md.Signed.Expires = t.r.opts.expiry(t.r.opts.TargetsExpiry)
+	if name == metadata.TARGETS {
+		md.Signed.Expires = t.r.opts.expiry(t.r.opts.TargetsExpiry)
+	} else {
+		md.Signed.Expires = t.r.opts.expiry(t.r.opts.DelegatedExpiry)
+	}
 	var raw []byte
 	var err error
 	if name == metadata.TARGETS {

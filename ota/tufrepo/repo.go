@@ -81,9 +81,12 @@ type Keys struct {
 // Options tune a repository. Zero values take the documented defaults.
 type Options struct {
 	RootExpiry time.Duration // default 365 days
-	// TargetsExpiry applies to every targets role: top-level, models/<model>
-	// and bins. Default 365 days.
-	TargetsExpiry   time.Duration
+	// TargetsExpiry applies to top-level targets when this process signs
+	// it. Default 365 days.
+	TargetsExpiry time.Duration
+	// DelegatedExpiry applies to the delegated targets roles: models/<model>
+	// and their bins. Default TargetsExpiry.
+	DelegatedExpiry time.Duration
 	SnapshotExpiry  time.Duration // default 7 days
 	TimestampExpiry time.Duration // default 1 day
 	// MaxTargetLength bounds a target body. Default 4 GiB.
@@ -115,7 +118,7 @@ const day = 24 * time.Hour
 
 func (o Options) withDefaults() (Options, error) {
 	for name, d := range map[string]*time.Duration{
-		"root": &o.RootExpiry, "targets": &o.TargetsExpiry,
+		"root": &o.RootExpiry, "targets": &o.TargetsExpiry, "delegated": &o.DelegatedExpiry,
 		"snapshot": &o.SnapshotExpiry, "timestamp": &o.TimestampExpiry, "serve guard": &o.ServeGuard,
 	} {
 		if *d < 0 {
@@ -127,6 +130,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.TargetsExpiry == 0 {
 		o.TargetsExpiry = 365 * day
+	}
+	if o.DelegatedExpiry == 0 {
+		o.DelegatedExpiry = o.TargetsExpiry
 	}
 	if o.SnapshotExpiry == 0 {
 		o.SnapshotExpiry = 7 * day

@@ -44,7 +44,7 @@ type DB struct {
 	rolloutMu  sync.Mutex   // UpdateRollout on SQLite (rollouts.go)
 }
 
-// Open opens the store named by dsn and migrates its schema:
+// Open opens the store named by dsn and migrates its schema (migrate.go):
 //
 //	sqlite:/path/foster.db | /path/foster.db   embedded SQLite (WAL, busy timeout 5 s)
 //	postgres://user@host:5432/db?sslmode=disable
@@ -200,7 +200,11 @@ func (d *DB) execSchema(ctx context.Context, what, schema string) error {
 	return nil
 }
 
-func (d *DB) migrate(ctx context.Context) error {
+// adoptUnversioned brings a store created before schema versions were
+// recorded (by any earlier fosterd) to the shape of migration 1, the
+// baseline: it is the migration code of those releases, idempotent, kept
+// only for them. Frozen: schema changes go in a new numbered migration.
+func (d *DB) adoptUnversioned(ctx context.Context) error {
 	if err := d.execSchema(ctx, "store schema", schema); err != nil {
 		return err
 	}
