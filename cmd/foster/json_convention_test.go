@@ -23,6 +23,7 @@ var noJSON = map[string]string{
 	"blobs copy":              "offline: copies objects, prints progress",
 	"completion":              "prints a shell script",
 	"help":                    "prints help",
+	"console":                 "serves a web UI until Ctrl-C; its pages read the same API objects",
 }
 
 // TestEveryCommandThatPrintsAcceptsJSON walks the command tree: every
