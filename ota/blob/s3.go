@@ -1,7 +1,5 @@
 package blob
 
-//lint:file-ignore SA1019 feature/s3/manager's Uploader is deprecated in favour of feature/s3/transfermanager, a separate module; moving the multipart uploads over is its own change (issue 18 keeps staticcheck clean meanwhile).
-
 import (
 	"context"
 	"errors"
