@@ -3,22 +3,25 @@ package store
 import (
 	"context"
 	"database/sql"
-	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 
 	"github.com/pressly/goose/v3"
 )
 
-// Schema migrations are numbered SQL files embedded in the binary, one set
-// per dialect (migrations/sqlite, migrations/postgres), run by goose. The
-// versions applied are recorded in the goose_db_version table. To change the
-// schema, add the next numbered file to both directories; never edit one
-// that a release has applied.
-//
-//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
-var migrationFiles embed.FS
+// Schema migrations are numbered and run by goose; the versions applied are
+// recorded in the goose_db_version table. Version 1, the baseline, is the
+// schema code every store was created and upgraded with before versions
+// were recorded (baseline in sql.go): it creates a new store and brings an
+// unversioned one of any earlier release to the same shape, idempotently, so
+// there is one definition of the schema for both dialects. To change the
+// schema, append the next version to migrations (a Go migration, or SQL
+// files embedded per dialect); never change one that a release has applied.
+func (d *DB) migrations() []*goose.Migration {
+	return []*goose.Migration{
+		goose.NewGoMigration(1, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.baseline(ctx) }}, nil),
+	}
+}
 
 // ErrSchemaTooNew: the store was migrated by a newer fosterd than this one.
 var ErrSchemaTooNew = errors.New("store schema is newer than this fosterd")
@@ -29,14 +32,8 @@ const migrateLockKey = "foster schema migration"
 
 // SchemaVersion is the schema version this binary migrates stores to.
 func SchemaVersion() int64 {
-	var max int64
-	names, _ := fs.Glob(migrationFiles, "migrations/*/*.sql")
-	for _, n := range names {
-		if v, err := goose.NumericComponent(n); err == nil && v > max {
-			max = v
-		}
-	}
-	return max
+	m := (&DB{}).migrations()
+	return m[len(m)-1].Version
 }
 
 // migrate brings the schema to SchemaVersion. On PostgreSQL it holds an
@@ -56,32 +53,13 @@ func (d *DB) migrate(ctx context.Context) error {
 		}
 		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1 || current_schema()))`, migrateLockKey)
 	}
-	dir, dialect := "migrations/sqlite", goose.DialectSQLite3
+	dialect := goose.DialectSQLite3
 	if d.dialect == postgres {
-		dir, dialect = "migrations/postgres", goose.DialectPostgres
+		dialect = goose.DialectPostgres
 	}
-	sub, err := fs.Sub(migrationFiles, dir)
-	if err != nil {
-		return err
-	}
-	p, err := goose.NewProvider(dialect, d.db, sub, goose.WithDisableGlobalRegistry(true))
+	p, err := goose.NewProvider(dialect, d.db, nil, goose.WithDisableGlobalRegistry(true), goose.WithGoMigrations(d.migrations()...))
 	if err != nil {
 		return fmt.Errorf("migrating store schema: %w", err)
-	}
-	versioned, err := d.tableExists(ctx, "goose_db_version")
-	if err != nil {
-		return err
-	}
-	existing, err := d.tableExists(ctx, "")
-	if err != nil {
-		return err
-	}
-	if existing && !versioned {
-		// A store from before versioned migrations: bring it to the
-		// baseline's shape first, which the baseline then records as version 1.
-		if err := d.adoptUnversioned(ctx); err != nil {
-			return err
-		}
 	}
 	if err := d.checkSchemaVersion(ctx, p); err != nil {
 		return err
@@ -114,18 +92,4 @@ func (d *DB) StoredSchemaVersion(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("reading store schema version: %w", err)
 	}
 	return v.Int64, nil
-}
-
-// tableExists reports whether the store's schema has the table, or, for "",
-// any table of fosterd's (one of an unversioned store).
-func (d *DB) tableExists(ctx context.Context, table string) (bool, error) {
-	query := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND (name = ?1 OR ?1 = '' AND name NOT LIKE 'sqlite_%' AND name != 'goose_db_version')`
-	if d.dialect == postgres {
-		query = `SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND (tablename = $1 OR $1 = '' AND tablename != 'goose_db_version')`
-	}
-	var n int
-	if err := d.db.QueryRowContext(ctx, query, table).Scan(&n); err != nil {
-		return false, fmt.Errorf("inspecting store schema: %w", err)
-	}
-	return n > 0, nil
 }

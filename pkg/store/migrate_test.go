@@ -242,21 +242,3 @@ func TestReplicasStartingTogetherMigrateOnce(t *testing.T) {
 		t.Fatalf("goose_db_version: %d migrations recorded (want %d), %d version-0 rows (want 1)", applied, store.SchemaVersion(), zero)
 	}
 }
-
-// Both dialects have the same migrations.
-func TestMigrationsExistForEveryDialect(t *testing.T) {
-	list := func(dir string) []string {
-		es, err := os.ReadDir(filepath.Join("migrations", dir))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, e := range es {
-			out = append(out, e.Name())
-		}
-		return out
-	}
-	if s, p := list("sqlite"), list("postgres"); !slices.Equal(s, p) || len(s) == 0 {
-		t.Fatalf("migrations differ: sqlite %v, postgres %v", s, p)
-	}
-}

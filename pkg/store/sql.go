@@ -200,11 +200,11 @@ func (d *DB) execSchema(ctx context.Context, what, schema string) error {
 	return nil
 }
 
-// adoptUnversioned brings a store created before schema versions were
-// recorded (by any earlier fosterd) to the shape of migration 1, the
-// baseline: it is the migration code of those releases, idempotent, kept
-// only for them. Frozen: schema changes go in a new numbered migration.
-func (d *DB) adoptUnversioned(ctx context.Context) error {
+// baseline is schema migration 1: it creates a new store, and brings a
+// store created before schema versions were recorded (by any earlier
+// fosterd) to the same shape; every step is idempotent. Frozen: schema
+// changes go in a new numbered migration (migrate.go).
+func (d *DB) baseline(ctx context.Context) error {
 	if err := d.execSchema(ctx, "store schema", schema); err != nil {
 		return err
 	}
