@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/client/internal/install"
-	"github.com/foster-ota/foster/client/internal/nudge"
 	"github.com/foster-ota/foster/client/internal/statedir"
+	"github.com/foster-ota/foster/pkg/nudgemsg"
 )
 
 // DefaultConfigPath is where foster-agent looks for its config file.
@@ -137,7 +137,7 @@ func (c *FileConfig) Validate() error {
 		errs = append(errs, errors.New("reboot.command: empty program"))
 	}
 	if c.MQTTBroker != "" {
-		if err := nudge.CheckBroker(c.MQTTBroker); err != nil {
+		if err := nudgemsg.CheckBroker(c.MQTTBroker); err != nil {
 			errs = append(errs, fmt.Errorf("mqtt_broker: %w", err))
 		}
 	} else if c.MQTTCAFile != "" || c.MQTTCertFile != "" || c.MQTTKeyFile != "" {

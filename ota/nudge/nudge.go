@@ -12,13 +12,9 @@ package nudge
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"os"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -73,7 +69,7 @@ func New(cfg Config) (*Publisher, error) {
 	if cfg.ClientID == "" {
 		cfg.ClientID = DefaultClientID
 	}
-	opts, err := ClientOptions(cfg.Broker, cfg.CAFile, cfg.CertFile, cfg.KeyFile)
+	opts, err := nudgemsg.ClientOptions(cfg.Broker, cfg.CAFile, cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
@@ -93,51 +89,6 @@ func New(cfg Config) (*Publisher, error) {
 	p := &Publisher{c: mqtt.NewClient(opts), timeout: cfg.Timeout, log: log, now: time.Now}
 	p.c.Connect() // retries in the background (ConnectRetry)
 	return p, nil
-}
-
-// ClientOptions are paho options for broker with optional TLS settings.
-func ClientOptions(broker, caFile, certFile, keyFile string) (*mqtt.ClientOptions, error) {
-	u, err := url.Parse(broker)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("broker %q: want tcp://HOST:PORT or ssl://HOST:PORT", broker)
-	}
-	tlsWanted := false
-	switch u.Scheme {
-	case "tcp", "mqtt":
-	case "ssl", "tls", "mqtts", "tcps":
-		tlsWanted = true
-	default:
-		return nil, fmt.Errorf("broker %q: scheme %q, want tcp, mqtt, ssl or mqtts", broker, u.Scheme)
-	}
-	if !tlsWanted && (caFile != "" || certFile != "") {
-		return nil, fmt.Errorf("broker %q: TLS settings given for a plain tcp:// broker (use ssl://)", broker)
-	}
-	opts := mqtt.NewClientOptions().AddBroker(broker)
-	if tlsWanted {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return nil, fmt.Errorf("broker CA: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("broker CA %s: no PEM certificate", caFile)
-			}
-		}
-		if (certFile == "") != (keyFile == "") {
-			return nil, errors.New("client certificate and key must be given together")
-		}
-		if certFile != "" {
-			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return nil, fmt.Errorf("client certificate: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
-		}
-		opts.SetTLSConfig(tc)
-	}
-	return opts, nil
 }
 
 // Nudge asks every device of model to check for updates now. A nil

@@ -13,13 +13,8 @@
 package nudge
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,7 +71,7 @@ func Start(cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts, err := ClientOptions(cfg.Broker, cfg.CAFile, cfg.CertFile, cfg.KeyFile)
+	opts, err := nudgemsg.ClientOptions(cfg.Broker, cfg.CAFile, cfg.CertFile, cfg.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
@@ -167,55 +162,4 @@ func (l *Listener) Close() {
 		close(l.done)
 		l.c.Disconnect(250)
 	})
-}
-
-// ClientOptions are paho options for broker with optional TLS settings.
-func ClientOptions(broker, caFile, certFile, keyFile string) (*mqtt.ClientOptions, error) {
-	if err := CheckBroker(broker); err != nil {
-		return nil, err
-	}
-	u, _ := url.Parse(broker)
-	tlsWanted := u.Scheme == "ssl" || u.Scheme == "mqtts"
-	if !tlsWanted && (caFile != "" || certFile != "" || keyFile != "") {
-		return nil, fmt.Errorf("broker %q: TLS settings given for a plain tcp:// broker (use ssl://)", broker)
-	}
-	opts := mqtt.NewClientOptions().AddBroker(broker)
-	if tlsWanted {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return nil, fmt.Errorf("broker CA: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("broker CA %s: no PEM certificate", caFile)
-			}
-		}
-		if (certFile == "") != (keyFile == "") {
-			return nil, errors.New("MQTT client certificate and key must be given together")
-		}
-		if certFile != "" {
-			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return nil, fmt.Errorf("MQTT client certificate: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
-		}
-		opts.SetTLSConfig(tc)
-	}
-	return opts, nil
-}
-
-// CheckBroker validates a broker URL.
-func CheckBroker(broker string) error {
-	u, err := url.Parse(broker)
-	if err != nil || u.Host == "" || u.Port() == "" {
-		return fmt.Errorf("MQTT broker %q: want tcp://HOST:PORT or ssl://HOST:PORT", broker)
-	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "mqtts":
-		return nil
-	}
-	return fmt.Errorf("MQTT broker %q: scheme %q, want tcp, mqtt, ssl or mqtts", broker, u.Scheme)
 }
