@@ -103,6 +103,8 @@ Admin CLI:  foster --instance %s device list
 `, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
 	log.Info("serving", append([]any{"addr", ln.Addr().String()}, buildinfo.Read("fosterd").LogAttrs()...)...)
 	reloadOnHangup(ctx, in, log)
+	notifyReady(log)
+	go runWatchdog(ctx, ln.Addr(), in.CA.RootPool(), log)
 	return in.Serve(ctx, ln)
 }
 
