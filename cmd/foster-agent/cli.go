@@ -458,6 +458,15 @@ func tufCmd() command {
 					return usagef("missing subcommand: init, refresh or download")
 				}
 				sub, args := e.args[0], e.args[1:]
+				if sub == "refresh" || sub == "download" {
+					// The reference time is the system's date, so
+					// libfaketime (which Go's clock ignores) moves it.
+					ref, err := client.SystemDate(ctx)
+					if err != nil {
+						return err
+					}
+					o.RefTime = ref
+				}
 				switch {
 				case sub == "init" && len(args) == 1:
 					if o.MetadataDir == "" {
