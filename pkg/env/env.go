@@ -26,6 +26,8 @@ type Var struct {
 var (
 	Passphrase = register(Var{Name: "FOSTER_PASSPHRASE", Sensitive: true,
 		Description: "passphrase that encrypts (at init) and decrypts the CA and TUF keys of an instance; unset: keys are unencrypted (development only)"})
+	OfflinePassphrase = register(Var{Name: "FOSTER_OFFLINE_PASSPHRASE", Sensitive: true,
+		Description: "passphrase that encrypts the offline keys foster init --production writes (default FOSTER_PASSPHRASE); ceremonies decrypt them with FOSTER_PASSPHRASE set to it"})
 	LogLevel = register(Var{Name: "FOSTER_LOG_LEVEL",
 		Description: "log level: debug, info, warn or error (default info)"})
 )
