@@ -73,7 +73,7 @@ type Instance struct {
 	// start; GET /v1/tuf (foster tuf status) shows them.
 	Warnings   []string
 	serverCert *serverCert
-	log               *slog.Logger
+	log        *slog.Logger
 }
 
 // Open loads dir and builds every component.

@@ -81,7 +81,7 @@ type Config struct {
 	// status): offline keys on this server's disk. Not in the
 	// unauthenticated /readyz, which would tell anyone where keys are.
 	Warnings []string
-	Now          func() time.Time
+	Now      func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
