@@ -106,19 +106,20 @@ Server data directory %s (online keys only; tuf_keys.root and tuf_keys.targets a
 
 Next steps:
   1. Unmount %s and store it offline (a safe). It is needed only for ceremonies.
-  2. Copy %s to the server without admin.key and start fosterd there:
-       fosterd --data-dir DIR
+  2. Copy %s to the server without admin.key and start fosterd there, with FOSTER_PASSPHRASE
+     set to the server's passphrase if its keys are encrypted:
+       fosterd --data-dir /var/lib/foster     # where you copied it
   3. Before the first release of a model, delegate it with the offline targets key
      (docs/TUF.md, "Targets: delegate a model while the targets key is offline"):
        foster --instance %s model add MODEL
        foster --instance %s tuf stage targets --out t.json --delegate-model MODEL --model-key %s
-       FOSTER_PASSPHRASE=... foster tuf sign --key %s t.json    # where the offline media is
+       FOSTER_PASSPHRASE=<offline passphrase> foster tuf sign --key %s t.json   # where the media is
        foster --instance %s tuf publish --targets t.json
      then: foster --instance %s release add --model MODEL --version V FILE
   4. Renew top-level targets (and root) before they expire (foster tuf status): docs/TUF.md.
-     Move issuance to a new intermediate: foster ca certify-intermediate --root-key %s (docs/CA.md).
+     New issuing key: foster ca certify-intermediate --dir %s --key URI --root-key %s (docs/CA.md).
 `, dir, cfg.ServerURL, enc, offlineRef(k.RootCA, off.RootCAKey), offlineRef(k.TUFRoot, off.TUFRootKey), offlineRef(k.TUFTargets, off.TUFTargetsKey),
-		p.Dir, offDir, dir, dir, dir, instance.ModelsPubPath(dir), k.TUFTargets, dir, dir, k.RootCA)
+		p.Dir, offDir, dir, dir, dir, instance.ModelsPubPath(dir), k.TUFTargets, dir, dir, dir, k.RootCA)
 }
 
 // offlineRef describes where an offline key is: a new file (with its
