@@ -178,7 +178,7 @@ type InitOptions struct {
 
 // Init creates a development instance in dir, or a production one with
 // opts.Offline. It refuses a directory that already holds one.
-func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
+func Init(ctx context.Context, dir string, opts InitOptions) (_ *Config, err error) {
 	if Exists(dir) {
 		return nil, fmt.Errorf("%s already holds a Foster instance", dir)
 	}
@@ -192,13 +192,18 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 		if off.Passphrase != nil {
 			offPass = off.Passphrase
 		}
-		var err error
 		if rootCAKey, err = off.rootCAKeyRef(); err != nil {
 			return nil, err
 		}
 		if err := os.MkdirAll(off.Dir, 0o700); err != nil {
 			return nil, fmt.Errorf("creating offline directory: %w", err)
 		}
+		defer func() {
+			if err != nil {
+				// A production init is not resumed: both directories are refused as they are.
+				err = fmt.Errorf("%w\n  %s and %s hold an unfinished production instance: empty both before trying again", err, dir, off.Dir)
+			}
+		}()
 	}
 	if opts.Listen == "" {
 		opts.Listen = DefaultListen
