@@ -10,6 +10,7 @@ import (
 
 	"github.com/foster-ota/foster/ca/internal/stepca"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"go.step.sm/crypto/keyutil"
 )
 
 // CertifyOptions control CertifyIntermediate.
@@ -19,8 +20,8 @@ type CertifyOptions struct {
 	Key string
 	// KeyPassphrase decrypts a softkms or file Key; RootPassphrase the root key.
 	KeyPassphrase, RootPassphrase []byte
-	// RootKey is the root CA key file (default DIR/keys/root_ca.key): the
-	// ceremony runs where the offline root is.
+	// RootKey is the root CA key: a file (default DIR/keys/root_ca.key) or
+	// a KMS/HSM URI. The ceremony runs where the offline root is.
 	RootKey string
 	// Validity of the new intermediate (default 10 years, never past the root).
 	Validity time.Duration
@@ -57,23 +58,20 @@ func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (
 	if err != nil {
 		return nil, err
 	}
-	rootKeyPath := opts.RootKey
-	if rootKeyPath == "" {
-		rootKeyPath = filepath.Join(dir, keysDir, rootKeyFile)
-	}
-	rootKey, err := readKey(rootKeyPath, root, opts.RootPassphrase)
+	rootKey, err := loadRootKey(ctx, dir, opts.RootKey, root, opts.RootPassphrase)
 	if err != nil {
-		return nil, fmt.Errorf("root key: %w", err)
+		return nil, err
 	}
+	defer rootKey.close()
 	var key *issuerKey
 	if IsKMSURI(opts.Key) {
-		key, err = openKMSKey(ctx, opts.Key, opts.KeyPassphrase)
+		key, err = openKMSKey(ctx, "intermediate key", opts.Key, opts.KeyPassphrase)
 	} else {
 		path := opts.Key
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(dir, path)
 		}
-		key, err = openKMSKey(ctx, "softkms:path="+path, opts.KeyPassphrase)
+		key, err = openKMSKey(ctx, "intermediate key", "softkms:path="+path, opts.KeyPassphrase)
 	}
 	if err != nil {
 		return nil, err
@@ -83,7 +81,7 @@ func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (
 	if notAfter.After(root.NotAfter) {
 		notAfter = root.NotAfter
 	}
-	inter, err := stepca.NewIntermediate(old.Subject.CommonName, key.signer, root, rootKey, now.Add(-backdate), notAfter)
+	inter, err := stepca.NewIntermediate(old.Subject.CommonName, key.signer, root, rootKey.signer, now.Add(-backdate), notAfter)
 	if err != nil {
 		return nil, fmt.Errorf("certifying the new intermediate: %w", err)
 	}
@@ -95,4 +93,34 @@ func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (
 		return nil, err
 	}
 	return inter, nil
+}
+
+// loadRootKey opens the root CA key named by ref (a file, or a KMS/HSM URI;
+// "" is DIR/keys/root_ca.key) and checks that it belongs to root. A
+// production instance (foster init --production) has no root key in DIR:
+// the error says where to look.
+func loadRootKey(ctx context.Context, dir, ref string, root *x509.Certificate, passphrase []byte) (*issuerKey, error) {
+	if IsKMSURI(ref) {
+		k, err := openKMSKey(ctx, "root key", ref, passphrase)
+		if err != nil {
+			return nil, err
+		}
+		if err := keyutil.VerifyPair(root.PublicKey, k.signer); err != nil {
+			k.close()
+			return nil, fmt.Errorf("root key %s does not match %s: %w", redactURI(ref), rootCertFile, err)
+		}
+		return k, nil
+	}
+	path := ref
+	if path == "" {
+		path = filepath.Join(dir, keysDir, rootKeyFile)
+		if ok, err := exists(path); err == nil && !ok {
+			return nil, fmt.Errorf("root key: %s does not exist: the root CA key is offline (foster init --production wrote it to the offline directory); run this ceremony where that media is mounted, with --root-key OFFLINE/root_ca.key or a KMS/HSM URI (docs/CA.md)", path)
+		}
+	}
+	s, err := readKey(path, root, passphrase)
+	if err != nil {
+		return nil, fmt.Errorf("root key: %w", err)
+	}
+	return &issuerKey{signer: s}, nil
 }

@@ -13,13 +13,13 @@ import (
 // runCA runs the offline CA ceremonies (docs/CA.md).
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "certify-intermediate" {
-		fmt.Fprintln(stderr, "usage: foster ca certify-intermediate --dir DIR --key URI [--root-key FILE] [--validity 87600h]")
+		fmt.Fprintln(stderr, "usage: foster ca certify-intermediate --dir DIR --key URI [--root-key FILE|URI] [--validity 87600h]")
 		return errUsage
 	}
-	fs := newFlags("ca certify-intermediate", "ca certify-intermediate --dir DIR --key URI [--root-key FILE] [--validity 87600h]", stderr)
+	fs := newFlags("ca certify-intermediate", "ca certify-intermediate --dir DIR --key URI [--root-key FILE|URI] [--validity 87600h]", stderr)
 	dir := fs.String("dir", "", "instance (PKI) directory holding ca.pem and intermediate.pem (required)")
 	key := fs.String("key", "", "the new issuing key: a KMS/HSM URI (softkms:path=..., awskms:key-id=..., pkcs11:...) or a key file (required)")
-	rootKey := fs.String("root-key", "", "root CA key file (default DIR/keys/root_ca.key)")
+	rootKey := fs.String("root-key", "", "root CA key: a file on the offline media (decrypted with FOSTER_OFFLINE_PASSPHRASE, default FOSTER_PASSPHRASE) or a KMS/HSM URI (default DIR/keys/root_ca.key, a development instance's)")
 	validity := fs.Duration("validity", 10*365*24*time.Hour, "lifetime of the new intermediate (never past the root)")
 	if _, err := parse(fs, args[1:]); err != nil {
 		return err
@@ -27,9 +27,12 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *dir == "" || *key == "" {
 		return usageError(fs, "--dir and --key are required")
 	}
-	pass := env.Passphrase.Bytes()
+	pass, rootPass := env.Passphrase.Bytes(), env.OfflinePassphrase.Bytes()
+	if rootPass == nil {
+		rootPass = pass
+	}
 	inter, err := ca.CertifyIntermediate(ctx, *dir, ca.CertifyOptions{
-		Key: *key, KeyPassphrase: pass, RootPassphrase: pass, RootKey: *rootKey, Validity: *validity,
+		Key: *key, KeyPassphrase: pass, RootPassphrase: rootPass, RootKey: *rootKey, Validity: *validity,
 	})
 	if err != nil {
 		return err

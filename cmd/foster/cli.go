@@ -31,7 +31,8 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
   foster --version
-  foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
+  foster init --dir DIR [--listen ADDR]            create a development instance (as fosterd --init does)
+  foster init --production --offline-dir OFFLINE --dir DIR   offline keys only on OFFLINE (docs/OPERATIONS.md)
   foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list|show [NAME] [--json]

@@ -23,7 +23,7 @@ type command struct {
 }
 
 var commandTree = []command{
-	{"init", "create an instance directory (fosterd --init does this too)", nil},
+	{"init", "create an instance directory (--production: offline keys on separate media)", nil},
 	{"ca", "offline CA ceremonies", []subcommand{
 		{"certify-intermediate", "move issuance to a KMS/HSM key (docs/CA.md)"},
 	}},

@@ -98,7 +98,7 @@ func cmdTUFStatus(ctx context.Context, c *client, args []string, stdout, stderr 
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var st tufrepo.Status
+	var st server.TUFStatus
 	if err := c.do(ctx, "GET", "/v1/tuf", nil, 0, "", &st); err != nil {
 		return err
 	}
@@ -132,6 +132,9 @@ func cmdTUFStatus(ctx context.Context, c *client, args []string, stdout, stderr 
 		}
 		fmt.Fprintln(stdout)
 		table(stdout, "TARGETS ROLE\tVERSION\tTARGETS\tBYTES\tEXPIRES", rows)
+	}
+	for _, w := range st.Warnings {
+		fmt.Fprintf(stdout, "\nWARNING: %s\n", w)
 	}
 	return nil
 }

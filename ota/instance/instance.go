@@ -6,7 +6,9 @@
 // Key hierarchy of a dev instance (see docs/CONTRACTS.md): the root CA and
 // TUF root/targets keys are offline keys in a real deployment; a dev instance
 // keeps them in DIR/keys (0600, encrypted when FOSTER_PASSPHRASE is set) so a
-// single command gives a working system.
+// single command gives a working system, and fosterd warns about them at
+// start. A production instance (InitOptions.Offline, production.go) puts
+// them in a separate directory or a KMS/HSM, never in DIR.
 package instance
 
 import (
@@ -28,7 +30,6 @@ import (
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/foster-ota/foster/pkg/store"
-	"github.com/sigstore/sigstore/pkg/signature"
 )
 
 // DefaultListen is where fosterd listens unless told otherwise.
@@ -169,13 +170,40 @@ type InitOptions struct {
 	Hosts      []string
 	Passphrase []byte
 	Logger     *slog.Logger
+	// Offline, if set, makes a production instance: the offline keys go
+	// to Offline.Dir (or are existing KMS keys), never into dir, and
+	// config.json names only online keys (production.go).
+	Offline *OfflineOptions
 }
 
-// Init creates a development instance in dir. It refuses a directory that
-// already holds one.
-func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
+// Init creates a development instance in dir, or a production one with
+// opts.Offline. It refuses a directory that already holds one.
+func Init(ctx context.Context, dir string, opts InitOptions) (_ *Config, err error) {
 	if Exists(dir) {
 		return nil, fmt.Errorf("%s already holds a Foster instance", dir)
+	}
+	off := opts.Offline
+	offPass := opts.Passphrase
+	rootCAKey := ""
+	if off != nil {
+		if err := off.check(dir); err != nil {
+			return nil, err
+		}
+		if off.Passphrase != nil {
+			offPass = off.Passphrase
+		}
+		if rootCAKey, err = off.rootCAKeyRef(); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(off.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating offline directory: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				// A production init is not resumed: both directories are refused as they are.
+				err = fmt.Errorf("%w\n  %s and %s hold an unfinished production instance: empty both before trying again", err, dir, off.Dir)
+			}
+		}()
 	}
 	if opts.Listen == "" {
 		opts.Listen = DefaultListen
@@ -200,7 +228,7 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 
 	log.Info("creating PKI: offline root CA and online device-issuing intermediate")
 	if _, err := os.Stat(p.CARoot); errors.Is(err, os.ErrNotExist) {
-		if err := ca.InitPKI(dir, ca.InitOptions{Passphrase: opts.Passphrase}); err != nil {
+		if err := ca.InitPKIContext(ctx, dir, ca.InitOptions{Passphrase: opts.Passphrase, RootKey: rootCAKey, RootPassphrase: offPass}); err != nil {
 			return nil, fmt.Errorf("creating PKI: %w", err)
 		}
 	}
@@ -240,9 +268,20 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 		Snapshot: "keys/tuf-snapshot.key", Timestamp: "keys/tuf-timestamp.key",
 		Models: DefaultModelKey,
 	}
-	for _, ref := range []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp, refs.Models} {
-		if _, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase); err != nil {
+	online := []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp, refs.Models}
+	if off != nil {
+		refs.Root, refs.Targets = "", "" // offline: ceremonies only
+		online = online[2:]
+	}
+	for _, ref := range online {
+		priv, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase)
+		if err != nil {
 			return nil, err
+		}
+		if ref == refs.Models {
+			if err := writePublicKey(ModelsPubPath(dir), priv.Public(), 0o600); err != nil {
+				return nil, err
+			}
 		}
 	}
 	cfg := &Config{Listen: opts.Listen, ServerURL: "https://" + clientAddr(opts.Listen), DB: opts.DB, Blobs: opts.Blobs, TUFKeys: refs}
@@ -250,9 +289,18 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := loadTUFKeys(ctx, dir, refs, opts.Passphrase)
+	keys, err := loadRepoKeys(ctx, dir, refs, opts.Passphrase)
 	if err != nil {
 		return nil, err
+	}
+	if off != nil {
+		where := off.Keys()
+		if keys.Root, err = offlineTUFKey(ctx, off.TUFRootKey, where.TUFRoot, offPass); err != nil {
+			return nil, fmt.Errorf("TUF root key: %w", err)
+		}
+		if keys.Targets, err = offlineTUFKey(ctx, off.TUFTargetsKey, where.TUFTargets, offPass); err != nil {
+			return nil, fmt.Errorf("TUF targets key: %w", err)
+		}
 	}
 	rootJSON, err := tufrepo.Init(ctx, blobs, keys, tufrepo.Options{})
 	if err != nil {
@@ -335,25 +383,4 @@ func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {
 		return store.Open(ctx, dsn)
 	}
 	return store.Open(ctx, resolve(dir, strings.TrimPrefix(dsn, "sqlite:")))
-}
-
-func loadTUFKeys(ctx context.Context, dir string, refs TUFKeyRefs, pass []byte) (tufrepo.Keys, error) {
-	var k tufrepo.Keys
-	for _, x := range []struct {
-		ref string
-		dst *signature.Signer
-	}{
-		{refs.Root, &k.Root}, {refs.Targets, &k.Targets}, {refs.Snapshot, &k.Snapshot}, {refs.Timestamp, &k.Timestamp},
-	} {
-		ref := x.ref
-		if !signing.IsKMS(ref) {
-			ref = resolve(dir, ref)
-		}
-		s, err := signing.Load(ctx, ref, pass)
-		if err != nil {
-			return k, err
-		}
-		*x.dst = s
-	}
-	return k, nil
 }

@@ -68,8 +68,12 @@ type Instance struct {
 	// certificate is due for renewal (servercert.go). Default
 	// DefaultCertCheckInterval; set before Serve.
 	CertCheckInterval time.Duration
-	serverCert        *serverCert
-	log               *slog.Logger
+	// Warnings are what an operator must hear about this instance (offline
+	// keys on the server's disk: OfflineKeyWarning). fosterd logs them at
+	// start; GET /v1/tuf (foster tuf status) shows them.
+	Warnings   []string
+	serverCert *serverCert
+	log        *slog.Logger
 }
 
 // Open loads dir and builds every component.
@@ -166,9 +170,13 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
+	var warnings []string
+	if w := OfflineKeyWarning(dir, cfg); w != "" {
+		warnings = append(warnings, w)
+	}
 	scfg := server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
-		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
+		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle, Warnings: warnings,
 	}
 	if nudger != nil { // a nil *Publisher in the interface would not be nil
 		scfg.Nudger = nudger
@@ -191,7 +199,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api, Rollouts: rollouts, RolloutTick: rolloutTick,
 		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
-		Nudger: nudger,
+		Nudger: nudger, Warnings: warnings,
 	}, nil
 }
 

@@ -77,7 +77,11 @@ type Config struct {
 	Nudger Nudger
 	// ReadyTimeout bounds each check of GET /readyz (ready.go). Default 2s.
 	ReadyTimeout time.Duration
-	Now          func() time.Time
+	// Warnings are shown to admins and auditors in GET /v1/tuf (foster tuf
+	// status): offline keys on this server's disk. Not in the
+	// unauthenticated /readyz, which would tell anyone where keys are.
+	Warnings []string
+	Now      func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -174,7 +178,7 @@ func New(cfg Config) (*Server, error) {
 		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, memberships: cfg.Rollouts, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
 		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
-		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log},
+		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log, warnings: cfg.Warnings},
 		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, rollouts: cfg.Rollouts, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
 		&logAPI{log: cfg.Log},
 		&modelAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, now: cfg.Now, defaultTokenTTL: cfg.DefaultTokenTTL, maxTokenTTL: cfg.MaxTokenTTL},

@@ -33,6 +33,15 @@ type ceremonyAPI struct {
 	publishing *sync.Mutex
 	audit      *auditTrail
 	log        *slog.Logger
+	// warnings are the instance's warnings for operators (Config.Warnings).
+	warnings []string
+}
+
+// TUFStatus is GET /v1/tuf: the repository's status and the instance's
+// warnings for operators (offline keys on the server's disk).
+type TUFStatus struct {
+	tufrepo.Status
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (g *ceremonyAPI) routes(mux *http.ServeMux, e *edge) {
@@ -46,7 +55,7 @@ func (g *ceremonyAPI) routes(mux *http.ServeMux, e *edge) {
 const maxStagedBody = 8 << 20 // bytes
 
 func (g *ceremonyAPI) status(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, g.repo.Status())
+	return writeJSON(w, http.StatusOK, TUFStatus{Status: g.repo.Status(), Warnings: g.warnings})
 }
 
 // current returns the current root or top-level targets metadata, the
@@ -115,5 +124,5 @@ func (g *ceremonyAPI) publish(w http.ResponseWriter, r *http.Request) error {
 	}
 	g.audit.record(r, "tuf.publish", strings.Join(what, "+"))
 	g.log.Info("ceremony published", "metadata", strings.Join(what, "+"))
-	return writeJSON(w, http.StatusOK, g.repo.Status())
+	return writeJSON(w, http.StatusOK, TUFStatus{Status: g.repo.Status(), Warnings: g.warnings})
 }

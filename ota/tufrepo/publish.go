@@ -546,7 +546,11 @@ func (r *Repo) refreshLocked(ctx context.Context, deadline time.Time) error {
 			}
 		}
 		if len(signers) == 0 {
-			keyErrs = append(keyErrs, fmt.Errorf("refresh: %s metadata expires at %s: %w", name, rl.md.Signed.Expires.Format(time.RFC3339), ErrKeyUnavailable))
+			hint := ""
+			if name == metadata.TARGETS {
+				hint = "; its key is offline: renew it in a targets ceremony (foster tuf stage targets, sign, publish; docs/TUF.md)"
+			}
+			keyErrs = append(keyErrs, fmt.Errorf("refresh: %s metadata expires at %s%s: %w", name, rl.md.Signed.Expires.Format(time.RFC3339), hint, ErrKeyUnavailable))
 			continue
 		}
 		if _, err := t.edit(name); err != nil {
