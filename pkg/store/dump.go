@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -149,9 +151,16 @@ func (d *DB) lockPublishing(ctx context.Context, dsn string) (func(), error) {
 		if err != nil {
 			return nil, err
 		}
-		if tx, err = w.db.BeginTx(ctx, nil); err != nil {
-			w.db.Close()
-			return nil, fmt.Errorf("taking the store's write lock: %w", err)
+		// SQLite's busy handler is not fair: retry, as a publish would wait.
+		deadline := time.Now().Add(PublishLockTimeout)
+		for {
+			if tx, err = w.db.BeginTx(ctx, nil); err == nil {
+				break
+			}
+			if !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) || ctx.Err() != nil {
+				w.db.Close()
+				return nil, fmt.Errorf("taking the store's write lock: %w", err)
+			}
 		}
 		closeDB = w.db.Close
 	}
@@ -407,7 +416,11 @@ func decodeValue(r json.RawMessage) (any, error) {
 				b, err := base64.StdEncoding.DecodeString(v)
 				return string(b), err
 			case "float":
-				return strconv.ParseFloat(v, 64)
+				x, err := strconv.ParseFloat(v, 64)
+				if err == nil && (math.IsNaN(x) || math.IsInf(x, 0)) {
+					return nil, fmt.Errorf("float %q is not finite", v)
+				}
+				return x, err
 			}
 			return nil, fmt.Errorf("unknown value kind %q", k)
 		}
