@@ -391,7 +391,7 @@ func (p *progress) phase(name string) {
 	}
 	p.cur = name
 	p.last = p.now()
-	fmt.Fprintf(p.w, "%s: %s (%s)\n", p.verb, name, human(p.n))
+	p.print(name)
 }
 
 func (p *progress) step(s string) {
@@ -399,7 +399,14 @@ func (p *progress) step(s string) {
 		return
 	}
 	p.last = p.now()
-	fmt.Fprintf(p.w, "%s: %s (%s)\n", p.verb, s, human(p.n))
+	p.print(s)
+}
+
+func (p *progress) print(s string) {
+	if p.n > 0 {
+		s += " (" + human(p.n) + " so far)"
+	}
+	fmt.Fprintf(p.w, "%s: %s\n", p.verb, s)
 }
 
 func (p *progress) bytes(n int64) {
