@@ -49,9 +49,9 @@ func fakeInstance(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for k, v := range map[string]string{
-		"tuf/timestamp.json":                `{"signed":{"version":3}}`,
-		"tuf/1.root.json":                   `{"signed":{}}`,
-		"targets/edge-gw/1.0.0/abc.fw.bin":  strings.Repeat("firmware", 1000),
+		"tuf/timestamp.json":                 `{"signed":{"version":3}}`,
+		"tuf/1.root.json":                    `{"signed":{}}`,
+		"targets/edge-gw/1.0.0/abc.fw.bin":   strings.Repeat("firmware", 1000),
 		"staging/0123456789abcdef0123456789": "upload in flight",
 	} {
 		if err := bs.Put(ctx, k, strings.NewReader(v), int64(len(v))); err != nil {
