@@ -312,8 +312,8 @@ func instanceFiles(opts Options, cfg *instance.Config) ([]dirFile, []string, err
 	}
 	skip := map[string]bool{}
 	var skipDir string
-	if !strings.Contains(opts.DB, "://") {
-		db, _ := filepath.Abs(strings.TrimPrefix(opts.DB, "sqlite:"))
+	if !strings.HasPrefix(opts.DB, "postgres://") && !strings.HasPrefix(opts.DB, "postgresql://") {
+		db, _ := filepath.Abs(strings.TrimPrefix(strings.TrimPrefix(opts.DB, "sqlite://"), "sqlite:"))
 		for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
 			skip[db+suffix] = true
 		}

@@ -580,8 +580,13 @@ type TableLoader struct {
 	columns []string
 	batch   int
 	pending []any
-	rows    int64
+	// pendingBytes bounds the memory a batch holds (maxBatchBytes).
+	pendingBytes int
+	rows         int64
 }
+
+// maxBatchBytes bounds the encoded rows one insert batch holds.
+const maxBatchBytes = 4 << 20
 
 // Add decodes row (a row of Snapshot.Rows) and inserts it, in a batch.
 func (t *TableLoader) Add(ctx context.Context, row []byte) error {
@@ -590,8 +595,9 @@ func (t *TableLoader) Add(ctx context.Context, row []byte) error {
 		return fmt.Errorf("table %s row %d: %w", t.table, t.rows+1, err)
 	}
 	t.pending = append(t.pending, vals...)
+	t.pendingBytes += len(row)
 	t.rows++
-	if len(t.pending) >= t.batch*len(t.columns) {
+	if len(t.pending) >= t.batch*len(t.columns) || t.pendingBytes >= maxBatchBytes {
 		return t.Flush(ctx)
 	}
 	return nil
@@ -609,7 +615,7 @@ func (t *TableLoader) Flush(ctx context.Context) error {
 	if _, err := t.l.tx.ExecContext(ctx, t.l.d.q(q), t.pending...); err != nil {
 		return fmt.Errorf("loading %s: %w", t.table, err)
 	}
-	t.pending = t.pending[:0]
+	t.pending, t.pendingBytes = t.pending[:0], 0
 	return nil
 }
 
