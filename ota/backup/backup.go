@@ -153,8 +153,9 @@ func Create(ctx context.Context, w io.Writer, opts Options) (Summary, error) {
 	}
 
 	// 1. The store, in the snapshot.
+	p.phase(fmt.Sprintf("store: %d tables", len(snap.Tables())))
 	for _, t := range snap.Tables() {
-		p.phase("store: " + t.Name)
+		p.step("store: " + t.Name)
 		td := TableDump{TableInfo: t}
 		var buf bytes.Buffer
 		flush := func() error {
@@ -197,6 +198,7 @@ func Create(ctx context.Context, w io.Writer, opts Options) (Summary, error) {
 	keys = slices.DeleteFunc(keys, func(k string) bool {
 		return strings.HasPrefix(k, tufrepo.StagingPrefix) || k == tufrepo.TimestampKey
 	})
+	p.phase(fmt.Sprintf("blobs: %d objects", len(keys)+1))
 	for i, k := range keys {
 		p.step(fmt.Sprintf("blobs: %d/%d objects", i, len(keys)+1))
 		rc, info, err := blobs.Open(ctx, k)

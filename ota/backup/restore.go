@@ -282,7 +282,7 @@ func restoreMembers(ctx context.Context, name string, v *Verified, loader *store
 		case strings.HasPrefix(hdr.Name, "store/"):
 			table := partRE.FindStringSubmatch(hdr.Name)[1]
 			t := tables[table]
-			p.phase("store: " + table)
+			p.step("store: " + table)
 			tl, err := loader.Table(ctx, table, t.Columns)
 			if err != nil {
 				return err
