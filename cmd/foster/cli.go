@@ -63,7 +63,10 @@ Usage:
   foster [connection] nudge --model M [--serial SN]   devices check for updates now (MQTT; docs/ROLLOUTS.md)
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
-  foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: move an instance's metadata and firmware
+  foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: copy an instance's metadata and firmware
+  foster blobs migrate --instance DIR --to 's3://bucket?...'        offline: move them and point config.json there
+  foster backup --instance DIR --out FILE.tar.gz   an archive of a running instance (store, blobs, keys: secret)
+  foster restore --from FILE --dir NEWDIR [--db DSN] [--blobs URL]   into a new directory and empty stores
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
   foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
   foster [connection] audit monitor --state FILE [--log-key log.pub]   (needs only --server URL --ca FILE)
@@ -147,8 +150,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return unknownCommand(stderr, cmd, rest[0], subNames(top))
 		}
 	}
-	if cmd == "blobs" {
+	switch cmd {
+	case "blobs":
+		if rest[0] == "migrate" {
+			return cmdBlobsMigrate(ctx, c, rest[1:], stdout, stderr) // offline: the instance's files and stores
+		}
 		return cmdBlobsCopy(ctx, rest[1:], stdout, stderr) // offline: store to store
+	case "migrate-blobs":
+		return cmdBlobsMigrate(ctx, c, rest, stdout, stderr)
+	case "backup":
+		return cmdBackup(ctx, c, rest, stdout, stderr) // reads the store and blobs directly
+	case "restore":
+		return cmdRestore(ctx, rest, stdout, stderr)
 	}
 	if cmd == "ca" {
 		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is

@@ -95,7 +95,11 @@ var commandTree = []command{
 	{"console", "the fleet console: a web UI on this machine, with your credential", nil},
 	{"blobs", "blob stores (TUF metadata and firmware)", []subcommand{
 		{"copy", "offline: copy every object to another store (local files to S3)"},
+		{"migrate", "offline: move the instance's blobs to another store, verified, and point config.json there"},
 	}},
+	{"migrate-blobs", "the same as blobs migrate", nil},
+	{"backup", "archive a running instance: store, blobs, config, certificates, keys (docs/OPERATIONS.md)", nil},
+	{"restore", "restore a backup into a new data directory and empty stores", nil},
 	{"help", "help about any command", nil},
 	{"completion", "shell completion script: bash, zsh or fish", nil},
 }

@@ -151,13 +151,33 @@ func Load(dir string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", PathsOf(dir).Config, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses the content of a config.json; unknown fields are
+// refused.
+func ParseConfig(b []byte) (*Config, error) {
 	var c Config
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", PathsOf(dir).Config, err)
+		return nil, err
 	}
 	return &c, nil
+}
+
+// Save writes c as dir's config.json, atomically and readable by its owner
+// only.
+func (c *Config) Save(dir string) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(PathsOf(dir).Config, append(b, '\n'), 0o600)
 }
 
 // InitOptions tune Init.
@@ -314,9 +334,8 @@ func Init(ctx context.Context, dir string, opts InitOptions) (_ *Config, err err
 	if _, _, err := ensureLogKey(ctx, dir, cfg.LogKey, opts.Passphrase); err != nil {
 		return nil, err
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
 	// config.json last: its presence marks a complete instance.
-	if err := atomicfile.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
+	if err := cfg.Save(dir); err != nil {
 		return nil, err
 	}
 	return cfg, nil
@@ -368,19 +387,31 @@ func resolve(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
-func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
+// BlobsURL is the blob store URL u of config.json (or --blobs) for the
+// instance in dir: file: paths and plain paths are relative to dir.
+func BlobsURL(dir, u string) string {
 	if rest, ok := strings.CutPrefix(u, "file:"); ok {
-		return blob.Open(ctx, "file:"+resolve(dir, rest))
+		return "file:" + resolve(dir, rest)
 	}
 	if !strings.Contains(u, "://") {
-		return blob.Open(ctx, "file:"+resolve(dir, u))
+		return "file:" + resolve(dir, u)
 	}
-	return blob.Open(ctx, u)
+	return u
+}
+
+// StoreDSN is the store DSN dsn of config.json (or --db) for the instance
+// in dir: a SQLite path is relative to dir.
+func StoreDSN(dir, dsn string) string {
+	if strings.Contains(dsn, "://") {
+		return dsn
+	}
+	return resolve(dir, strings.TrimPrefix(dsn, "sqlite:"))
+}
+
+func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
+	return blob.Open(ctx, BlobsURL(dir, u))
 }
 
 func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {
-	if strings.Contains(dsn, "://") {
-		return store.Open(ctx, dsn)
-	}
-	return store.Open(ctx, resolve(dir, strings.TrimPrefix(dsn, "sqlite:")))
+	return store.Open(ctx, StoreDSN(dir, dsn))
 }

@@ -229,7 +229,15 @@ func roleKey(name string, v int64) string {
 	return "tuf/" + strconv.FormatInt(v, 10) + "." + name + ".json"
 }
 
-const timestampKey = "tuf/timestamp.json"
+const timestampKey = TimestampKey
+
+// TimestampKey is timestamp.json's blob key: the repository's one mutable
+// object, written last by every publish (every other key is written once).
+const TimestampKey = "tuf/timestamp.json"
+
+// StagingPrefix starts the blob keys of uploads in flight, which no
+// metadata references.
+const StagingPrefix = "staging/"
 
 // Init creates a new repository in store: 1.root.json (consistent
 // snapshots, threshold 1 per role), an empty 1.targets.json,

@@ -282,7 +282,7 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return Target{}, err
 	}
-	staging := "staging/" + hex.EncodeToString(rnd[:])
+	staging := StagingPrefix + hex.EncodeToString(rnd[:])
 	defer r.store.Delete(context.WithoutCancel(ctx), staging)
 
 	limit := r.opts.MaxTargetLength

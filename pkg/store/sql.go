@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -49,9 +50,29 @@ type DB struct {
 //	sqlite:/path/foster.db | /path/foster.db   embedded SQLite (WAL, busy timeout 5 s)
 //	postgres://user@host:5432/db?sslmode=disable
 func Open(ctx context.Context, dsn string) (*DB, error) {
+	d, err := connect(ctx, dsn, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.migrate(ctx); err != nil {
+		d.db.Close()
+		return nil, err
+	}
+	if err := d.prepareHot(ctx); err != nil {
+		d.db.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// connect opens the database named by dsn (see Open) and checks that it
+// answers, without migrating it. readOnly (backups of a store that a
+// running fosterd owns): a SQLite file must exist already, its
+// transactions are deferred and its connections refuse writes.
+func connect(ctx context.Context, dsn string, readOnly bool) (*DB, error) {
 	var d *DB
 	switch {
-	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+	case isPostgresDSN(dsn):
 		db, err := sql.Open("pgx", dsn)
 		if err != nil {
 			return nil, fmt.Errorf("opening postgres: %w", err)
@@ -59,23 +80,27 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		db.SetMaxOpenConns(16)
 		d = &DB{db: db, dialect: postgres}
 	default:
-		path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite://"), "sqlite:")
-		if path == "" {
-			return nil, errors.New("store: empty sqlite path")
-		}
-		abs, err := filepath.Abs(path)
+		abs, err := sqlitePath(dsn)
 		if err != nil {
-			return nil, err
-		}
-		if err := createPrivate(abs); err != nil {
 			return nil, err
 		}
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(5000)")
-		q.Add("_pragma", "journal_mode(WAL)")
-		q.Add("_pragma", "synchronous(FULL)")
-		q.Add("_pragma", "foreign_keys(1)")
-		q.Set("_txlock", "immediate")
+		if readOnly {
+			if _, err := os.Stat(abs); err != nil {
+				return nil, fmt.Errorf("store: %w", err)
+			}
+			q.Add("_pragma", "query_only(1)")
+			q.Set("_txlock", "deferred")
+		} else {
+			if err := createPrivate(abs); err != nil {
+				return nil, err
+			}
+			q.Add("_pragma", "journal_mode(WAL)")
+			q.Add("_pragma", "synchronous(FULL)")
+			q.Add("_pragma", "foreign_keys(1)")
+			q.Set("_txlock", "immediate")
+		}
 		db, err := sql.Open("sqlite", "file:"+abs+"?"+q.Encode())
 		if err != nil {
 			return nil, fmt.Errorf("opening sqlite %s: %w", abs, err)
@@ -89,15 +114,20 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		d.db.Close()
 		return nil, fmt.Errorf("connecting to store: %w", err)
 	}
-	if err := d.migrate(ctx); err != nil {
-		d.db.Close()
-		return nil, err
-	}
-	if err := d.prepareHot(ctx); err != nil {
-		d.db.Close()
-		return nil, err
-	}
 	return d, nil
+}
+
+func isPostgresDSN(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// sqlitePath is the absolute path of a SQLite DSN.
+func sqlitePath(dsn string) (string, error) {
+	path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite://"), "sqlite:")
+	if path == "" {
+		return "", errors.New("store: empty sqlite path")
+	}
+	return filepath.Abs(path)
 }
 
 // Close closes the prepared statements and the database.
