@@ -32,7 +32,8 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 Usage:
   foster --version
   foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
-  foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
+  foster ca certify-intermediate --dir DIR --key URI [--out FILE]   offline: certify a new issuing key (docs/CA.md)
+  foster [connection] ca use-intermediate --cert FILE --key URI      issue with it on every fosterd, no restart
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list|show [NAME] [--json]
   foster [connection] model update NAME [--add-hardware-id ID ...] [--remove-hardware-id ID ...]
@@ -41,6 +42,8 @@ Usage:
   foster [connection] release list [--model M] [--json]
   foster [connection] release show|revoke --model M --version V [--json]
   foster [connection] tuf status|stage|inspect|publish ...   foster tuf keygen|sign|combine ...  (offline ceremonies: foster tuf --help)
+  foster [connection] tuf rotate timestamp|snapshot|targets [--key KEY] [--root-key FILE ...]   new online key, every fosterd, no restart
+  foster [connection] keys status [--json]        the online keys and which fosterd use them
   foster [connection] device list [--json]
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
@@ -150,7 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdBlobsCopy(ctx, rest[1:], stdout, stderr) // offline: store to store
 	}
 	if cmd == "ca" {
-		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is
+		return runCA(ctx, c, rest, stdout, stderr) // certify-intermediate is offline, where the root key is
 	}
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
@@ -249,6 +252,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdAdminRevoke
 	case "admin renew":
 		fn = cmdAdminRenew
+	case "keys status":
+		fn = cmdKeysStatus
 	case "enroll ":
 		fn = cmdStationEnroll
 	case "nudge ":
