@@ -279,14 +279,14 @@ func redactRef(ref string) string {
 // up to date with a newly published root, report.
 func (km *keyManager) poll(ctx context.Context) {
 	ks, err := km.st.KeySet(ctx)
+	km.mu.Lock()
+	defer km.mu.Unlock()
 	if err != nil {
 		if ctx.Err() == nil {
 			km.logError("reading the online key record", err)
 		}
 		return
 	}
-	km.mu.Lock()
-	defer km.mu.Unlock()
 	if ks.Version != km.applied {
 		km.applyLocked(ctx, ks, nil)
 	}
@@ -323,6 +323,8 @@ func (km *keyManager) loop(ctx context.Context) {
 	}
 }
 
+// logError logs err, but the same error at most once a minute (a replica
+// that cannot load a key retries every poll). Called with mu held.
 func (km *keyManager) logError(msg string, err error) {
 	if s := msg + err.Error(); s != km.logged || time.Since(km.loggedAt) > time.Minute {
 		km.logged, km.loggedAt = s, time.Now()
