@@ -426,6 +426,7 @@ func TestReplicaThatCannotLoadANewKeyKeepsItsKeysAndHoldsUpTheRotation(t *testin
 	a.MustRun("foster", rotate...)
 	fw, _ := writeFirmware(t, 1000)
 	b.Admin("release", "add", "--model", "edge-gw", "--version", "1.0.0", fw)
+	awaitSameTimestamp(t, 30*time.Second, a, b) // A follows B's publish
 	for _, e := range []*Env{a, b} {
 		for _, k := range e.keyStatus().TUF {
 			if k.Role == "snapshot" && !slices.Equal(k.TrustedFor, []string{"snapshot"}) {

@@ -387,16 +387,6 @@ func (r *Repo) SetKeys(ctx context.Context, keys Keys) error {
 	return nil
 }
 
-// HeldKeyIDs returns the key IDs of every key the repository holds (its
-// role keys and extra keys; not model keys).
-func (r *Repo) HeldKeyIDs() []string {
-	var ids []string
-	for _, h := range r.sig.Load().ring.held {
-		ids = append(ids, h.id)
-	}
-	return ids
-}
-
 // load reads and verifies the repository in store. With prev (a reload
 // after another writer published), the root chain is walked on from prev's
 // root, and delegated roles whose version prev already holds are not read
