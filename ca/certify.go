@@ -27,6 +27,11 @@ type CertifyOptions struct {
 	Validity time.Duration
 	// Now is the issuance time; default time.Now.
 	Now func() time.Time
+	// Out, if set, is where the new intermediate is written; DIR is then
+	// left as it is, and a running fosterd takes the new intermediate with
+	// foster ca use-intermediate (docs/CA.md). Empty: DIR/intermediate.pem
+	// is replaced (fosterd stopped).
+	Out string
 }
 
 // CertifyIntermediate moves issuance to a new key, typically one that lives
@@ -34,8 +39,9 @@ type CertifyOptions struct {
 // new intermediate CA (same name, path length 0), and DIR/intermediate.pem is
 // replaced (the old one is kept as intermediate-<serial>.pem). Certificates
 // issued under the old intermediate still chain to the root with the old
-// intermediate they carry. Run it with fosterd stopped, then set
-// config.json identity.intermediate_key to opts.Key.
+// intermediate they carry. Without opts.Out, run it with fosterd stopped,
+// then set config.json identity.intermediate_key to opts.Key; with it, hand
+// the file and the key to foster ca use-intermediate on the running fosterd.
 func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (*x509.Certificate, error) {
 	if opts.Key == "" {
 		return nil, errors.New("no key to certify")
@@ -84,6 +90,12 @@ func CertifyIntermediate(ctx context.Context, dir string, opts CertifyOptions) (
 	inter, err := stepca.NewIntermediate(old.Subject.CommonName, key.signer, root, rootKey.signer, now.Add(-backdate), notAfter)
 	if err != nil {
 		return nil, fmt.Errorf("certifying the new intermediate: %w", err)
+	}
+	if opts.Out != "" {
+		if err := atomicfile.WriteFile(opts.Out, encodeCerts(inter), 0o644); err != nil {
+			return nil, err
+		}
+		return inter, nil
 	}
 	backup := filepath.Join(dir, fmt.Sprintf("intermediate-%s.pem", old.SerialNumber.Text(16)))
 	if err := atomicfile.WriteFile(backup, encodeCerts(old), 0o600); err != nil {

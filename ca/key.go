@@ -109,3 +109,12 @@ func redactURI(ref string) string {
 	slices.Sort(keep)
 	return u.Scheme + ":" + strings.Join(keep, ";")
 }
+
+// RedactKeyRef returns a key reference fit for logs and API answers: a
+// file path as it is, a KMS/HSM URI without pin or password values.
+func RedactKeyRef(ref string) string {
+	if !IsKMSURI(ref) {
+		return ref
+	}
+	return redactURI(ref)
+}

@@ -33,7 +33,8 @@ Usage:
   foster --version
   foster init --dir DIR [--listen ADDR]            create a development instance (as fosterd --init does)
   foster init --production --offline-dir OFFLINE --dir DIR   offline keys only on OFFLINE (docs/OPERATIONS.md)
-  foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
+  foster ca certify-intermediate --dir DIR --key URI [--out FILE]   offline: certify a new issuing key (docs/CA.md)
+  foster [connection] ca use-intermediate --cert FILE --key URI      issue with it on every fosterd, no restart
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list|show [NAME] [--json]
   foster [connection] model update NAME [--add-hardware-id ID ...] [--remove-hardware-id ID ...]
@@ -42,6 +43,8 @@ Usage:
   foster [connection] release list [--model M] [--json]
   foster [connection] release show|revoke --model M --version V [--json]
   foster [connection] tuf status|stage|inspect|publish ...   foster tuf keygen|sign|combine ...  (offline ceremonies: foster tuf --help)
+  foster [connection] tuf rotate timestamp|snapshot|targets [--key KEY] [--root-key FILE ...]   new online key, every fosterd, no restart
+  foster [connection] keys status [--json]        the online keys and which fosterd use them
   foster [connection] device list [--json]
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
@@ -164,7 +167,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdRestore(ctx, rest, stdout, stderr)
 	}
 	if cmd == "ca" {
-		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is
+		return runCA(ctx, c, rest, stdout, stderr) // certify-intermediate is offline, where the root key is
 	}
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
@@ -263,6 +266,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdAdminRevoke
 	case "admin renew":
 		fn = cmdAdminRenew
+	case "keys status":
+		fn = cmdKeysStatus
 	case "enroll ":
 		fn = cmdStationEnroll
 	case "nudge ":

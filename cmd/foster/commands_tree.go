@@ -24,8 +24,9 @@ type command struct {
 
 var commandTree = []command{
 	{"init", "create an instance directory (--production: offline keys on separate media)", nil},
-	{"ca", "offline CA ceremonies", []subcommand{
-		{"certify-intermediate", "move issuance to a KMS/HSM key (docs/CA.md)"},
+	{"ca", "the issuing CA: certify a new intermediate offline, then use it", []subcommand{
+		{"certify-intermediate", "offline: certify a new issuing key with the root (docs/CA.md)"},
+		{"use-intermediate", "issue with a new intermediate on every fosterd, no restart"},
 	}},
 	{"model", "device models and their hardware ids", []subcommand{
 		{"add", "register a device model"},
@@ -50,6 +51,10 @@ var commandTree = []command{
 		{"combine", "offline: merge signed copies"},
 		{"inspect", "whose signatures are there, which thresholds are met"},
 		{"publish", "publish signed root or targets"},
+		{"rotate", "rotate the timestamp, snapshot or targets key on every fosterd, no restart"},
+	}},
+	{"keys", "the online keys every fosterd uses (docs/TUF.md, docs/CA.md)", []subcommand{
+		{"status", "the key record, held keys, intermediate, and each fosterd's version"},
 	}},
 	{"device", "enrolled devices", []subcommand{
 		{"list", "list devices"},

@@ -30,6 +30,7 @@ import (
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/foster-ota/foster/pkg/store"
+	"github.com/sigstore/sigstore/pkg/signature"
 )
 
 // DefaultListen is where fosterd listens unless told otherwise.
@@ -309,7 +310,12 @@ func Init(ctx context.Context, dir string, opts InitOptions) (_ *Config, err err
 	if err != nil {
 		return nil, err
 	}
-	keys, err := loadRepoKeys(ctx, dir, refs, opts.Passphrase)
+	keys, err := loadRepoKeys(refs, func(ref string) (signature.Signer, error) {
+		if !signing.IsKMS(ref) {
+			ref = resolve(dir, ref)
+		}
+		return signing.Load(ctx, ref, opts.Passphrase)
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -75,6 +75,9 @@ type Config struct {
 	Throttle Throttle
 	// Nudger publishes "update now" nudges over MQTT (nudge.go); nil: none.
 	Nudger Nudger
+	// Keys is the online key record (keys.go): foster tuf rotate and foster
+	// ca use-intermediate. Nil: no /v1/keys routes.
+	Keys KeyManager
 	// ReadyTimeout bounds each check of GET /readyz (ready.go). Default 2s.
 	ReadyTimeout time.Duration
 	// Warnings are shown to admins and auditors in GET /v1/tuf (foster tuf
@@ -89,7 +92,7 @@ type Config struct {
 // It is a router over handler groups, one per capability: enrollAPI
 // (enrollment.go, renew.go), distributionAPI, releaseAPI, ceremonyAPI
 // (tuf.go), attestAPI, logAPI (tlog.go), modelAPI, deviceAPI, stationAPI,
-// adminAPI, rolloutAPI (rollouts.go) and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
+// adminAPI, rolloutAPI (rollouts.go), keyAPI (keys.go) and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
 // group is a struct that holds only what it uses: small interfaces declared
 // in its own file, next to their one consumer (satisfied by *store.DB, ca.CA,
 // tufrepo.Repo, *tlog.Log), and shared helpers (auditTrail, crl). Its
@@ -178,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, memberships: cfg.Rollouts, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
 		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
-		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log, warnings: cfg.Warnings},
+		&ceremonyAPI{repo: cfg.Repo, keys: cfg.Keys, publishing: publishing, audit: trail, log: log, warnings: cfg.Warnings},
 		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, rollouts: cfg.Rollouts, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
 		&logAPI{log: cfg.Log},
 		&modelAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, now: cfg.Now, defaultTokenTTL: cfg.DefaultTokenTTL, maxTokenTTL: cfg.MaxTokenTTL},
@@ -188,7 +191,10 @@ func New(cfg Config) (*Server, error) {
 		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
 		&nudgeAPI{nudger: cfg.Nudger, store: cfg.Store, audit: trail, log: log},
 		trail,
-		&readiness{store: cfg.Store, blobs: cfg.Repo, timeout: cfg.ReadyTimeout, log: log},
+		&readiness{store: cfg.Store, blobs: cfg.Repo, keys: cfg.Keys, timeout: cfg.ReadyTimeout, log: log},
+	}
+	if cfg.Keys != nil {
+		s.groups = append(s.groups, &keyAPI{keys: cfg.Keys, audit: trail})
 	}
 	return s, nil
 }

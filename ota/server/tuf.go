@@ -29,6 +29,9 @@ type ceremonyRepo interface {
 // ceremonyAPI is the TUF ceremony group. Safe for concurrent use.
 type ceremonyAPI struct {
 	repo ceremonyRepo
+	// keys, if set, hears of every root published (a rotation's new key
+	// becomes the configured one).
+	keys KeyManager
 	// publishing serialises publication with releaseAPI's.
 	publishing *sync.Mutex
 	audit      *auditTrail
@@ -124,5 +127,13 @@ func (g *ceremonyAPI) publish(w http.ResponseWriter, r *http.Request) error {
 	}
 	g.audit.record(r, "tuf.publish", strings.Join(what, "+"))
 	g.log.Info("ceremony published", "metadata", strings.Join(what, "+"))
+	if root != nil && g.keys != nil {
+		// The publish stands; a failure here is retried by every replica's
+		// key loop (it compares the record with each new root).
+		p, _ := principalFrom(r.Context())
+		if err := g.keys.RootPublished(r.Context(), p.URI()); err != nil {
+			g.log.Error("updating the key record after a root publish", "err", err)
+		}
+	}
 	return writeJSON(w, http.StatusOK, TUFStatus{Status: g.repo.Status(), Warnings: g.warnings})
 }

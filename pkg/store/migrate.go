@@ -20,6 +20,8 @@ import (
 func (d *DB) migrations() []*goose.Migration {
 	return []*goose.Migration{
 		goose.NewGoMigration(1, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.baseline(ctx) }}, nil),
+		// 2: the online key record and the replicas' reports of it (keyset.go).
+		goose.NewGoMigration(2, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateKeySet(ctx) }}, nil),
 	}
 }
 
