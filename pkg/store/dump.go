@@ -48,6 +48,7 @@ const versionTable = "goose_db_version"
 // table: a store holding nothing else is empty, and a load replaces them.
 var seedRows = map[string]string{
 	"tuf_state": "timestamp_version = 0", // tufstate.go: the publish record before any publish
+	"key_set":   "version = 0",           // keyset.go: the online key record before any rotation
 }
 
 // Snapshot is one read-only transaction over a whole store, for a
