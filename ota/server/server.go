@@ -84,7 +84,7 @@ type Config struct {
 	// ServerURL is this server's URL as devices know it (informational,
 	// written into offline bundles).
 	ServerURL string
-	Now          func() time.Time
+	Now       func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
