@@ -246,6 +246,11 @@ func (c *Client) adoptEqualTimestamp() error {
 	if cerr != nil || rerr != nil || cv.Signed.Version != rv.Signed.Version || string(cached) == string(remote) {
 		return nil
 	}
+	// Only a copy the trusted root's timestamp keys signed replaces the
+	// cached one (go-tuf checks it again when it loads it).
+	if root := c.up.GetTrustedMetadataSet().Root; root == nil || root.VerifyDelegate(metadata.TIMESTAMP, rv) != nil {
+		return nil
+	}
 	return atomicfile.WriteFile(local, remote, 0o644)
 }
 
