@@ -74,8 +74,8 @@ const maxCacheFiles = 4096
 // carries (or, from a plain copy of the repository, the newest release for
 // this device), exactly as RunOnce installs from fosterd, without any
 // network access to fosterd. An install already in flight past its
-// download is finished first (as RunOnce does); the report then says so
-// and the bundle is not looked at: run install-bundle again.
+// download is finished first (as RunOnce does): run again after the reboot
+// an A/B install requests, install-bundle commits it.
 func (a *Agent) InstallBundle(ctx context.Context, o BundleOptions) (*BundleReport, error) {
 	if a.cfg.Installer == nil && !o.VerifyOnly {
 		return nil, errors.New("no installer configured")
@@ -109,9 +109,15 @@ func (a *Agent) InstallBundle(ctx context.Context, o BundleOptions) (*BundleRepo
 		if err := a.queueAttestations(j); err != nil {
 			return rep, err
 		}
-		if err := a.drive(ctx, j, &rep.Report, true); err != nil || rep.Rebooting || rep.RolledBack != nil || rep.Installed != nil {
+		if err := a.drive(ctx, j, &rep.Report, true); err != nil || rep.Rebooting || rep.RolledBack != nil {
 			return rep, rolledBack(&rep.Report, err)
 		}
+		// An A/B install of this very bundle, resumed after its reboot:
+		// committed now, so there is nothing more to do.
+		if rep.Installed != nil && (src.Manifest == nil || rep.Installed.SHA256 == src.Manifest.SHA256) {
+			return rep, nil
+		}
+		rep.Installed, rep.Previous = nil, nil
 	}
 	bs := a.bundleSource(src)
 	sel, err := a.verifyBundle(ctx, j, bs, src.Local)

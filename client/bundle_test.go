@@ -406,3 +406,67 @@ func TestAttackBundleMalformedOrTruncated(t *testing.T) {
 	must(t, os.Symlink("/etc/passwd", filepath.Join(imgDir, ents[0].Name())))
 	d.refused(client.BundleOptions{Path: dir}, "escapes")
 }
+
+// The A/B installer from a bundle: the image goes to the inactive slot,
+// the trial boot is armed and a reboot requested; after the boot, running
+// install-bundle again (or run, which the device's service does) health-
+// checks and commits it, and the attestation waits for fosterd. A health
+// check that fails after the reboot rolls back like an online install.
+func TestInstallBundleABRebootsCommitsOrRollsBack(t *testing.T) {
+	for _, healthy := range []bool{true, false} {
+		t.Run(map[bool]string{true: "healthy", false: "unhealthy"}[healthy], func(t *testing.T) {
+			srv := newEnv(t, true)
+			d := newABDevice(t, srv)
+			behaviour := clienttest.Healthy
+			if !healthy {
+				behaviour = clienttest.Unhealthy
+			}
+			name, img := d.publish("1.1.0", behaviour, 1)
+			file := bundleOf(t, srv, name, img, 1, time.Now().Add(30*24*time.Hour))
+			asked := requests(srv)
+			install := func() (*client.BundleReport, error) {
+				return d.agent().InstallBundle(context.Background(), client.BundleOptions{Path: file})
+			}
+			rep, err := install()
+			if err != nil || !rep.Rebooting || !d.sim.RebootRequested() {
+				t.Fatalf("install: %+v %v\n%s", rep, err, d.logs)
+			}
+			d.boot()
+			rep, err = install()
+			if healthy {
+				if err != nil || rep.Installed == nil || rep.Installed.Name != name || rep.AttestationsQueued != 1 {
+					t.Fatalf("after the reboot: %+v %v\n%s", rep, err, d.logs)
+				}
+				if env := d.sim.Env(); env["upgrade_available"] != "0" || env["boot_part"] != "b" {
+					t.Fatalf("not committed: %v", env)
+				}
+			} else {
+				// The health check failed: back to the old slot, by a reboot.
+				if err != nil || !rep.Rebooting || rep.Phase != "rolled-back" {
+					t.Fatalf("after the reboot: %+v %v\n%s", rep, err, d.logs)
+				}
+				d.boot()
+				if rep, err = install(); !errors.Is(err, client.ErrRolledBack) || rep.RolledBack == nil || rep.AttestationsQueued != 1 {
+					t.Fatalf("after the second reboot: %+v %v\n%s", rep, err, d.logs)
+				}
+				if _, err := install(); err == nil || !strings.Contains(err.Error(), "rolled back on this device before") {
+					t.Fatalf("the rolled-back image again: %v", err)
+				}
+			}
+			if requests(srv) != asked {
+				t.Fatal("install-bundle contacted fosterd")
+			}
+			if _, err := d.runOnce(); err != nil && healthy {
+				t.Fatal(err)
+			}
+			got := srv.Received()
+			want := attest.OutcomeCommitted
+			if !healthy {
+				want = attest.OutcomeRolledBack
+			}
+			if len(got) != 1 || got[0].Install.Outcome != want || got[0].Install.New.Name != name {
+				t.Fatalf("attestations delivered online: %+v", got)
+			}
+		})
+	}
+}

@@ -531,7 +531,7 @@ func installBundleCmd() command {
 func printBundleReport(w io.Writer, rep *client.BundleReport, verifyOnly bool) {
 	switch {
 	case rep.Installed != nil && rep.Offered == nil:
-		fmt.Fprintf(w, "finished the install in flight: %s (version %s); run install-bundle again for the bundle\n", rep.Installed.Name, rep.Installed.Version)
+		fmt.Fprintf(w, "installed %s (version %s, release %d): the install in flight since the reboot is committed\n", rep.Installed.Name, rep.Installed.Version, rep.Installed.ReleaseCounter)
 	case rep.Rebooting && rep.Offered == nil:
 		fmt.Fprintln(w, "an install in flight requested a reboot; run install-bundle again after it")
 	case rep.UpToDate:
