@@ -3,6 +3,7 @@ package tufrepo_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/offline"
+	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -143,3 +145,53 @@ func read(t *testing.T, s blob.Store, key string) []byte {
 }
 
 func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// A bundle carries the role that lists its release: the model's role for a
+// recent one, plus its bin for an archived one; and every bin of the model
+// for a release whose rollout terms restrict it, since a device finds its
+// signed groups in the bin its own serial hashes to.
+func TestBundleCarriesTheBinsItsDevicesNeed(t *testing.T) {
+	f := newBinnedFixture(t, 4, 2)
+	for i := 1; i <= 12; i++ {
+		f.add(fmt.Sprintf("edge-gw/1.0.%d/fw.bin", i), []byte(fmt.Sprint(i)), custom("edge-gw", fmt.Sprintf("1.0.%d", i), i))
+	}
+	bins := func(b *tufrepo.Bundle) (out []string) {
+		for _, bf := range b.Files {
+			if strings.Contains(bf.Key, "/bins-") {
+				out = append(out, bf.Key)
+			}
+		}
+		return out
+	}
+	recent, err := f.repo.Bundle(t.Context(), "edge-gw/1.0.12/fw.bin", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bins(recent); len(got) != 0 || recent.Staged {
+		t.Fatalf("a recent release's bundle carries bins %v (staged %v)", got, recent.Staged)
+	}
+	_, role, _ := f.repo.Lookup("edge-gw/1.0.2/fw.bin")
+	archived, err := f.repo.Bundle(t.Context(), "edge-gw/1.0.2/fw.bin", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bins(archived); len(got) != 1 || !strings.Contains(got[0], role+".json") {
+		t.Fatalf("an archived release's bundle carries bins %v, want its own %s", got, role)
+	}
+	if _, err := f.repo.SetTerms(t.Context(), "edge-gw/1.0.12/fw.bin", &rollout.Terms{ID: "r-1", Seed: testSeed, Share: 2500, State: "running"}); err != nil {
+		t.Fatal(err)
+	}
+	staged, err := f.repo.Bundle(t.Context(), "edge-gw/1.0.12/fw.bin", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := 0
+	for _, ri := range f.repo.Roles() {
+		if strings.HasPrefix(ri.Name, "models/edge-gw/bins-") {
+			all++
+		}
+	}
+	if got := bins(staged); !staged.Staged || all < 2 || len(got) != all {
+		t.Fatalf("a staged release's bundle carries %d bins (staged %v), want all %d", len(got), staged.Staged, all)
+	}
+}
