@@ -308,9 +308,9 @@ func (g *bundleAPI) choose(ctx context.Context, req BundleRequest) (tufrepo.Targ
 		}
 	}
 	if best == nil {
-		what := req.Model
+		what := req.Model + " listing no hardware ids (give --hardware-id for images built for one)"
 		if req.HardwareID != "" {
-			what += " (hardware id " + req.HardwareID + ")"
+			what = req.Model + " for hardware id " + req.HardwareID
 		}
 		return tufrepo.Target{}, releaseCustom{}, apierr.New(http.StatusNotFound, apierr.CodeNotFound,
 			"no published full image of %s that every device is offered; give --version to choose a release", what)
