@@ -324,10 +324,11 @@ func ReadArchive(ra io.ReaderAt, size int64) (*Archive, error) {
 		if err != nil {
 			return nil, malformed("reading tar headers: %v", err)
 		}
-		name := hdr.Name
+		// "./" prefixes and directories appear when someone re-packs an
+		// unpacked bundle (tar -C dir -cf bundle.tar .).
+		name := strings.TrimPrefix(hdr.Name, "./")
 		if hdr.Typeflag == tar.TypeDir {
-			// Directories appear when someone re-packs an unpacked bundle.
-			if d := strings.TrimSuffix(name, "/"); d != "tuf" && d != "targets" {
+			if d := strings.TrimSuffix(name, "/"); d != "" && d != "." && d != "tuf" && d != "targets" {
 				if err := ValidName(d + "/x.json"); err != nil {
 					return nil, malformed("unexpected directory %q", name)
 				}

@@ -137,6 +137,20 @@ func TestReadArchiveRefusesHostileArchives(t *testing.T) {
 	}
 }
 
+// An unpacked bundle packed again with tar (directories, "./" names) reads the same.
+func TestReadArchiveAcceptsARepackedBundle(t *testing.T) {
+	b := tarOf(t, &tar.Header{Name: "./", Typeflag: tar.TypeDir}, &tar.Header{Name: "./tuf/", Typeflag: tar.TypeDir},
+		&tar.Header{Name: "./tuf/3.models/", Typeflag: tar.TypeDir}, &tar.Header{Name: "./tuf/3.models/edge-gw.json", Size: 3},
+		&tar.Header{Name: "./targets/edge-gw/1.0.0/", Typeflag: tar.TypeDir})
+	a, err := offline.ReadArchive(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.Open("tuf/3.models/edge-gw.json"); !ok {
+		t.Fatalf("members %+v", a.Members())
+	}
+}
+
 func TestReadArchiveRefusesTooManyMembers(t *testing.T) {
 	var hdrs []*tar.Header
 	for i := range offline.MaxMembers + 2 {
