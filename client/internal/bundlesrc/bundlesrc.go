@@ -250,7 +250,7 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// MirrorTimeouts bound a mirror's connection setup and first response
+// Mirror timeouts bound a mirror's connection setup and first response
 // byte; a transfer has no overall timeout (the downloader's stall timeout
 // applies), so a slow link still fetches a large image.
 const (
