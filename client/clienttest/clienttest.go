@@ -615,3 +615,41 @@ func DropConnection(w http.ResponseWriter) {
 		c.Close()
 	}
 }
+
+// BundleMeta returns the repository's metadata as an offline bundle
+// carries it (pkg/offline): the current timestamp and snapshot re-signed
+// with the same versions, expiring at exp, the timestamp marked with
+// signedAt under signedAtField (pkg/offline.SignedAtField; the agent must
+// not depend on this package for it).
+func (r *Repo) BundleMeta(t testing.TB, exp, signedAt time.Time, signedAtField string) map[string][]byte {
+	t.Helper()
+	out := make(map[string][]byte, len(r.Meta))
+	for k, v := range r.Meta {
+		out[k] = v
+	}
+	sn, err := metadata.Snapshot().FromBytes(r.Meta[fmt.Sprintf("%d.snapshot.json", r.snapshot.Signed.Version)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Signed.Expires = exp.UTC().Truncate(time.Second)
+	sign(t, sn, r.keys[metadata.SNAPSHOT])
+	b, err := sn.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out[fmt.Sprintf("%d.snapshot.json", sn.Signed.Version)] = b
+	ts, err := metadata.Timestamp().FromBytes(r.Meta["timestamp.json"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Signed.Expires = exp.UTC().Truncate(time.Second)
+	if ts.Signed.UnrecognizedFields == nil {
+		ts.Signed.UnrecognizedFields = map[string]any{}
+	}
+	ts.Signed.UnrecognizedFields[signedAtField] = signedAt.UTC().Truncate(time.Second).Format(time.RFC3339)
+	sign(t, ts, r.keys[metadata.TIMESTAMP])
+	if out["timestamp.json"], err = ts.ToBytes(false); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -64,6 +64,8 @@ Usage:
   foster [connection] admin revoke NAME [--reason keyCompromise]
   foster [connection] admin renew                 a fresh credential for the caller, written over its files
   foster [connection] nudge --model M [--serial SN]   devices check for updates now (MQTT; docs/ROLLOUTS.md)
+  foster [connection] bundle export --model M [--version V] [--hardware-id H] [--lifetime 720h] --out FILE
+                      one file that patches a device that can never reach fosterd (docs/OFFLINE.md)
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
   foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: copy an instance's metadata and firmware
@@ -272,6 +274,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdStationEnroll
 	case "nudge ":
 		fn = cmdNudge
+	case "bundle export":
+		fn = cmdBundleExport
 	default:
 		return unknownCommand(stderr, cmd, sub, subNames(top))
 	}

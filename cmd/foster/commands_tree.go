@@ -79,6 +79,9 @@ var commandTree = []command{
 		{"resume", "resume a paused rollout"},
 		{"abort", "stop offering the release (share 0)"},
 	}},
+	{"bundle", "offline bundles for devices that can never reach fosterd (docs/OFFLINE.md)", []subcommand{
+		{"export", "write one file: metadata, image, CA bundle and CRL, valid for weeks"},
+	}},
 	{"nudge", "ask devices to check for updates now, over MQTT (--model M [--serial SN])", nil},
 	{"station", "factory stations", []subcommand{
 		{"create", "create a station credential bundle"},

@@ -193,9 +193,14 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if w := OfflineKeyWarning(dir, cfg); w != "" {
 		warnings = append(warnings, w)
 	}
+	bundles, err := cfg.TUFLifetimes.bundles()
+	if err != nil {
+		return nil, err
+	}
 	scfg := server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
 		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle, Warnings: warnings, Keys: keys,
+		Bundles: bundles, ServerURL: cfg.ServerURL,
 	}
 	if nudger != nil { // a nil *Publisher in the interface would not be nil
 		scfg.Nudger = nudger

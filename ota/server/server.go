@@ -35,6 +35,7 @@ type Issuer interface {
 	clientIssuer    // credentials.go
 	validityChecker // models.go
 	crlIssuer       // crl.go
+	caCerts         // bundles.go
 }
 
 // Repo is the firmware repository (implemented by tufrepo.Repo): what the
@@ -45,6 +46,7 @@ type Repo interface {
 	ceremonyRepo    // tuf.go
 	repoVersions    // evidence.go
 	blobProber      // ready.go
+	bundleRepo      // bundles.go
 }
 
 // Config holds the server's dependencies and limits.
@@ -84,7 +86,12 @@ type Config struct {
 	// status): offline keys on this server's disk. Not in the
 	// unauthenticated /readyz, which would tell anyone where keys are.
 	Warnings []string
-	Now      func() time.Time
+	// Bundles bound the lifetime of offline bundles (bundles.go).
+	Bundles BundleLifetimes
+	// ServerURL is this server's URL as devices know it (informational,
+	// written into offline bundles).
+	ServerURL string
+	Now       func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -92,7 +99,8 @@ type Config struct {
 // It is a router over handler groups, one per capability: enrollAPI
 // (enrollment.go, renew.go), distributionAPI, releaseAPI, ceremonyAPI
 // (tuf.go), attestAPI, logAPI (tlog.go), modelAPI, deviceAPI, stationAPI,
-// adminAPI, rolloutAPI (rollouts.go), keyAPI (keys.go) and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
+// adminAPI, rolloutAPI (rollouts.go), keyAPI (keys.go), bundleAPI (bundles.go) and auditTrail
+// (audit.go); docs/ARCHITECTURE.md draws them. A
 // group is a struct that holds only what it uses: small interfaces declared
 // in its own file, next to their one consumer (satisfied by *store.DB, ca.CA,
 // tufrepo.Repo, *tlog.Log), and shared helpers (auditTrail, crl). Its
@@ -167,6 +175,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Throttle, err = cfg.Throttle.withDefaults(); err != nil {
 		return nil, err
 	}
+	if cfg.Bundles, err = cfg.Bundles.withDefaults(); err != nil {
+		return nil, err
+	}
 	log, m := cfg.Logger, newMetrics()
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
@@ -190,6 +201,8 @@ func New(cfg Config) (*Server, error) {
 		&adminAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations, log: log},
 		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
 		&nudgeAPI{nudger: cfg.Nudger, store: cfg.Store, audit: trail, log: log},
+		&bundleAPI{repo: cfg.Repo, store: cfg.Store, blobs: cfg.Blobs, ca: cfg.Issuer, crl: cfg.Issuer, audit: trail, log: log,
+			lifetimes: cfg.Bundles, server: cfg.ServerURL},
 		trail,
 		&readiness{store: cfg.Store, blobs: cfg.Repo, keys: cfg.Keys, timeout: cfg.ReadyTimeout, log: log},
 	}
