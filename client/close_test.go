@@ -9,13 +9,15 @@ import (
 // TestClosedAgentsDoNotHoldConnectionsOpen: a process that makes an agent
 // per check for many devices (the fleet simulator) would pile idle mTLS
 // connections up on the server, against its connection limit, until their
-// idle timeout. After Close none of this agent's connections stay open.
+// idle timeout. After Close none of this agent's connections stay open,
+// the target download's included.
 func TestClosedAgentsDoNotHoldConnectionsOpen(t *testing.T) {
 	srv := newEnv(t, false)
 	d := newDevice(t, srv)
+	publish(t, srv, model, "1.0.1", 1, []byte("new firmware"))
 	a := d.agent()
-	if _, err := a.RunOnce(context.Background()); err != nil {
-		t.Fatal(err)
+	if rep, err := a.RunOnce(context.Background()); err != nil || rep.Installed == nil {
+		t.Fatalf("a check with an update: %+v, %v", rep, err)
 	}
 	if n := srv.OpenConnections(); n < 1 {
 		t.Fatalf("%d connections open after a check: the test cannot see the agent's keep-alive connection", n)
