@@ -176,6 +176,7 @@ type fleetSim struct {
 	rollout     rolloutJSON
 	problems    []string
 	startedAt   time.Time
+	loadAtStart string
 }
 
 // TestFleetSimLosesNothingWhenReplicasAreKilled is the fleet simulator
@@ -224,7 +225,7 @@ func newFleetSim(t *testing.T, n, concurrency, replicas int) *fleetSim {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	f := &fleetSim{t: t, ctx: ctx, n: n, concurrency: concurrency, retries: map[string]int{}, retryErrs: map[string][]string{}, startedAt: time.Now()}
+	f := &fleetSim{t: t, ctx: ctx, n: n, concurrency: concurrency, retries: map[string]int{}, retryErrs: map[string][]string{}, startedAt: time.Now(), loadAtStart: loadAverage()}
 
 	// The replicas' PostgreSQL connections carry an application_name of
 	// their own, so that their backends' CPU time can be told apart.
@@ -765,8 +766,9 @@ func (f *fleetSim) summary() string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	p("fleet simulator: %d devices, %d fosterd replicas (one PostgreSQL schema, one versitygw bucket) behind a TCP load balancer;",
 		f.n, len(f.replicas))
-	p("  concurrency %d, image %d bytes, waves 10,100, %d poll(s) per device after the rollout; %d CPUs; run took %.0f s",
+	p("  concurrency %d, image %d bytes, waves 10,100, %d poll(s) per device after the rollout; %d CPUs; run took %.0f s;",
 		f.concurrency, *fleetImageSize, *fleetPolls, runtime.NumCPU(), time.Since(f.startedAt).Seconds())
+	p("  load average (1, 5, 15 min) %s at the start, %s at the end", f.loadAtStart, loadAverage())
 	for _, k := range f.kills {
 		p("kill: %s", k)
 	}
@@ -826,3 +828,12 @@ func (f *fleetSim) summary() string {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// loadAverage is the machine's 1, 5 and 15 minute load averages.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
+}
