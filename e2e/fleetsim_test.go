@@ -824,6 +824,25 @@ func (f *fleetSim) summary() string {
 		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'`, f.schema).Scan(&size); err == nil {
 		p("PostgreSQL: %d bytes in the schema (tables, indexes, TOAST), %.0f bytes per device; %d backends seen", size, float64(size)/float64(f.n), f.pg.count())
 	}
+	if rows, err := f.db.Query(`SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'
+		ORDER BY 2 DESC LIMIT 6`, f.schema); err == nil {
+		var tables []string
+		for rows.Next() {
+			var name string
+			var bytes int64
+			if rows.Scan(&name, &bytes) == nil {
+				tables = append(tables, fmt.Sprintf("%s %.0f", name, float64(bytes)/float64(f.n)))
+			}
+		}
+		rows.Close()
+		p("  bytes per device by table: %s", strings.Join(tables, ", "))
+	}
+	var rss []string
+	for i, r := range f.replicas {
+		rss = append(rss, fmt.Sprintf("replica %d %s", i+1, peakRSS(r.daemon.Process.Pid)))
+	}
+	p("fosterd peak RSS (the restarted processes: since their restart): %s", strings.Join(rss, ", "))
 	return b.String()
 }
 
@@ -834,6 +853,20 @@ func loadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
 		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
+}
+
+// peakRSS is a process's peak resident set size (VmHWM).
+func peakRSS(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "unknown"
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
 	}
 	return "unknown"
 }
