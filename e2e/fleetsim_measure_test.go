@@ -116,6 +116,13 @@ func (b *balancer) proxy(c net.Conn) {
 	<-done
 }
 
+// open is how many device connections are open now.
+func (b *balancer) open() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns) / 2 // each is tracked with its upstream
+}
+
 func (b *balancer) close() {
 	b.ln.Close()
 	b.mu.Lock()
@@ -288,27 +295,22 @@ func (l *latencies) quantiles(op string) (n int, p50, p99, max time.Duration) {
 var requestsLine = regexp.MustCompile(`^foster_http_requests_total\{(.*)\} (\S+)$`)
 var labelValue = regexp.MustCompile(`(\w+)="([^"]*)"`)
 
-// metric reads a replica's Prometheus metrics (as an admin): the request
-// counters by "route code", and the gauge of open connections.
-func (e *Env) metric(admin *http.Client) (requests map[string]float64, openConns float64, err error) {
+// requestCounts reads a replica's request counters (Prometheus, as an
+// admin) by "route code".
+func (e *Env) requestCounts(admin *http.Client) (map[string]float64, error) {
 	resp, err := admin.Get(e.URL + "/metrics")
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, 0, fmt.Errorf("GET %s/metrics: %s", e.URL, resp.Status)
+		return nil, fmt.Errorf("GET %s/metrics: %s", e.URL, resp.Status)
 	}
-	requests = map[string]float64{}
+	requests := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "foster_http_connections_open "); ok {
-			openConns, _ = strconv.ParseFloat(v, 64)
-			continue
-		}
-		m := requestsLine.FindStringSubmatch(line)
+		m := requestsLine.FindStringSubmatch(sc.Text())
 		if m == nil {
 			continue
 		}
@@ -319,5 +321,5 @@ func (e *Env) metric(admin *http.Client) (requests map[string]float64, openConns
 		v, _ := strconv.ParseFloat(m[2], 64)
 		requests[labels["route"]+" "+labels["code"]] += v
 	}
-	return requests, openConns, sc.Err()
+	return requests, sc.Err()
 }

@@ -46,7 +46,8 @@ import (
 //	devices=N enrolled=N updated=N attested=N errors=0
 //
 // where enrolled, updated and attested count devices whose enrollment,
-// install and attestation the API confirms at the end.
+// install and attestation the API confirms at the end, and errors the
+// problems found (a device may have more than one).
 
 var (
 	fleetDevices     = flag.Int("fleetsim.devices", 50, "fleet simulator: simulated devices")
@@ -304,7 +305,7 @@ func (f *fleetSim) meter() meter {
 		if cpu, err := procCPU(r.daemon.Process.Pid); err == nil {
 			m.fosterd += cpu
 		}
-		reqs, _, err := r.metric(f.admin)
+		reqs, err := r.requestCounts(f.admin)
 		if err != nil {
 			f.t.Fatalf("reading %s/metrics: %v", r.URL, err)
 		}
@@ -608,23 +609,17 @@ func (f *fleetSim) awaitSameRepository() {
 
 // awaitConnectionsReleased: the devices' connections, each authenticated
 // as its device, are closed once their checks end (Agent.Close), instead
-// of piling up idle on fosterd until their idle timeout (90-120 s).
+// of staying open on fosterd until their idle timeout (90-120 s). Every
+// device connection passes through the balancer, which counts them.
 func (f *fleetSim) awaitConnectionsReleased() {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var open float64
-		for _, r := range f.replicas {
-			_, n, err := r.metric(f.admin)
-			if err != nil {
-				f.t.Fatal(err)
-			}
-			open += n
-		}
-		if open <= float64(2*len(f.replicas)) { // the admin's own connections
+		open := f.lb.open()
+		if open == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			f.problems = append(f.problems, fmt.Sprintf("%.0f connections still open on the replicas 30 s after the last device check", open))
+			f.problems = append(f.problems, fmt.Sprintf("%d device connections still open 30 s after the last check", open))
 			return
 		}
 		time.Sleep(250 * time.Millisecond)
