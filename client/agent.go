@@ -208,6 +208,18 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// Close drops the agent's pooled connections. A process that keeps one
+// agent, or runs RunOnce and exits, does not need it; one that makes an
+// agent per check for many devices (the fleet simulator, a gateway for its
+// sub-devices) calls it after each, so that idle TLS connections, each
+// authenticated as its device, do not pile up on fosterd (whose
+// http.max_connections they count against) until their idle timeout.
+// The agent must not be used after Close.
+func (a *Agent) Close() error {
+	a.closeIdle()
+	return nil
+}
+
 // now is the reference time: the wall clock unless signed evidence says it is wrong.
 func (a *Agent) now() time.Time {
 	t, _ := a.clock.Reference(*a.floor.Load())
