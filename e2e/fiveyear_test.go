@@ -21,7 +21,7 @@ const year = 8760 * time.Hour
 
 // fiveYearRootRotations is how many root ceremonies run while the devices
 // are away: 10 by default (CI), the 30 with FOSTER_E2E_FULL=1
-// (make e2e-fiveyear-full).
+// (make fiveyear-full).
 func fiveYearRootRotations() int {
 	if os.Getenv("FOSTER_E2E_FULL") != "" {
 		return 30
