@@ -8,7 +8,7 @@ export GOTOOLCHAIN ?= local
 # ~10 min wall / 2m40s CPU, warm ~5 s; so `make test` runs it.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test build vet lint bench clean image deploy-test chromium fleetsim fiveyear-full
+.PHONY: test build vet lint bench clean image deploy-test chromium fleetsim
 
 test: vet lint chromium
 	$(GO) test -count=1 -timeout 30m ./...
@@ -59,11 +59,6 @@ fleetsim:
 	$(GO) test -c -o bin/e2e.test ./e2e
 	cd e2e && ../bin/e2e.test -test.run '^TestFleetSimLosesNothingWhenReplicasAreKilled$$' -test.v -test.timeout 4h \
 		-fleetsim.devices $(DEVICES) -fleetsim.concurrency $(CONCURRENCY) $(if $(FLEETSIM_DIR),-fleetsim.dir $(FLEETSIM_DIR))
-
-# The five-year scenario with the issue's 30 root rotations
-# (e2e/fiveyear_test.go; `make test` runs it with 10). docs/OFFLINE.md.
-fiveyear-full:
-	FOSTER_E2E_FULL=1 $(GO) test -count=1 -timeout 20m -v -run '^TestOrphanedFleetHealsAfterFiveYearsOfRotations$$' ./e2e
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -19,15 +19,14 @@ import (
 
 const year = 8760 * time.Hour
 
-// fiveYearRootRotations is how many root ceremonies run while the devices
-// are away: 10 by default (CI), the 30 with FOSTER_E2E_FULL=1
-// (make fiveyear-full).
-func fiveYearRootRotations() int {
-	if os.Getenv("FOSTER_E2E_FULL") != "" {
-		return 30
-	}
-	return 10
-}
+// While the devices are away: the 30 root ceremonies and 40
+// releases (6 minor ones, then a full 3.0.0 and 33 deltas that need it, so
+// that the stepping stone is older than the 32 newest releases). The whole
+// test takes about 25 s on the loaded 2-core machine.
+const (
+	awayRootRotations = 30
+	awayDeltas        = 33
+)
 
 // TestOrphanedFleetHealsAfterFiveYearsOfRotations: devices enrolled and
 // updated at T0 are away while, over five years, the TUF root is rotated
@@ -106,7 +105,7 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 		env.StartDaemon()
 		t.Logf("%s: %s", at, env.Admin("admin", "renew").Stdout)
 	}
-	perEpoch := fiveYearRootRotations() / 5
+	perEpoch := awayRootRotations / 5
 	minor := 1
 	someReleases := func(n int) {
 		t.Helper()
@@ -125,7 +124,7 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 	for range perEpoch - 2 {
 		rotateRoot("26280h")
 	}
-	someReleases(2)
+	someReleases(3)
 
 	// Year 1.6: the issuing CA moves to a new key; the snapshot key is rotated.
 	epoch(year * 16 / 10)
@@ -139,7 +138,7 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 	for range perEpoch {
 		rotateRoot("26280h")
 	}
-	someReleases(2)
+	someReleases(3)
 
 	// Year 2.4: the targets key is rotated; a full 3.0.0 ships, and after
 	// it only deltas that need at least 3.0.0 (a stepping stone).
@@ -159,7 +158,7 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 		}
 		return b
 	}
-	delta(2)
+	delta(9)
 
 	// Years 3.2 and 4.1: more ceremonies and deltas.
 	for _, at := range []time.Duration{year * 32 / 10, year * 41 / 10} {
@@ -167,15 +166,15 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 		for range perEpoch {
 			rotateRoot("26280h")
 		}
-		delta(2)
+		delta(8)
 	}
-	for rotations < fiveYearRootRotations() {
+	for rotations < awayRootRotations {
 		rotateRoot("26280h")
 	}
 
 	// Year 5: the newest release ships; the devices come back.
 	epoch(year * 5)
-	newest := delta(1)
+	newest := delta(awayDeltas - 25)
 	if s := env.servedSerial(); s == firstServer {
 		t.Fatalf("fosterd still serves its T0 TLS certificate %s after five years", s)
 	}
@@ -203,7 +202,9 @@ func TestOrphanedFleetHealsAfterFiveYearsOfRotations(t *testing.T) {
 			t.Fatalf("%s still holds its expired T0 certificate", sn)
 		}
 	}
-	t.Logf("%d root rotations, %d releases while away", rotations, minor-1+patch)
+	if away := minor - 1 + patch; rotations != awayRootRotations || away != 40 {
+		t.Fatalf("the story ran %d root rotations and %d releases, want %d and 40", rotations, away, awayRootRotations)
+	}
 
 	// The auditor, with only the anchors taken at T0, accepts every bundle.
 	var dirs []string
