@@ -192,7 +192,7 @@ func (e *Env) servedSerial() string {
 	caPEM, _ := os.ReadFile(filepath.Join(e.DataDir, "ca.pem"))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	conn, err := tls.Dial("tcp", e.Addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	conn, err := tls.Dial("tcp", e.Addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Time: func() time.Time { return time.Now().Add(e.Clock) }})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -64,6 +64,18 @@ type Env struct {
 	URL     string
 	daemon  *exec.Cmd
 	logs    *bytes.Buffer
+	// Clock shifts the clock of fosterd (from its next start), of every
+	// command Run runs and of HTTPClient's certificate checks: years pass
+	// in the binaries' eyes (FOSTER_TEST_CLOCK_OFFSET, pkg/env/clock.go).
+	Clock time.Duration
+}
+
+// clockEnv is the environment that gives a binary the instance's clock.
+func (e *Env) clockEnv() []string {
+	if e.Clock == 0 {
+		return nil
+	}
+	return []string{"FOSTER_TEST_CLOCK_OFFSET=" + e.Clock.String()}
 }
 
 // NewEnv starts fosterd on a fresh data dir and a free port.
@@ -107,7 +119,7 @@ func (e *Env) healthy() bool {
 func (e *Env) HTTPClient(caPEM []byte, cert *tls.Certificate) *http.Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	cfg := &tls.Config{RootCAs: pool}
+	cfg := &tls.Config{RootCAs: pool, Time: func() time.Time { return time.Now().Add(e.Clock) }}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
@@ -123,9 +135,19 @@ type Result struct {
 // Run runs a Foster binary with a timeout.
 func (e *Env) Run(bin string, args ...string) Result {
 	e.t.Helper()
+	return e.RunEnv(nil, bin, args...)
+}
+
+// RunEnv is Run with extra environment variables (which win over the
+// instance's clock: a device's own clock, say).
+func (e *Env) RunEnv(envv []string, bin string, args ...string) Result {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, bin), args...)
+	if extra := append(e.clockEnv(), envv...); len(extra) > 0 {
+		cmd.Env = append(os.Environ(), extra...)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -38,7 +38,7 @@ func (e *Env) StartDaemonWith(args []string, envv ...string) {
 	// restart, a replica's copy) is opened as it is.
 	cmd := exec.Command(filepath.Join(binDir, "fosterd"), append([]string{"--data-dir", e.DataDir, "--init", "--listen", e.Addr}, args...)...)
 	cmd.Stdout, cmd.Stderr = e.logs, e.logs
-	cmd.Env = append(os.Environ(), envv...)
+	cmd.Env = append(append(os.Environ(), e.clockEnv()...), envv...)
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}

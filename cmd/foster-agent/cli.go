@@ -14,6 +14,7 @@ import (
 
 	"github.com/foster-ota/foster/client"
 	"github.com/foster-ota/foster/pkg/buildinfo"
+	fenv "github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/suggest"
 )
 
@@ -380,7 +381,7 @@ func (f *agentFlags) config(e *env) (client.Config, *client.FileConfig, error) {
 		}
 		return client.Config{}, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log}
+	cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log, Now: fenv.Now}
 	if set["request-timeout"] {
 		cfg.RequestTimeout = f.reqTimeout
 	}
@@ -497,7 +498,7 @@ func installBundleCmd() command {
 				}
 				var cfg client.Config
 				if verifyOnly {
-					cfg = client.Config{StateDir: e.g.stateDir, Logger: e.log}
+					cfg = client.Config{StateDir: e.g.stateDir, Logger: e.log, Now: fenv.Now}
 				} else {
 					var err error
 					if cfg, _, err = af.config(e); err != nil {
@@ -619,7 +620,7 @@ func statusCmd() command {
 			var asJSON bool
 			fs.BoolVar(&asJSON, "json", false, "print machine-readable JSON")
 			return func(_ context.Context, e *env) error {
-				now := time.Now()
+				now := fenv.Now()
 				s, err := client.ReadStatus(e.g.stateDir, now)
 				if err != nil {
 					return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/foster-ota/foster/client"
+	fenv "github.com/foster-ota/foster/pkg/env"
 )
 
 // renewCmd renews the device certificate now or when due. `run` also renews
@@ -24,7 +25,7 @@ func renewCmd() command {
 			fs.BoolVar(&asJSON, "json", false, "print machine-readable JSON")
 			fs.DurationVar(&reqTimeout, "request-timeout", client.DefaultRequestTimeout, "timeout of each request")
 			return func(ctx context.Context, e *env) error {
-				a, err := client.New(client.Config{StateDir: e.g.stateDir, Logger: e.log, RequestTimeout: reqTimeout})
+				a, err := client.New(client.Config{StateDir: e.g.stateDir, Logger: e.log, RequestTimeout: reqTimeout, Now: fenv.Now})
 				if err != nil {
 					return err
 				}

@@ -25,6 +25,7 @@ import (
 	"github.com/foster-ota/foster/pkg/apierr"
 	"github.com/foster-ota/foster/pkg/atomicfile"
 	attbundle "github.com/foster-ota/foster/pkg/bundle"
+	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/tlogverify"
 )
@@ -592,7 +593,7 @@ func (c conn) publicClient() (*client, error) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
 	}
 	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, Time: env.Now},
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
 	}

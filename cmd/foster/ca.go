@@ -37,7 +37,7 @@ func runCA(ctx context.Context, c conn, args []string, stdout, stderr io.Writer)
 		rootPass = pass
 	}
 	inter, err := ca.CertifyIntermediate(ctx, *dir, ca.CertifyOptions{
-		Key: *key, KeyPassphrase: pass, RootPassphrase: rootPass, RootKey: *rootKey, Validity: *validity, Out: *out,
+		Key: *key, KeyPassphrase: pass, RootPassphrase: rootPass, RootKey: *rootKey, Validity: *validity, Out: *out, Now: env.Now,
 	})
 	if err != nil {
 		return err

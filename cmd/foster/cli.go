@@ -394,7 +394,7 @@ func (c conn) client() (*client, error) {
 
 func newClient(u *url.URL, cert tls.Certificate, pool *x509.CertPool, caPEM []byte) *client {
 	tr := &http.Transport{
-		TLSClientConfig:     &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12, Time: env.Now},
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/x5ctoken"
@@ -246,7 +247,7 @@ func cmdStationToken(cred *credential, args []string, stdout, stderr io.Writer) 
 	if *ttl <= 0 || *ttl > ca.MaxStationTokenTTL {
 		return fmt.Errorf("--ttl must be between 1s and %s", ca.MaxStationTokenTTL)
 	}
-	now := time.Now()
+	now := env.Now()
 	exp := now.Add(*ttl)
 	if leaf := cred.chain[0]; exp.After(leaf.NotAfter) {
 		if !now.Before(leaf.NotAfter) {

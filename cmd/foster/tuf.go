@@ -243,7 +243,7 @@ func parseExpires(s string) (time.Time, error) {
 	if err != nil || d <= 0 {
 		return time.Time{}, fmt.Errorf("%w: --expires %q: want a duration like 8760h", errUsage, s)
 	}
-	return time.Now().Add(d), nil
+	return env.Now().Add(d), nil
 }
 
 func cmdTUFStage(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
@@ -323,7 +323,7 @@ func cmdTUFStage(ctx context.Context, c *client, args []string, stdout, stderr i
 			}
 			ch.Threshold[role] = n
 		}
-		staged, err = tufrepo.StageRoot(cur, ch, time.Now())
+		staged, err = tufrepo.StageRoot(cur, ch, env.Now())
 	} else {
 		ch := tufrepo.TargetsChange{Expires: exp}
 		if delegate != "" {
@@ -343,7 +343,7 @@ func cmdTUFStage(ctx context.Context, c *client, args []string, stdout, stderr i
 		if undelegate != "" {
 			ch.Undelegate = append(ch.Undelegate, undelegate)
 		}
-		staged, err = tufrepo.StageTargets(cur, ch, time.Now())
+		staged, err = tufrepo.StageTargets(cur, ch, env.Now())
 	}
 	if err != nil {
 		return fmt.Errorf("staging %s: %w", what, err)

@@ -64,6 +64,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.readTimeout < 0 || cfg.maxConnections < 0 {
 		return fmt.Errorf("--read-timeout and --max-connections must be positive")
 	}
+	if off, err := env.ClockOffset(); err != nil {
+		return err
+	} else if off != 0 {
+		log.Warn("test build: the clock is shifted", "offset", off, "now", env.Now().UTC())
+	}
 	dir, err := filepath.Abs(cfg.dataDir)
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ import (
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/env"
 	"github.com/foster-ota/foster/pkg/identity"
 	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/foster-ota/foster/pkg/store"
@@ -419,5 +420,10 @@ func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
 }
 
 func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {
-	return store.Open(ctx, StoreDSN(dir, dsn))
+	st, err := store.Open(ctx, StoreDSN(dir, dsn))
+	if err != nil {
+		return nil, err
+	}
+	st.SetClock(func() time.Time { return env.Now().UTC() })
+	return st, nil
 }

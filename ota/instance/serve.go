@@ -132,6 +132,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		IntermediateKey: interKey,
 		IntermediatePEM: interPEM,
 		DeviceValidity:  deviceValidity,
+		Now:             env.Now,
 		CRL:             &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
 	})
 	if err != nil {
@@ -200,7 +201,7 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	scfg := server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
 		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle, Warnings: warnings, Keys: keys,
-		Bundles: bundles, ServerURL: cfg.ServerURL,
+		Bundles: bundles, ServerURL: cfg.ServerURL, Now: env.Now,
 	}
 	if nudger != nil { // a nil *Publisher in the interface would not be nil
 		scfg.Nudger = nudger
@@ -221,9 +222,11 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 		return nil, err
 	}
 	keys.interval = syncEvery
+	tlsCfg := server.TLSConfig(sc.get, authority.RootPool())
+	tlsCfg.Time = env.Now // client certificates are checked at the clock of every validity decision
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api, Rollouts: rollouts, RolloutTick: rolloutTick,
-		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
+		TLS: tlsCfg, SyncInterval: syncEvery, serverCert: sc, log: log,
 		Nudger: nudger, Warnings: warnings, keys: keys,
 	}, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/foster-ota/foster/ca"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/env"
 )
 
 // fosterd's own TLS certificate must never lapse: every device, however long
@@ -77,7 +78,7 @@ func (in *Instance) ReloadServerCertificate() error {
 		return err
 	}
 	leaf := pair.Leaf
-	if now := time.Now(); !now.Before(leaf.NotAfter) {
+	if now := env.Now(); !now.Before(leaf.NotAfter) {
 		return fmt.Errorf("server certificate %x expired at %s: keeping the current one", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	in.serverCert.cur.Store(pair)
@@ -94,7 +95,7 @@ func (in *Instance) RenewServerCertificate(ctx context.Context) (bool, error) {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	old := sc.leaf()
-	if !ca.ServerRenewalDue(old, time.Now()) {
+	if !ca.ServerRenewalDue(old, env.Now()) {
 		return false, nil
 	}
 	if len(old.DNSNames) == 0 && len(old.IPAddresses) == 0 {

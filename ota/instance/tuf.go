@@ -188,6 +188,7 @@ func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs 
 		// time, through the database. SQLite serves a single fosterd.
 		opts.Arbiter = repoArbiter{st}
 	}
+	opts.Now = env.Now
 	repo, err := tufrepo.Open(ctx, blobs, keys, opts)
 	if errors.Is(err, tufrepo.ErrNotInitialized) {
 		hint := "initialise it with fosterd --data-dir on an empty directory and this --blobs"

@@ -118,6 +118,7 @@ type Server struct {
 	metrics *metrics
 	edge    *edge
 	groups  []routeGroup
+	now     func() time.Time // Config.Now: the Date header
 }
 
 // routeGroup is a handler group: it registers its routes through the edge.
@@ -182,7 +183,7 @@ func New(cfg Config) (*Server, error) {
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
 	publishing := new(sync.Mutex) // release and ceremony publication, so counters stay ordered
-	s := &Server{limits: cfg.Limits, log: log, metrics: m}
+	s := &Server{limits: cfg.Limits, log: log, metrics: m, now: cfg.Now}
 	s.edge = &edge{
 		auth:     &authenticator{store: cfg.Store, audit: trail, crl: revocations, log: log},
 		throttle: newThrottle(cfg.Throttle, m, log),
@@ -231,7 +232,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return s.metrics.instrument(s.edge.watchBodies(mux), mux)
+	h := s.metrics.instrument(s.edge.watchBodies(mux), mux)
+	// The Date header is the clock fosterd judges certificates by (Config.Now):
+	// an agent whose own clock is not trusted renews by it (client/renew.go).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", s.now().UTC().Format(http.TimeFormat))
+		h.ServeHTTP(w, r)
+	})
 }
 
 // TLSConfig returns the server TLS settings: client certificates are optional

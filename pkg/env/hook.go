@@ -26,6 +26,10 @@ var (
 	// TestSyncInterval: how often (Go duration) fosterd looks for TUF
 	// publishes of other replicas sharing its store.
 	TestSyncInterval = Hook{4}
+	// TestClockOffset: a Go duration (may be negative) added to every time
+	// reading a binary makes a validity decision with (Now), so that an
+	// end-to-end test can let years pass.
+	TestClockOffset = Hook{5}
 )
 
 var (

@@ -14,6 +14,8 @@ func init() {
 			Description: "tests only: fosterd sleeps this long (Go duration) after each TUF metadata write of a publish, so a test can kill it midway"},
 		TestSyncInterval: {Name: "FOSTER_TEST_SYNC_INTERVAL",
 			Description: "tests only: how often (Go duration) fosterd looks for TUF publishes of other replicas sharing its PostgreSQL store (default 5s)"},
+		TestClockOffset: {Name: "FOSTER_TEST_CLOCK_OFFSET",
+			Description: "tests only: a Go duration (may be negative, e.g. 43800h) added to the clock fosterd, foster and foster-agent make validity decisions with (certificates, TUF expiry, tokens), so a test can let years pass"},
 	} {
 		hookVars[h.id] = register(v)
 	}
