@@ -143,6 +143,7 @@ func (c *Console) Handler() http.Handler {
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /{$}", c.page(c.fleet))
+	mux.HandleFunc("GET /fleet/{list}", c.page(c.fleetListPage))
 	mux.HandleFunc("GET /rollouts", c.page(c.rollouts))
 	mux.HandleFunc("GET /rollouts/{id}", c.page(c.rolloutPage))
 	mux.HandleFunc("GET /rollouts/{id}/confirm/{action}", c.page(c.rolloutConfirm))

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,12 +54,26 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.state = store.RolloutPaused
 		}
 		reply(ro())
-	case r.URL.Path == "/v1/reports/fleet":
-		reply(store.FleetReport{GeneratedAt: now, StaleDays: 30, Active: 3, RevokedCount: 1,
-			Releases: []store.ReleaseStatus{{Model: "edge-gw", Version: "1.0.0", Counter: 1, Installed: 1}, {Model: "edge-gw", Version: "2.0.0", Counter: 2, Latest: true, Installed: 2}},
-			Behind:   []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-OLD", Model: "edge-gw", Serial: "SN-OLD", InstalledVersion: "1.0.0", LatestVersion: "2.0.0", ReleasesBehind: 1}},
-			Stale:    []store.DeviceStatus{}, Revoked: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-GONE", Model: "edge-gw", Serial: "SN-GONE"}},
+	case r.URL.Path == "/v1/reports/fleet/summary":
+		days, _ := strconv.Atoi(r.URL.Query().Get("stale_days"))
+		reply(store.FleetSummary{GeneratedAt: now, StaleDays: days, Active: 3, OnLatest: 2, Behind: 1, Revoked: 1, Cloned: 1,
+			Models: []store.ModelSummary{{Model: "edge-gw", Active: 3, OnLatest: 2, LatestVersion: "2.0.0", LatestCounter: 2,
+				Versions: []store.VersionCount{{Version: "2.0.0", Counter: 2, Devices: 2, Latest: true}, {Version: "1.0.0", Counter: 1, Devices: 1}}}},
+			Lists: map[string]store.FleetPage{
+				store.ListBehind:  {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-OLD", Model: "edge-gw", Serial: "SN-OLD", InstalledVersion: "1.0.0", LatestVersion: "2.0.0", ReleasesBehind: 1}}},
+				store.ListSilent:  {Devices: []store.DeviceStatus{}},
+				store.ListRevoked: {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-GONE", Model: "edge-gw", Serial: "SN-GONE", Status: "revoked", RevokeReason: "keyCompromise", RevokedAt: now}}},
+				store.ListCloned:  {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-TWIN", Model: "edge-gw", Serial: "SN-TWIN", Status: "active", CloneAttempts: 2, LastCloneAttempt: now}}, Next: "cursor-2"},
+			},
 			Coverage: []store.CoveragePoint{{Day: now.Add(-24 * time.Hour), Patched: 1}, {Day: now, Patched: 2}}})
+	case r.URL.Path == "/v1/reports/fleet/devices":
+		q := r.URL.Query()
+		if q.Get("list") != store.ListCloned || q.Get("after") != "cursor-2" {
+			w.WriteHeader(http.StatusBadRequest)
+			reply(map[string]string{"error": "after: malformed page cursor", "code": "bad_request"})
+			return
+		}
+		reply(store.FleetPage{Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-TRIPLET", Model: "edge-gw", Serial: "SN-TRIPLET", Status: "revoked", CloneAttempts: 1, LastCloneAttempt: now}}})
 	case r.URL.Path == "/v1/rollouts":
 		reply([]server.RolloutView{ro()})
 	case r.URL.Path == "/v1/rollouts/r-1":
@@ -187,7 +202,9 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 		path string
 		want []string
 	}{
-		{"/", []string{`id="active-devices">3<`, `id="on-latest">66.7%<`, `id="revoked-count">1<`, "SN-OLD", "SN-GONE", "<svg class=\"plot\"", "2.0.0 <span class=\"tag ok\">latest</span>"}},
+		{"/", []string{`id="active-devices">3<`, `id="on-latest">66.7%<`, `id="revoked-count">1<`, `id="cloned-count">1<`, "SN-OLD", "SN-GONE", "keyCompromise", "SN-TWIN",
+			`href="/fleet/cloned?after=cursor-2"`, "<svg class=\"plot\"", "2.0.0 <span class=\"tag ok\">latest</span>"}},
+		{"/fleet/cloned?after=cursor-2", []string{"SN-TRIPLET", `href="/fleet/cloned"`}},
 		{"/?stale_days=7", []string{"silent ≥ 7 days"}},
 		{"/rollouts", []string{"r-1", "edge-gw 2.0.0", "25.0% / 5.0%", `href="/rollouts/r-1/confirm/pause"`, `href="/rollouts/r-1/confirm/promote"`}},
 		{"/rollouts/r-1", []string{`id="rollout-state">running<`, `id="offered">4<`, `id="failed">1<`}},
@@ -209,7 +226,8 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 			}
 		}
 	}
-	for path, want := range map[string]int{"/devices/nope": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404} {
+	for path, want := range map[string]int{"/devices/nope": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404,
+		"/fleet/everything": 404, "/fleet/cloned?after=forged": 400} {
 		if code, _ := tc.get(t, path); code != want {
 			t.Errorf("GET %s: %d, want %d", path, code, want)
 		}

@@ -29,7 +29,7 @@ type pages struct {
 	byName map[string]*template.Template
 }
 
-var pageNames = []string{"fleet", "rollouts", "rollout", "confirm", "devices", "device", "releases", "stations", "error"}
+var pageNames = []string{"fleet", "fleetlist", "rollouts", "rollout", "confirm", "devices", "device", "releases", "stations", "error"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -50,9 +50,7 @@ var funcs = template.FuncMap{
 	"join":  func(s []string) string { return strings.Join(s, ", ") },
 	"short": func(s string) string { return shorten(s, 16) },
 	"path":  url.PathEscape,
-	"dict3": func(l []store.DeviceStatus, more int, class string) map[string]any {
-		return map[string]any{"List": l, "More": more, "Class": class}
-	},
+	"list": func(l fleetList, days int) map[string]any { return map[string]any{"L": l, "StaleDays": days} },
 	"remaining": func(quota, used int64) int64 { return max(quota-used, 0) },
 }
 
@@ -93,7 +91,7 @@ func shorten(s string, n int) string {
 func parsePages() (*pages, error) {
 	p := &pages{byName: map[string]*template.Template{}}
 	for _, name := range pageNames {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/partials.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console template %s: %w", name, err)
 		}
@@ -163,79 +161,142 @@ type versionRow struct {
 
 type modelRow struct {
 	Model    string
-	Active   int // devices on a known release
+	Active   int
 	OnLatest int
 	Versions []versionRow
+	Other    int // devices on versions not listed
 	Bar      template.HTML
 }
 
-type fleetData struct {
-	Report         *store.FleetReport
-	Models         []modelRow
-	OnLatest       int
-	Coverage       template.HTML
-	StaleDays      int
-	Behind, Stale  []store.DeviceStatus
-	Revoked        []store.DeviceStatus
-	MoreBehind     int
-	MoreStale      int
-	MoreRevoked    int
-	ShowAllDevices bool
+// fleetList is one device list of the fleet page: its first page and a
+// link to the next.
+type fleetList struct {
+	Name, Title string
+	Count       int
+	Devices     []store.DeviceStatus
+	More        string
 }
 
-// listShown bounds each device list on the fleet page (the device list pages the rest).
+type fleetData struct {
+	S         *store.FleetSummary
+	Models    []modelRow
+	Coverage  template.HTML
+	StaleDays int
+	Lists     map[string]fleetList
+}
+
+// listShown is how many devices of each list the fleet page shows; the
+// list pages page the rest.
 const listShown = 20
 
-func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
-	days := c.cfg.StaleDays
-	if s := r.URL.Query().Get("stale_days"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 36500 {
-			return "", badInput("stale_days must be a number of days between 1 and 36500")
-		}
-		days = n
+// fleetListTitles name the fleet lists.
+var fleetListTitles = map[string]string{
+	store.ListBehind:  "Behind the latest release",
+	store.ListSilent:  "Orphan candidates",
+	store.ListRevoked: "Revoked devices",
+	store.ListCloned:  "Cloned devices",
+}
+
+func staleDays(r *http.Request, def int) (int, error) {
+	s := r.URL.Query().Get("stale_days")
+	if s == "" {
+		return def, nil
 	}
-	var rep store.FleetReport
-	if err := c.api.get(r.Context(), "/v1/reports/fleet", url.Values{"stale_days": {strconv.Itoa(days)}}, &rep); err != nil {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 36500 {
+		return 0, badInput("stale_days must be a number of days between 1 and 36500")
+	}
+	return n, nil
+}
+
+func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	days, err := staleDays(r, c.cfg.StaleDays)
+	if err != nil {
 		return "", err
 	}
-	d := fleetData{Report: &rep, StaleDays: days}
-	byModel := map[string]*modelRow{}
-	var order []string
-	for _, rs := range rep.Releases {
-		m := byModel[rs.Model]
-		if m == nil {
-			m = &modelRow{Model: rs.Model}
-			byModel[rs.Model] = m
-			order = append(order, rs.Model)
-		}
-		m.Active += rs.Installed
-		if rs.Latest {
-			m.OnLatest += rs.Installed
-			d.OnLatest += rs.Installed
-		}
-		m.Versions = append(m.Versions, versionRow{Version: rs.Version, Installed: rs.Installed, Latest: rs.Latest})
+	var s store.FleetSummary
+	if err := c.api.get(r.Context(), "/v1/reports/fleet/summary", url.Values{"stale_days": {strconv.Itoa(days)}, "list": {strconv.Itoa(listShown)}}, &s); err != nil {
+		return "", err
 	}
-	for _, name := range order {
-		m := byModel[name]
-		slices.Reverse(m.Versions) // newest first
-		m.Bar = versionBar(m.Versions)
-		d.Models = append(d.Models, *m)
+	d := fleetData{S: &s, StaleDays: days, Lists: map[string]fleetList{}}
+	for _, m := range s.Models {
+		row := modelRow{Model: m.Model, Active: m.Active, OnLatest: m.OnLatest, Other: m.OtherVersions}
+		for _, v := range m.Versions {
+			name := v.Version
+			if v.Counter == 0 {
+				name = "nothing installed yet"
+			}
+			row.Versions = append(row.Versions, versionRow{Version: name, Installed: v.Devices, Latest: v.Latest})
+		}
+		row.Bar = versionBar(row.Versions)
+		d.Models = append(d.Models, row)
 	}
-	d.Coverage = coveragePlot(rep.Coverage, rep.Active)
-	d.Behind, d.MoreBehind = firstN(rep.Behind, listShown)
-	d.Stale, d.MoreStale = firstN(rep.Stale, listShown)
-	d.Revoked, d.MoreRevoked = firstN(rep.Revoked, listShown)
-	d.MoreRevoked = rep.RevokedCount - len(d.Revoked)
+	d.Coverage = coveragePlot(s.Coverage, s.Active)
+	counts := map[string]int{store.ListBehind: s.Behind, store.ListSilent: s.Silent, store.ListRevoked: s.Revoked, store.ListCloned: s.Cloned}
+	for _, name := range store.FleetLists {
+		p := s.Lists[name]
+		l := fleetList{Name: name, Title: fleetListTitles[name], Count: counts[name], Devices: p.Devices}
+		if p.Next != "" {
+			l.More = listURL(name, p.Next, days)
+		}
+		d.Lists[name] = l
+	}
 	v.Title, v.Nav, v.Data = "Fleet", "fleet", d
 	return "fleet", nil
 }
 
-func firstN(l []store.DeviceStatus, n int) ([]store.DeviceStatus, int) {
-	if len(l) <= n {
-		return l, 0
+func listURL(name, after string, days int) string {
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
 	}
-	return l[:n], len(l) - n
+	if name == store.ListSilent {
+		q.Set("stale_days", strconv.Itoa(days))
+	}
+	u := "/fleet/" + name
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// listPage bounds a fleet list page.
+const listPage = 50
+
+type fleetListData struct {
+	L         fleetList
+	StaleDays int
+	First     string // link to the first page, on later pages
+}
+
+// fleetListPage pages one of the fleet page's device lists.
+func (c *Console) fleetListPage(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	name := r.PathValue("list")
+	if !slices.Contains(store.FleetLists, name) {
+		return "", notFound("no fleet list " + name)
+	}
+	days, err := staleDays(r, c.cfg.StaleDays)
+	if err != nil {
+		return "", err
+	}
+	after := r.URL.Query().Get("after")
+	if len(after) > 1024 {
+		return "", badInput("after is not a page cursor")
+	}
+	var p store.FleetPage
+	q := url.Values{"list": {name}, "stale_days": {strconv.Itoa(days)}, "limit": {strconv.Itoa(listPage)}, "after": {after}}
+	if err := c.api.get(r.Context(), "/v1/reports/fleet/devices", q, &p); err != nil {
+		return "", err
+	}
+	d := fleetListData{L: fleetList{Name: name, Title: fleetListTitles[name], Devices: p.Devices}, StaleDays: days}
+	if p.Next != "" {
+		d.L.More = listURL(name, p.Next, days)
+	}
+	if after != "" {
+		d.First = listURL(name, "", days)
+	}
+	v.Title, v.Nav, v.Data = d.L.Title, "fleet", d
+	return "fleetlist", nil
 }
 
 // ---- Rollouts ----

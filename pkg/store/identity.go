@@ -430,7 +430,7 @@ func (d *DB) noteRefusal(ctx context.Context, r EnrollRequest, err error) error 
 	if !errors.Is(err, ErrClone) && !errors.Is(err, ErrDeviceRevoked) {
 		return err
 	}
-	reason := "clone: enrollment with a different key"
+	reason := refusalClone
 	if errors.Is(err, ErrDeviceRevoked) {
 		reason = "enrollment of a revoked device"
 	}

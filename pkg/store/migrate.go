@@ -20,6 +20,8 @@ import (
 func (d *DB) migrations() []*goose.Migration {
 	return []*goose.Migration{
 		goose.NewGoMigration(1, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.baseline(ctx) }}, nil),
+		// 2: devices' installed_at and the indexes of the fleet page (fleet.go).
+		goose.NewGoMigration(2, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateFleetViews(ctx) }}, nil),
 	}
 }
 

@@ -29,7 +29,8 @@ const (
 	sqlLastSequence      = `SELECT last_sequence FROM devices WHERE id = ?` // + lock
 	sqlInsertAttestation = `INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
 	sqlAttested          = `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
-	sqlAttestedInstalled = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
+	sqlAttestedInstalled = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ?,
+		installed_at = CASE WHEN installed_counter = ? AND installed_at != 0 THEN installed_at ELSE ? END WHERE id = ?`
 
 	sqlCertRevokedAt    = `SELECT revoked_at FROM certificates WHERE serial = ?`
 	sqlCredentialAccess = `SELECT c.subject, c.revoked_at, c.issued_via,
