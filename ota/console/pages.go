@@ -46,11 +46,11 @@ var funcs = template.FuncMap{
 		}
 		return strconv.FormatFloat(100*float64(n)/float64(of), 'f', 1, 64) + "%"
 	},
-	"add":   func(a, b int) int { return a + b },
-	"join":  func(s []string) string { return strings.Join(s, ", ") },
-	"short": func(s string) string { return shorten(s, 16) },
-	"path":  url.PathEscape,
-	"list": func(l fleetList, days int) map[string]any { return map[string]any{"L": l, "StaleDays": days} },
+	"add":       func(a, b int) int { return a + b },
+	"join":      func(s []string) string { return strings.Join(s, ", ") },
+	"short":     func(s string) string { return shorten(s, 16) },
+	"path":      url.PathEscape,
+	"list":      func(l fleetList, days int) map[string]any { return map[string]any{"L": l, "StaleDays": days} },
 	"remaining": func(quota, used int64) int64 { return max(quota-used, 0) },
 }
 

@@ -49,15 +49,15 @@ var ErrBadCursor = errors.New("malformed page cursor")
 // FleetSummary is the fleet page: exact counts, patch coverage, and the
 // first page of each device list with the cursor of the next.
 type FleetSummary struct {
-	GeneratedAt time.Time `json:"generated_at"`
-	Model       string    `json:"model,omitempty"`
-	StaleDays   int       `json:"stale_days"`
-	Active      int       `json:"active"`
-	OnLatest    int       `json:"on_latest"`
-	Behind      int       `json:"behind"`
-	Silent      int       `json:"silent"`
-	Revoked     int       `json:"revoked"`
-	Cloned      int       `json:"cloned"`
+	GeneratedAt time.Time      `json:"generated_at"`
+	Model       string         `json:"model,omitempty"`
+	StaleDays   int            `json:"stale_days"`
+	Active      int            `json:"active"`
+	OnLatest    int            `json:"on_latest"`
+	Behind      int            `json:"behind"`
+	Silent      int            `json:"silent"`
+	Revoked     int            `json:"revoked"`
+	Cloned      int            `json:"cloned"`
 	Models      []ModelSummary `json:"models"`
 	// Coverage is patch coverage over the last CoverageDays days, one point
 	// a day, oldest first: how many of today's active devices had committed

@@ -159,7 +159,7 @@ type gen struct {
 	devices  []seedDevice
 	events   []seedEvent
 	// final state of each device, from its events
-	installed []int // release index, -1 none
+	installed []int       // release index, -1 none
 	since     []time.Time // when it first committed that release
 	lastSeq   []int32
 	lastAtt   []time.Time
