@@ -24,7 +24,7 @@ import (
 // Schema migration 2 (migrateFleetViews) adds what this needs: each device's
 // installed_at (when it first committed the release it runs, kept by
 // AddAttestationTx) and partial indexes over active and revoked devices and
-// over refusals by reason.
+// over refusals by reason; and each rollout's stored health (rollouts.go).
 
 // Fleet device lists (FleetListQuery.List).
 const (
@@ -529,8 +529,15 @@ func (d *DB) pageCloned(ctx context.Context, q FleetListQuery, after *cursor) ([
 
 // migrateFleetViews is schema migration 2.
 func (d *DB) migrateFleetViews(ctx context.Context) error {
-	if err := d.addColumn(ctx, "devices", "installed_at", "BIGINT NOT NULL DEFAULT 0"); err != nil {
-		return err
+	for _, c := range [][3]string{
+		{"devices", "installed_at", "BIGINT NOT NULL DEFAULT 0"},
+		// A rollout's last computed health (SetRolloutHealth).
+		{"rollouts", "health", "TEXT NOT NULL DEFAULT ''"},
+		{"rollouts", "health_revision", "BIGINT NOT NULL DEFAULT 0"},
+	} {
+		if err := d.addColumn(ctx, c[0], c[1], c[2]); err != nil {
+			return err
+		}
 	}
 	for _, stmt := range []string{
 		// When each device first committed the release it runs, from its
