@@ -81,8 +81,13 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/v1/devices":
 		reply([]store.Device{{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active"}})
 	case r.URL.Path == "/v1/devices/SN-1" || r.URL.Path == "/v1/devices/urn:foster:device:edge-gw:SN-1":
-		reply(deviceDetail{Device: store.Device{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active", InstalledVersion: "2.0.0", CertNotAfter: now.Add(90 * 24 * time.Hour)},
-			Certificates: []store.Certificate{{Serial: "abc", NotAfter: now.Add(90 * 24 * time.Hour), IssuedVia: "token"}},
+		reply(deviceDetail{Device: store.Device{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active", InstalledVersion: "2.0.0", CertSerial: "abc", CertNotAfter: now.Add(90 * 24 * time.Hour)},
+			Certificates: []store.Certificate{
+				{Serial: "c1", IssuedAt: now.Add(-200 * 24 * time.Hour), NotAfter: now.Add(-110 * 24 * time.Hour), IssuedVia: "station:line-1", RevokedAt: now.Add(-140 * 24 * time.Hour), RevokeReason: "superseded by renewal"},
+				{Serial: "c2", IssuedAt: now.Add(-140 * 24 * time.Hour), NotAfter: now.Add(-50 * 24 * time.Hour), IssuedVia: "renew", RevokedAt: now.Add(-20 * 24 * time.Hour), RevokeReason: "superseded by re-provisioning"},
+				{Serial: "c3", IssuedAt: now.Add(-20 * 24 * time.Hour), NotAfter: now.Add(70 * 24 * time.Hour), IssuedVia: "reprovision:token"},
+				{Serial: "abc", IssuedAt: now, NotAfter: now.Add(90 * 24 * time.Hour), IssuedVia: "renew-expired"}},
+			CertificatesTotal: 4, RefusalsTotal: 1,
 			Refusals:     []store.Refusal{{Reason: "clone: another key for this serial", Via: "token", At: now}}})
 	case r.URL.Path == "/v1/devices/urn:foster:device:edge-gw:SN-1/tags":
 		reply([]string{"lab"})
@@ -210,7 +215,12 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 		{"/rollouts/r-1", []string{`id="rollout-state">running<`, `id="offered">4<`, `id="failed">1<`}},
 		{"/rollouts/r-1/confirm/abort", []string{"Yes, abort", `action="/rollouts/r-1/abort"`}},
 		{"/devices", []string{`href="/devices/urn:foster:device:edge-gw:SN-1"`}},
-		{"/devices/SN-1", []string{"2.0.0", "clone: another key", `/devices/urn:foster:device:edge-gw:SN-1/bundle/3`, ">41<", "lab", "confirm/revoke"}},
+		{"/devices/SN-1", []string{"2.0.0", "clone: another key", `/devices/urn:foster:device:edge-gw:SN-1/bundle/3`, ">41<", "lab", "confirm/revoke", "confirm/reprovision",
+			// the identity's history, newest first, the certificate in use marked
+			`<tr class="current"><td>`, `<td class="kind">renewal after expiry</td>`,
+			`re-provisioning (new key) <span class="muted">via admin token</span>`, `superseded by re-provisioning`,
+			`<td class="kind">renewal</td>`, `first enrollment <span class="muted">via factory station line-1</span>`}},
+		{"/devices/SN-1/confirm/reprovision", []string{"Yes, reprovision", `action="/devices/urn:foster:device:edge-gw:SN-1/reprovision"`, "may use a new key"}},
 		{"/releases", []string{"hw-a", "expires in 10 days", `id="tuf-warning">1 role(s)`}},
 		{"/stations", []string{"line-1", "7 / 100", `id="log-size">5<`, "first look"}},
 	}
@@ -226,11 +236,15 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 			}
 		}
 	}
-	for path, want := range map[string]int{"/devices/nope": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404,
+	for path, want := range map[string]int{"/devices/nope": 404, "/devices/SN-1/confirm/explode": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404,
 		"/fleet/everything": 404, "/fleet/cloned?after=forged": 400} {
 		if code, _ := tc.get(t, path); code != want {
 			t.Errorf("GET %s: %d, want %d", path, code, want)
 		}
+	}
+	if _, body := tc.get(t, "/devices/SN-1"); !(strings.Index(body, "renewal after expiry") < strings.Index(body, "re-provisioning (new key)") &&
+		strings.Index(body, "re-provisioning (new key)") < strings.Index(body, "first enrollment")) {
+		t.Error("device page: certificates not newest first")
 	}
 	resp, err := tc.c.Get(tc.URL + "/devices/urn:foster:device:edge-gw:SN-1/bundle/3")
 	if err != nil {
@@ -356,6 +370,10 @@ func TestAuditorSeesNoActionsAndIsRefused(t *testing.T) {
 	if code != http.StatusForbidden {
 		t.Fatalf("auditor's forged revoke: %d", code)
 	}
+	code, body = tc.post(t, "/devices/SN-1/reprovision", url.Values{"csrf": {token}}, map[string]string{"Origin": "http://" + tc.host})
+	if code != http.StatusForbidden || !strings.Contains(body, "auditor may not") {
+		t.Fatalf("auditor's forged reprovision: %d %s", code, body)
+	}
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {
@@ -394,5 +412,30 @@ func TestLogSplitViewIsReported(t *testing.T) {
 	// It keeps saying so: the console does not adopt the forged checkpoint.
 	if _, body := tc.get(t, "/stations"); !strings.Contains(body, "INCONSISTENT") {
 		t.Fatal("the console forgot the split view on the next look")
+	}
+}
+
+// TestReprovisionGoesThroughItsConfirmation: the device page's reprovision
+// button only opens a confirmation; its form asks fosterd, then the page
+// says what happened.
+func TestReprovisionGoesThroughItsConfirmation(t *testing.T) {
+	tc := startConsole(t, identity.RoleAdmin)
+	code, body := tc.get(t, "/devices/SN-1/confirm/reprovision")
+	m := csrfField.FindStringSubmatch(body)
+	if code != 200 || m == nil {
+		t.Fatalf("confirmation: %d\n%s", code, body)
+	}
+	if a := tc.api.actions(); len(a) != 0 {
+		t.Fatalf("the confirmation page alone asked fosterd %v", a)
+	}
+	code, _ = tc.post(t, "/devices/urn:foster:device:edge-gw:SN-1/reprovision", url.Values{"csrf": {m[1]}}, map[string]string{"Origin": "http://" + tc.host})
+	if code != http.StatusSeeOther {
+		t.Fatalf("confirming: %d", code)
+	}
+	if a := tc.api.actions(); len(a) != 1 || a[0] != "/v1/devices/urn:foster:device:edge-gw:SN-1/reprovision" {
+		t.Fatalf("fosterd was asked %v", a)
+	}
+	if _, body := tc.get(t, "/devices/SN-1?done=reprovision"); !strings.Contains(body, "Re-provisioning allowed: the next enrollment of SN-1 may use a new key.") {
+		t.Fatal("no flash after re-provisioning")
 	}
 }

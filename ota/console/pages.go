@@ -464,8 +464,10 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, v *view) (stri
 
 type deviceDetail struct {
 	store.Device
-	Certificates []store.Certificate `json:"certificates"`
-	Refusals     []store.Refusal     `json:"refusals"`
+	Certificates      []store.Certificate `json:"certificates"`
+	CertificatesTotal int                 `json:"certificates_total"`
+	Refusals          []store.Refusal     `json:"refusals"`
+	RefusalsTotal     int                 `json:"refusals_total"`
 }
 
 type deviceData struct {
@@ -474,6 +476,56 @@ type deviceData struct {
 	Next         string
 	Tags         []string
 	CertExpires  string
+	// Certs are the device's certificates, newest first, with what issued
+	// each: its identity's history.
+	Certs []certRow
+}
+
+// certRow is one certificate in a device's history.
+type certRow struct {
+	store.Certificate
+	Kind    string // first enrollment, renewal, re-provisioning...
+	Via     string // the token or factory station behind an enrollment
+	Current bool   // the certificate the device uses now
+}
+
+// certHistory names what issued each certificate (oldest first in, newest
+// first out): store.Certificate.IssuedVia is token, station:NAME, renew,
+// renew-expired, or reprovision: before the enrollment's own.
+func certHistory(certs []store.Certificate, current string) []certRow {
+	out := make([]certRow, 0, len(certs))
+	enrolled := false
+	for _, c := range certs {
+		r := certRow{Certificate: c, Current: c.Serial == current}
+		via := c.IssuedVia
+		switch {
+		case strings.HasPrefix(via, "reprovision:"):
+			r.Kind, r.Via = "re-provisioning (new key)", enrollVia(strings.TrimPrefix(via, "reprovision:"))
+			enrolled = true
+		case via == "renew":
+			r.Kind = "renewal"
+		case via == "renew-expired":
+			r.Kind = "renewal after expiry"
+		case via == "token" || strings.HasPrefix(via, "station:"):
+			r.Kind, r.Via = "first enrollment", enrollVia(via)
+			if enrolled {
+				r.Kind = "enrollment again (same key)"
+			}
+			enrolled = true
+		default:
+			r.Kind = via
+		}
+		out = append(out, r)
+	}
+	slices.Reverse(out)
+	return out
+}
+
+func enrollVia(via string) string {
+	if name, ok := strings.CutPrefix(via, "station:"); ok {
+		return "factory station " + name
+	}
+	return "admin token"
 }
 
 func (c *Console) getDevice(ctx context.Context, id string) (deviceDetail, error) {
@@ -512,24 +564,60 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, v *view) (strin
 	if !dd.CertNotAfter.IsZero() {
 		d.CertExpires = ago(dd.CertNotAfter)
 	}
-	if r.URL.Query().Get("done") == "revoke" {
+	d.Certs = certHistory(dd.Certificates, dd.CertSerial)
+	switch r.URL.Query().Get("done") {
+	case "revoke":
 		v.Flash = "Device revoked."
+	case "reprovision":
+		v.Flash = "Re-provisioning allowed: the next enrollment of " + dd.Serial + " may use a new key."
 	}
 	v.Title, v.Nav, v.Data = "Device "+dd.Serial, "devices", d
 	return "device", nil
 }
 
 func (c *Console) deviceConfirm(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	action := r.PathValue("action")
+	if action != "revoke" && action != "reprovision" {
+		return "", notFound("no device action " + action)
+	}
 	dd, err := c.getDevice(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return "", err
 	}
 	id := url.PathEscape(dd.ID)
-	v.Title, v.Nav, v.Data = "Confirm revoke", "devices", confirmData{What: "device " + dd.ID, Action: "revoke",
-		Post: "/devices/" + id + "/revoke", Back: "/devices/" + id, Danger: true, Reason: true,
-		Details: []string{"Revocation is immediate: the device's certificate stops working at once and is listed in the CRL.",
-			"The device cannot enroll again with the same key unless an admin allows re-provisioning."}}
+	d := confirmData{What: "device " + dd.ID, Action: action, Post: "/devices/" + id + "/" + action, Back: "/devices/" + id}
+	switch action {
+	case "revoke":
+		d.Danger, d.Reason = true, true
+		d.Details = []string{"Revocation is immediate: the device's certificate stops working at once and is listed in the CRL.",
+			"The device cannot enroll again with the same key unless an admin allows re-provisioning."}
+	case "reprovision":
+		d.Details = []string{
+			fmt.Sprintf("The next enrollment of serial %s (model %s) may use a new key: a replaced board or a wiped secure element enrolls again with a factory station or an admin token.", dd.Serial, dd.Model),
+			"When it does, every certificate issued to the device before is revoked as superseded; a clone holding the old key is locked out.",
+			"Until then the device keeps its current certificate, but its old key can no longer renew an expired one.",
+		}
+		if dd.Status == store.DeviceRevoked {
+			d.Details = append(d.Details, "The device is revoked: this is how it may enroll again.")
+		}
+	}
+	v.Title, v.Nav, v.Data = "Confirm "+action, "devices", d
 	return "confirm", nil
+}
+
+// deviceReprovision allows the device's next enrollment to use a new key
+// (foster device reprovision).
+func (c *Console) deviceReprovision(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	dd, err := c.getDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return "", err
+	}
+	if err := c.api.post(r.Context(), "/v1/devices/"+url.PathEscape(dd.ID)+"/reprovision", map[string]string{}, nil); err != nil {
+		return "", err
+	}
+	c.log.Info("console: device re-provisioning allowed", "device", dd.ID)
+	http.Redirect(w, r, "/devices/"+url.PathEscape(dd.ID)+"?done=reprovision", http.StatusSeeOther)
+	return "", nil
 }
 
 var revokeReasons = []string{"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}

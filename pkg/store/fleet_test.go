@@ -320,3 +320,36 @@ func TestInstalledAtIsWhenTheReleaseWasFirstCommitted(t *testing.T) {
 		}
 	})
 }
+
+// TestDeviceHistoryIsBounded: a clone that keeps trying, or a device that
+// renews too often, cannot make the device's history unbounded: the newest
+// MaxDeviceHistory come back, oldest first, with the total.
+func TestDeviceHistoryIsBounded(t *testing.T) {
+	forEach(t, func(t *testing.T, d *store.DB) {
+		ctx := setup(t, d)
+		d.CreateToken(ctx, store.Token{Hash: "h", Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+		dev, err := enrollToken(ctx, d, "h", "SN-1", "edge-gw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = store.MaxDeviceHistory + 5
+		for i := range n {
+			hash := fmt.Sprintf("h-clone-%d", i)
+			d.CreateToken(ctx, store.Token{Hash: hash, Serial: "SN-1", Model: "edge-gw", ExpiresAt: time.Now().Add(time.Hour)})
+			if _, err := d.EnrollDevice(ctx, store.EnrollRequest{Serial: "SN-1", Model: "edge-gw", KeySHA256: fmt.Sprintf("clone-%d", i), TokenHash: hash}, issuer("x")); !errors.Is(err, store.ErrClone) {
+				t.Fatalf("clone attempt %d: %v", i, err)
+			}
+		}
+		rs, total, err := d.RecentRefusals(ctx, dev.ID, store.MaxDeviceHistory)
+		if err != nil || total != n || len(rs) != store.MaxDeviceHistory || rs[0].KeySHA256 != "clone-5" || rs[len(rs)-1].KeySHA256 != fmt.Sprintf("clone-%d", n-1) {
+			t.Fatalf("recent refusals: %d of %d (%v), first %q", len(rs), total, err, rs[0].KeySHA256)
+		}
+		cs, total, err := d.RecentCertificates(ctx, dev.ID, 1)
+		if err != nil || total != 1 || len(cs) != 1 || cs[0].Serial != dev.CertSerial {
+			t.Fatalf("recent certificates: %+v of %d, %v", cs, total, err)
+		}
+		if _, _, err := d.RecentRefusals(ctx, dev.ID, store.MaxDeviceHistory+1); err == nil {
+			t.Fatal("a page above the bound accepted")
+		}
+	})
+}
