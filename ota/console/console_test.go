@@ -88,7 +88,7 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				{Serial: "c3", IssuedAt: now.Add(-20 * 24 * time.Hour), NotAfter: now.Add(70 * 24 * time.Hour), IssuedVia: "reprovision:token"},
 				{Serial: "abc", IssuedAt: now, NotAfter: now.Add(90 * 24 * time.Hour), IssuedVia: "renew-expired"}},
 			CertificatesTotal: 4, RefusalsTotal: 1,
-			Refusals:     []store.Refusal{{Reason: "clone: another key for this serial", Via: "token", At: now}}})
+			Refusals: []store.Refusal{{Reason: "clone: another key for this serial", Via: "token", At: now}}})
 	case r.URL.Path == "/v1/devices/urn:foster:device:edge-gw:SN-1/tags":
 		reply([]string{"lab"})
 	case r.URL.Path == "/v1/attestations":
