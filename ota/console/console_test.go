@@ -217,7 +217,7 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 		{"/devices", []string{`href="/devices/urn:foster:device:edge-gw:SN-1"`}},
 		{"/devices/SN-1", []string{"2.0.0", "clone: another key", `/devices/urn:foster:device:edge-gw:SN-1/bundle/3`, ">41<", "lab", "confirm/revoke", "confirm/reprovision",
 			// the identity's history, newest first, the certificate in use marked
-			`<tr class="current"><td>`, `<td class="kind">renewal after expiry</td>`,
+			`<tr class="current"><td class="kind">renewal after expiry</td>`,
 			`re-provisioning (new key) <span class="muted">via admin token</span>`, `superseded by re-provisioning`,
 			`<td class="kind">renewal</td>`, `first enrollment <span class="muted">via factory station line-1</span>`}},
 		{"/devices/SN-1/confirm/reprovision", []string{"Yes, reprovision", `action="/devices/urn:foster:device:edge-gw:SN-1/reprovision"`, "may use a new key"}},

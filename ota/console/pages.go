@@ -189,6 +189,14 @@ type fleetData struct {
 // list pages page the rest.
 const listShown = 20
 
+// fleetListNotes say what each fleet list holds and what to do about it.
+var fleetListNotes = map[string]string{
+	store.ListBehind:  "Active devices below their model's latest release, the oldest installed release first, then the longest on it.",
+	store.ListSilent:  "Active devices with no attestation (or, never attested, no enrollment) for this long: lost, offline, or stuck. The longest silent first.",
+	store.ListRevoked: "Revoked devices: their certificates are refused and listed in the CRL. The latest revocation first.",
+	store.ListCloned:  "Devices whose serial someone tried to enroll with another key, refused. A replaced board needs reprovision on its page; anything else is a clone to look into.",
+}
+
 // fleetListTitles name the fleet lists.
 var fleetListTitles = map[string]string{
 	store.ListBehind:  "Behind the latest release",
@@ -265,6 +273,7 @@ const listPage = 50
 
 type fleetListData struct {
 	L         fleetList
+	Note      string
 	StaleDays int
 	First     string // link to the first page, on later pages
 }
@@ -288,7 +297,7 @@ func (c *Console) fleetListPage(w http.ResponseWriter, r *http.Request, v *view)
 	if err := c.api.get(r.Context(), "/v1/reports/fleet/devices", q, &p); err != nil {
 		return "", err
 	}
-	d := fleetListData{L: fleetList{Name: name, Title: fleetListTitles[name], Devices: p.Devices}, StaleDays: days}
+	d := fleetListData{L: fleetList{Name: name, Title: fleetListTitles[name], Devices: p.Devices}, Note: fleetListNotes[name], StaleDays: days}
 	if p.Next != "" {
 		d.L.More = listURL(name, p.Next, days)
 	}
@@ -594,7 +603,7 @@ func (c *Console) deviceConfirm(w http.ResponseWriter, r *http.Request, v *view)
 	case "reprovision":
 		d.Details = []string{
 			fmt.Sprintf("The next enrollment of serial %s (model %s) may use a new key: a replaced board or a wiped secure element enrolls again with a factory station or an admin token.", dd.Serial, dd.Model),
-			"When it does, every certificate issued to the device before is revoked as superseded; a clone holding the old key is locked out.",
+			"When it does, every certificate issued to the device before is revoked as superseded: whoever holds the old key is locked out. Allow it only for a device you know was replaced; the refusals on its page name the keys that tried.",
 			"Until then the device keeps its current certificate, but its old key can no longer renew an expired one.",
 		}
 		if dd.Status == store.DeviceRevoked {
