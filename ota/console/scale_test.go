@@ -120,7 +120,9 @@ func openFleet(tb testing.TB, backend string, devices, attestations int, cached 
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		tb.Fatal(err)
 	}
+	t0 := time.Now()
 	f := serveFleet(tb, dir)
+	tb.Logf("opened the instance (and migrated its store, if older) in %s", time.Since(t0).Round(time.Millisecond))
 	f.seed = rec
 	ctl, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})

@@ -389,8 +389,8 @@ func (c *Controller) status(ctx context.Context, r store.Rollout) (Status, error
 //     here and stored;
 //   - an active one, while Run evaluates it in this process, shows the fleet
 //     counts of its last full evaluation (eligible, offered, silent; at most
-//     walkAge old, the time in Health.At) with its outcomes counted now, one
-//     query over its target's attestations;
+//     ten ticks and a minute old, the time in Health.At) with its outcomes
+//     counted now, one query over its target's attestations;
 //   - otherwise (no Run here, an older evaluation) the fleet is walked now.
 func (c *Controller) readHealth(ctx context.Context, r store.Rollout) (Health, error) {
 	if h, ok := storedHealth(r); ok {

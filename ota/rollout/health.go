@@ -240,8 +240,10 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) error {
 		return errors.New("rollout: Run needs a positive interval")
 	}
 	// Reads take an active rollout's fleet counts from the last tick's
-	// evaluation while it is at most a few ticks old.
-	c.walkAge.Store(int64(3 * interval))
+	// evaluation while it is at most ten ticks (and a minute) old: a slow
+	// tick (a large fleet on a loaded machine) must not make every read
+	// walk the fleet too.
+	c.walkAge.Store(int64(max(10*interval, time.Minute)))
 	defer c.walkAge.Store(0)
 	var wg sync.WaitGroup
 	wg.Add(1)

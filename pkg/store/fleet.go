@@ -552,6 +552,11 @@ func (d *DB) migrateFleetViews(ctx context.Context) error {
 		`CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked_at, id) WHERE status = 'revoked'`,
 		// Clone attempts by device.
 		`CREATE INDEX IF NOT EXISTS device_refusals_reason ON device_refusals (reason, device_id, at)`,
+		// A rollout's outcomes and attesters, grouped by device, from the
+		// index alone (TargetOutcomes, TargetAttesters: every read of an
+		// active rollout); it replaces (target_path, received_at).
+		`CREATE INDEX IF NOT EXISTS attestations_target_device ON attestations (target_path, device_id, outcome, received_at)`,
+		`DROP INDEX IF EXISTS attestations_target`,
 	} {
 		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("migrating store schema (fleet views): %w", err)
