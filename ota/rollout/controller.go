@@ -389,8 +389,9 @@ func (c *Controller) status(ctx context.Context, r store.Rollout) (Status, error
 //     here and stored;
 //   - an active one, while Run evaluates it in this process, shows the fleet
 //     counts of its last full evaluation (eligible, offered, silent; at most
-//     ten ticks and a minute old, the time in Health.At) with its outcomes
-//     counted now, one query over its target's attestations;
+//     ten ticks and a minute old, the time in Health.At; the failing log
+//     indices too) with its succeeded and failed devices counted now, one
+//     query over its target's attestations in an index;
 //   - otherwise (no Run here, an older evaluation) the fleet is walked now.
 func (c *Controller) readHealth(ctx context.Context, r store.Rollout) (Health, error) {
 	if h, ok := storedHealth(r); ok {
@@ -398,11 +399,13 @@ func (c *Controller) readHealth(ctx context.Context, r store.Rollout) (Health, e
 			return h, nil
 		}
 		if age := time.Duration(c.walkAge.Load()); age > 0 && c.now().Sub(h.At) <= age {
-			o, err := c.store.TargetOutcomes(ctx, r.TargetPath, outcomesSince(r), store.MaxHaltIndices)
+			// The counts only: the failing attestations' log indices are
+			// the evaluation's (reading them costs a row per failure).
+			o, err := c.store.TargetOutcomes(ctx, r.TargetPath, outcomesSince(r), 0)
 			if err != nil {
 				return Health{}, err
 			}
-			h.Succeeded, h.Failed, h.FailedIndices = o.Succeeded, o.Failed, o.FailedIndices
+			h.Succeeded, h.Failed = o.Succeeded, o.Failed
 			h.FailureRate = rate(h.Succeeded, h.Failed, h.Silent)
 			return h, nil
 		}

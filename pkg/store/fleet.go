@@ -570,5 +570,13 @@ func (d *DB) migrateFleetViews(ctx context.Context) error {
 			return fmt.Errorf("migrating store schema (fleet views): %w", err)
 		}
 	}
+	if d.dialect == postgres {
+		// The backfill rewrote every device row: until (auto)vacuum marks
+		// the pages all-visible again, PostgreSQL reads the whole table
+		// for the fleet page's counts instead of the indexes above.
+		if _, err := d.db.ExecContext(ctx, `VACUUM (ANALYZE) devices`); err != nil {
+			return fmt.Errorf("migrating store schema (fleet views): %w", err)
+		}
+	}
 	return nil
 }
