@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"html"
 	"io"
 	"math"
 	"net/http"
@@ -14,7 +15,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,6 +171,7 @@ func serveFleet(tb testing.TB, dir string) *scaleFleet {
 func seedFleet(tb testing.TB, dir, dsn string, devices, attestations int) fleetRecord {
 	tb.Helper()
 	ctx := context.Background()
+	start := time.Now()
 	if _, err := instance.Init(ctx, dir, instance.InitOptions{DB: dsn}); err != nil {
 		tb.Fatal(err)
 	}
@@ -203,7 +207,7 @@ func seedFleet(tb testing.TB, dir, dsn string, devices, attestations int) fleetR
 	f.call(tb, "POST", "/v1/rollouts/"+create("paused", "meter", latest, nil)+"/pause", nil, nil)
 	create("halted", "sensor", latest, map[string]any{"max_failure_rate": 0.01, "min_sample": 1})
 
-	tb.Logf("seed: instance, releases and rollouts in %s", time.Since(rec.SeededAt).Round(time.Millisecond))
+	tb.Logf("seed: instance, releases and rollouts in %s", time.Since(start).Round(time.Millisecond))
 	t0 := time.Now()
 	fl, err := storetest.SeedFleet(ctx, f.in.Store, storetest.FleetSpec{Devices: devices, Attestations: attestations, Now: rec.SeededAt,
 		Append: func(ctx context.Context, leaves [][]byte, insert func(context.Context, *sql.Tx, int64) error) error {
@@ -371,6 +375,59 @@ func TestConsolePagesAtFleetScaleShowTheStore(t *testing.T) {
 					if code, body := f.get(p.path(i)); code != http.StatusOK {
 						t.Fatalf("%s %s: %d\n%s", p.name, p.path(i), code, body)
 					}
+				}
+			}
+			// The fleet page's counts are the seeded fleet's (silence grows
+			// with time: between its values before and after the view).
+			fl := f.seed.Fleet
+			t0 := time.Now()
+			_, body := f.get("/")
+			t1 := time.Now()
+			num := func(id string) int {
+				m := regexp.MustCompile(`id="` + id + `">(\d+)<`).FindStringSubmatch(body)
+				if m == nil {
+					t.Fatalf("fleet page has no %s", id)
+				}
+				n, _ := strconv.Atoi(m[1])
+				return n
+			}
+			if got := num("active-devices"); got != fl.Active {
+				t.Errorf("fleet page: %d active devices, seeded %d", got, fl.Active)
+			}
+			if got := num("behind-count"); got != fl.Behind() {
+				t.Errorf("fleet page: %d behind, seeded %d", got, fl.Behind())
+			}
+			if got := num("revoked-count"); got != fl.Revoked {
+				t.Errorf("fleet page: %d revoked, seeded %d", got, fl.Revoked)
+			}
+			if got := num("cloned-count"); got != len(fl.Cloned) || got == 0 {
+				t.Errorf("fleet page: %d cloned, seeded %d", got, len(fl.Cloned))
+			}
+			if got := num("stale-count"); got < fl.Silent(t0, 30) || got > fl.Silent(t1, 30) {
+				t.Errorf("fleet page: %d silent, seeded %d..%d", got, fl.Silent(t0, 30), fl.Silent(t1, 30))
+			}
+			// A device page lists its seeded certificates and refusals.
+			_, body = f.get("/devices/" + url.PathEscape(fl.Cloned[0]))
+			if n := strings.Count(body, `<td class="kind">`); n < 1 || !strings.Contains(body, "clone: enrollment with a different key") {
+				t.Errorf("cloned device's page: %d certificates, refusal shown %v", n, strings.Contains(body, "clone:"))
+			}
+			// Every fleet list pages through to its end.
+			for _, l := range []string{"behind", "silent", "revoked", "cloned"} {
+				path, pages := "/fleet/"+l, 0
+				for path != "" && pages < 100 {
+					code, body := f.get(path)
+					if code != http.StatusOK {
+						t.Fatalf("%s: %d\n%s", path, code, body)
+					}
+					pages++
+					m := regexp.MustCompile(`href="(/fleet/` + l + `\?[^"]*)">Next`).FindStringSubmatch(body)
+					path = ""
+					if m != nil {
+						path = html.UnescapeString(m[1])
+					}
+				}
+				if want := map[string]int{"behind": fl.Behind(), "revoked": fl.Revoked, "cloned": len(fl.Cloned)}[l]; l != "silent" && pages != want/50+1 {
+					t.Errorf("%s: %d pages of 50 for %d devices", l, pages, want)
 				}
 			}
 		})
