@@ -439,3 +439,11 @@ func TestReprovisionGoesThroughItsConfirmation(t *testing.T) {
 		t.Fatal("no flash after re-provisioning")
 	}
 }
+
+func TestThousands(t *testing.T) {
+	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 99500: "99,500", 1234567: "1,234,567", -4200: "-4,200"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

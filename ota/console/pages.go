@@ -52,6 +52,7 @@ var funcs = template.FuncMap{
 	"path":      url.PathEscape,
 	"list":      func(l fleetList, days int) map[string]any { return map[string]any{"L": l, "StaleDays": days} },
 	"remaining": func(quota, used int64) int64 { return max(quota-used, 0) },
+	"n":         thousands,
 }
 
 func ago(t time.Time) string {
@@ -79,6 +80,20 @@ func ago(t time.Time) string {
 	default:
 		return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 	}
+}
+
+// thousands writes n with comma-separated thousands (99,500).
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
 }
 
 func shorten(s string, n int) string {

@@ -384,11 +384,11 @@ func TestConsolePagesAtFleetScaleShowTheStore(t *testing.T) {
 			_, body := f.get("/")
 			t1 := time.Now()
 			num := func(id string) int {
-				m := regexp.MustCompile(`id="` + id + `">(\d+)<`).FindStringSubmatch(body)
+				m := regexp.MustCompile(`id="` + id + `">([\d,]+)<`).FindStringSubmatch(body)
 				if m == nil {
 					t.Fatalf("fleet page has no %s", id)
 				}
-				n, _ := strconv.Atoi(m[1])
+				n, _ := strconv.Atoi(strings.ReplaceAll(m[1], ",", ""))
 				return n
 			}
 			if got := num("active-devices"); got != fl.Active {
@@ -420,7 +420,7 @@ func TestConsolePagesAtFleetScaleShowTheStore(t *testing.T) {
 						t.Fatalf("%s: %d\n%s", path, code, body)
 					}
 					pages++
-					m := regexp.MustCompile(`href="(/fleet/` + l + `\?[^"]*)">Next`).FindStringSubmatch(body)
+					m := regexp.MustCompile(`href="(/fleet/` + l + `\?[^"]*)">Next page`).FindStringSubmatch(body)
 					path = ""
 					if m != nil {
 						path = html.UnescapeString(m[1])
