@@ -29,7 +29,7 @@ import (
 // Fleet device lists (FleetListQuery.List).
 const (
 	ListBehind  = "behind"  // active devices below their model's latest release, most behind first
-	ListSilent  = "silent"  // active devices silent for the stale days, silent longest first
+	ListSilent  = "silent"  // active devices silent for the stale days, silent longest first (by day)
 	ListRevoked = "revoked" // revoked devices, most recently revoked first
 	ListCloned  = "cloned"  // devices with clone-attempt refusals, by URN
 )
@@ -129,7 +129,8 @@ func (d *DB) FleetSummary(ctx context.Context, model string, staleDays, listN in
 	if err := d.summarizeInstalled(ctx, s, latest); err != nil {
 		return nil, err
 	}
-	where, args := d.modelFilter(`status = 'active' AND last_attestation_at <= ? AND enrolled_at <= ?`, model, ts(staleBefore(now, staleDays)), ts(staleBefore(now, staleDays)))
+	where, args := silentFilter(staleBefore(now, staleDays))
+	where, args = d.modelFilter(where, model, args...)
 	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM devices WHERE `+where), args...).Scan(&s.Silent); err != nil {
 		return nil, fmt.Errorf("counting silent devices: %w", err)
 	}
@@ -161,6 +162,20 @@ func (d *DB) FleetSummary(ctx context.Context, model string, staleDays, listN in
 
 func staleBefore(now time.Time, days int) time.Time {
 	return now.Add(-time.Duration(days) * 24 * time.Hour)
+}
+
+const dayNS = int64(24 * time.Hour)
+
+// dayOf is the day (since the epoch, UTC) of t, as seen_day keeps it.
+func dayOf(t time.Time) int64 { return ts(t) / dayNS }
+
+// silentFilter selects active devices with no sign of life (enrollment or
+// attestation) after before: from the index on seen_day, the day of the
+// last one, checking the exact times only on before's own day.
+func silentFilter(before time.Time) (string, []any) {
+	d := dayOf(before)
+	return `status = 'active' AND seen_day <= ? AND (seen_day < ? OR (last_attestation_at <= ? AND enrolled_at <= ?))`,
+		[]any{d, d, ts(before), ts(before)}
 }
 
 // modelFilter appends "AND model = ?" to where when model is set.
@@ -267,7 +282,6 @@ func (d *DB) summarizeInstalled(ctx context.Context, s *FleetSummary, latest map
 // coverageSince is FleetSummary.Coverage: per model, the active devices on
 // its latest release by the day they first committed it.
 func (d *DB) coverageSince(ctx context.Context, now time.Time, latest map[string]Release) ([]CoveragePoint, error) {
-	const dayNS = int64(24 * time.Hour)
 	byDay := map[int64]int{} // day number since the epoch (UTC) -> devices
 	for m, l := range latest {
 		err := func() error {
@@ -367,12 +381,12 @@ func parseCursor(s string) (cursor, error) {
 	return c, nil
 }
 
-const statusCols = `id, serial, model, status, installed_version, installed_counter, installed_at, last_attestation_at, enrolled_at, revoked_at, revoke_reason`
+const statusCols = `id, serial, model, status, installed_version, installed_counter, installed_at, last_attestation_at, enrolled_at, revoked_at, revoke_reason, seen_day`
 
 func scanStatus(s scanner) (DeviceStatus, error) {
 	var ds DeviceStatus
 	var inst, last, enrolled, revoked int64
-	err := s.Scan(&ds.ID, &ds.Serial, &ds.Model, &ds.Status, &ds.InstalledVersion, &ds.InstalledCounter, &inst, &last, &enrolled, &revoked, &ds.RevokeReason)
+	err := s.Scan(&ds.ID, &ds.Serial, &ds.Model, &ds.Status, &ds.InstalledVersion, &ds.InstalledCounter, &inst, &last, &enrolled, &revoked, &ds.RevokeReason, &ds.seenDay)
 	ds.InstalledAt, ds.LastAttestationAt, ds.EnrolledAt, ds.RevokedAt = fromTS(inst), fromTS(last), fromTS(enrolled), fromTS(revoked)
 	return ds, err
 }
@@ -393,13 +407,12 @@ func (d *DB) pageFleetList(ctx context.Context, q FleetListQuery, now time.Time,
 	case ListBehind:
 		out, err = d.pageBehind(ctx, q, after, latest)
 	case ListSilent:
-		before := ts(staleBefore(now, q.StaleDays))
-		where, args := `status = 'active' AND last_attestation_at <= ? AND enrolled_at <= ?`, []any{before, before}
+		where, args := silentFilter(staleBefore(now, q.StaleDays))
 		if after != nil {
-			where, args = where+` AND (last_attestation_at, enrolled_at, id) > (?, ?, ?)`, append(args, after.T1, after.T2, after.ID)
+			where, args = where+` AND (seen_day, id) > (?, ?)`, append(args, after.T1, after.ID)
 		}
 		where, args = d.modelFilter(where, q.Model, args...)
-		out, err = queryAll(ctx, d.db, "listing silent devices", d.q(`SELECT `+statusCols+` FROM devices WHERE `+where+` ORDER BY last_attestation_at, enrolled_at, id`+limit), scanStatus, args...)
+		out, err = queryAll(ctx, d.db, "listing silent devices", d.q(`SELECT `+statusCols+` FROM devices WHERE `+where+` ORDER BY seen_day, id`+limit), scanStatus, args...)
 	case ListRevoked:
 		where, args := `status = 'revoked'`, []any(nil)
 		if after != nil {
@@ -424,7 +437,7 @@ func (d *DB) pageFleetList(ctx context.Context, q FleetListQuery, now time.Time,
 		case ListBehind:
 			c.Model, c.Counter, c.T1 = last.Model, last.InstalledCounter, ts(last.InstalledAt)
 		case ListSilent:
-			c.T1, c.T2 = ts(last.LastAttestationAt), ts(last.EnrolledAt)
+			c.T1 = last.seenDay
 		case ListRevoked:
 			c.T1 = ts(last.RevokedAt)
 		}
@@ -531,6 +544,11 @@ func (d *DB) pageCloned(ctx context.Context, q FleetListQuery, after *cursor) ([
 func (d *DB) migrateFleetViews(ctx context.Context) error {
 	for _, c := range [][3]string{
 		{"devices", "installed_at", "BIGINT NOT NULL DEFAULT 0"},
+		// The day (since the epoch, UTC) of the device's last enrollment or
+		// attestation: the silent list's index key. last_attestation_at
+		// changes with every attestation and an index on it would make
+		// every ingest update a non-HOT one on PostgreSQL.
+		{"devices", "seen_day", "BIGINT NOT NULL DEFAULT 0"},
 		// A rollout's last computed health (SetRolloutHealth).
 		{"rollouts", "health", "TEXT NOT NULL DEFAULT ''"},
 		{"rollouts", "health_revision", "BIGINT NOT NULL DEFAULT 0"},
@@ -541,14 +559,15 @@ func (d *DB) migrateFleetViews(ctx context.Context) error {
 	}
 	for _, stmt := range []string{
 		// When each device first committed the release it runs, from its
-		// attestations (AddAttestationTx keeps it from now on).
-		`UPDATE devices SET installed_at = COALESCE((SELECT MIN(a.received_at) FROM attestations a
-			WHERE a.device_id = devices.id AND a.outcome = 'committed' AND a.counter = devices.installed_counter), 0)
-			WHERE installed_counter != 0 AND installed_at = 0`,
+		// attestations, and the day it was last seen (AddAttestationTx and
+		// EnrollDevice keep both from now on); one pass over the rows.
+		`UPDATE devices SET installed_at = CASE WHEN installed_counter = 0 THEN 0 ELSE COALESCE((SELECT MIN(a.received_at) FROM attestations a
+			WHERE a.device_id = devices.id AND a.outcome = 'committed' AND a.counter = devices.installed_counter), 0) END,
+			seen_day = (CASE WHEN last_attestation_at > enrolled_at THEN last_attestation_at ELSE enrolled_at END) / ` + strconv.FormatInt(dayNS, 10),
 		// Counts by model and release, the behind list and coverage.
 		`CREATE INDEX IF NOT EXISTS devices_active_release ON devices (model, installed_counter, installed_at, id) WHERE status = 'active'`,
-		// Orphan candidates: silent since, oldest first.
-		`CREATE INDEX IF NOT EXISTS devices_active_seen ON devices (last_attestation_at, enrolled_at, id) WHERE status = 'active'`,
+		// Orphan candidates: silent since, longest first.
+		`CREATE INDEX IF NOT EXISTS devices_active_seen ON devices (seen_day, id) WHERE status = 'active'`,
 		`CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked_at, id) WHERE status = 'revoked'`,
 		// Clone attempts by device.
 		`CREATE INDEX IF NOT EXISTS device_refusals_reason ON device_refusals (reason, device_id, at)`,

@@ -304,10 +304,10 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			ReplacedCertSerial: replaced, HardwareID: r.HardwareID}
 		if exists {
 			_, err = tx.ExecContext(ctx, d.q(sqlReenrollDevice),
-				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, replaced, r.HardwareID, id)
+				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), dayOf(now), is.KeySHA256, replaced, r.HardwareID, id)
 		} else {
 			_, err = tx.ExecContext(ctx, d.q(sqlEnrollDevice),
-				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, r.HardwareID)
+				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), dayOf(now), is.KeySHA256, r.HardwareID)
 		}
 		if isUnique(err) {
 			return fmt.Errorf("device %s: %w", id, ErrConflict)

@@ -95,6 +95,7 @@ type DeviceStatus struct {
 	// another key; LastCloneAttempt is the latest one's time.
 	CloneAttempts    int       `json:"clone_attempts,omitempty"`
 	LastCloneAttempt time.Time `json:"last_clone_attempt,omitzero"`
+	seenDay          int64     // the silent list's cursor
 }
 
 // FleetReport computes the report for model ("" for all) with orphan

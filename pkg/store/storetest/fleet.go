@@ -392,7 +392,7 @@ func ts(t time.Time) int64 {
 
 var deviceSeedCols = []string{"id", "serial", "model", "status", "cert_serial", "cert_not_after", "cert_pem", "enrolled_at",
 	"installed_version", "installed_target", "installed_counter", "last_attestation_at", "last_sequence",
-	"key_sha256", "reprovision_at", "reprovision_by", "revoked_at", "revoke_reason", "replaced_cert_serial", "hardware_id", "installed_at"}
+	"key_sha256", "reprovision_at", "reprovision_by", "revoked_at", "revoke_reason", "replaced_cert_serial", "hardware_id", "installed_at", "seen_day"}
 
 var certSeedCols = []string{"serial", "subject", "key_sha256", "not_before", "not_after", "issued_at", "issued_via", "issued_by",
 	"revoked_at", "revoke_reason_code", "revoke_reason"}
@@ -444,7 +444,7 @@ func (g *gen) writeDevices(ctx context.Context) error {
 			}
 			devs = append(devs, []any{d.id, d.serial, d.model, status, cur.serial, ts(cur.issued.Add(certValidity)), certPEM, ts(d.enrolledAt),
 				version, target, counter, ts(g.lastAtt[i]), int64(g.lastSeq[i]),
-				cur.key, int64(0), "", ts(d.revokedAt), reason, "", "", ts(g.since[i])})
+				cur.key, int64(0), "", ts(d.revokedAt), reason, "", "", ts(g.since[i]), ts(maxTime(d.enrolledAt, g.lastAtt[i]))/int64(day)})
 			for k := range d.cloneAttempts {
 				at := d.enrolledAt.Add(time.Duration(k+1) * 7 * day)
 				refusals = append(refusals, []any{d.id, "clone: enrollment with a different key", hexOf("clone", d.id, k), "station:line-1", ts(at)})
@@ -533,4 +533,11 @@ func (g *gen) writeAttestations(ctx context.Context) error {
 		g.fleet.Attestations += len(batch)
 	}
 	return nil
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
