@@ -444,7 +444,7 @@ func (g *gen) writeDevices(ctx context.Context) error {
 			}
 			devs = append(devs, []any{d.id, d.serial, d.model, status, cur.serial, ts(cur.issued.Add(certValidity)), certPEM, ts(d.enrolledAt),
 				version, target, counter, ts(g.lastAtt[i]), int64(g.lastSeq[i]),
-				cur.key, int64(0), "", ts(d.revokedAt), reason, "", "", ts(g.since[i]), ts(maxTime(d.enrolledAt, g.lastAtt[i]))/int64(day)})
+				cur.key, int64(0), "", ts(d.revokedAt), reason, "", "", ts(g.since[i]), ts(maxTime(d.enrolledAt, g.lastAtt[i])) / int64(day)})
 			for k := range d.cloneAttempts {
 				at := d.enrolledAt.Add(time.Duration(k+1) * 7 * day)
 				refusals = append(refusals, []any{d.id, "clone: enrollment with a different key", hexOf("clone", d.id, k), "station:line-1", ts(at)})
