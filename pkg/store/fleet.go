@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/foster-ota/foster/pkg/identity"
 )
 
@@ -126,39 +128,50 @@ func (d *DB) FleetSummary(ctx context.Context, model string, staleDays, listN in
 	if err != nil {
 		return nil, err
 	}
-	if err := d.summarizeInstalled(ctx, s, latest); err != nil {
-		return nil, err
+	// The figures are independent reads: a few at once, so a view costs
+	// about its largest one (the counts by release), not their sum. Each
+	// writes its own fields.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(summaryReads)
+	count := func(n *int, doing, query string, args []any) {
+		g.Go(func() error {
+			if err := d.db.QueryRowContext(gctx, d.q(query), args...).Scan(n); err != nil {
+				return fmt.Errorf("%s: %w", doing, err)
+			}
+			return nil
+		})
 	}
+	g.Go(func() error { return d.summarizeInstalled(gctx, s, latest) })
+	g.Go(func() (err error) {
+		s.Coverage, err = d.coverageSince(gctx, now, latest)
+		return err
+	})
 	where, args := silentFilter(staleBefore(now, staleDays))
 	where, args = d.modelFilter(where, model, args...)
-	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM devices WHERE `+where), args...).Scan(&s.Silent); err != nil {
-		return nil, fmt.Errorf("counting silent devices: %w", err)
-	}
+	count(&s.Silent, "counting silent devices", `SELECT COUNT(*) FROM devices WHERE `+where, args)
 	where, args = d.modelFilter(`status = 'revoked'`, model)
-	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM devices WHERE `+where), args...).Scan(&s.Revoked); err != nil {
-		return nil, fmt.Errorf("counting revoked devices: %w", err)
-	}
+	count(&s.Revoked, "counting revoked devices", `SELECT COUNT(*) FROM devices WHERE `+where, args)
 	where, args = refusalFilter(model)
-	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(DISTINCT device_id) FROM device_refusals WHERE `+where), args...).Scan(&s.Cloned); err != nil {
-		return nil, fmt.Errorf("counting cloned devices: %w", err)
+	count(&s.Cloned, "counting cloned devices", `SELECT COUNT(DISTINCT device_id) FROM device_refusals WHERE `+where, args)
+	pages := make([]FleetPage, len(FleetLists))
+	for i, l := range FleetLists {
+		g.Go(func() (err error) {
+			pages[i], err = d.pageFleetList(gctx, FleetListQuery{List: l, Model: model, StaleDays: staleDays, Limit: listN}, now, latest)
+			return err
+		})
 	}
-	if s.Coverage, err = d.coverageSince(ctx, now, latest); err != nil {
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	counts := map[string]int{ListBehind: s.Behind, ListSilent: s.Silent, ListRevoked: s.Revoked, ListCloned: s.Cloned}
-	for _, l := range FleetLists {
-		if counts[l] == 0 { // nothing to read
-			s.Lists[l] = FleetPage{Devices: []DeviceStatus{}}
-			continue
-		}
-		p, err := d.pageFleetList(ctx, FleetListQuery{List: l, Model: model, StaleDays: staleDays, Limit: listN}, now, latest)
-		if err != nil {
-			return nil, err
-		}
-		s.Lists[l] = p
+	for i, l := range FleetLists {
+		s.Lists[l] = pages[i]
 	}
 	return s, nil
 }
+
+// summaryReads bounds the store reads one FleetSummary runs at once (SQLite
+// has 4 connections, PostgreSQL 16).
+const summaryReads = 3
 
 func staleBefore(now time.Time, days int) time.Time {
 	return now.Add(-time.Duration(days) * 24 * time.Hour)
