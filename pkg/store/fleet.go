@@ -597,6 +597,11 @@ func (d *DB) migrateFleetViews(ctx context.Context) error {
 		// the index replaces (subject).
 		`CREATE INDEX IF NOT EXISTS certificates_subject_live ON certificates (subject, revoked_at, issued_at)`,
 		`DROP INDEX IF EXISTS certificates_subject`,
+		// A rollout's health walks its model's devices (PageFleet) every
+		// tick: from this index alone instead of every device row (53,000
+		// devices: 250-330 -> 65-140 ms on SQLite). It replaces (model, id).
+		`CREATE INDEX IF NOT EXISTS devices_fleet ON devices (model, id, serial, status, installed_target)`,
+		`DROP INDEX IF EXISTS devices_model_id`,
 	} {
 		if _, err := d.db.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("migrating store schema (fleet views): %w", err)
