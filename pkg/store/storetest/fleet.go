@@ -142,12 +142,11 @@ type seedDevice struct {
 }
 
 type seedEvent struct {
-	dev      int32
-	seq      int32
-	rel      int16 // index into the model's releases
-	outcome  string
-	at       time.Time
-	certSeen string
+	dev     int32
+	seq     int32
+	rel     int16 // index into the model's releases
+	outcome string
+	at      time.Time
 }
 
 type gen struct {
