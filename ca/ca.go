@@ -44,6 +44,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/foster-ota/foster/ca/internal/stepca"
@@ -88,6 +89,10 @@ type Options struct {
 	// cloudkms:..., azurekms:..., pkcs11:..., yubikey:slot-id=9c; a provider
 	// must be built into the binary). Default keys/intermediate_ca.key.
 	IntermediateKey string
+	// IntermediatePEM, if set, is the issuing intermediate certificate
+	// instead of DIR/intermediate.pem (fosterd's online key record, set by
+	// UseIntermediate on a running cluster).
+	IntermediatePEM []byte
 	// DeviceValidity is the lifetime of device certificates (default 90 days).
 	DeviceValidity time.Duration
 	// ClientValidity is the lifetime of admin, auditor and station certificates (default 365 days).
@@ -100,15 +105,36 @@ type Options struct {
 	CRL *CRLOptions
 }
 
-// CA issues certificates with the intermediate. It is safe for concurrent use.
+// CA issues certificates with the intermediate. It is safe for concurrent
+// use; UseIntermediate replaces the intermediate and its key while it
+// serves.
 type CA struct {
-	root, inter *x509.Certificate
-	pool        *x509.CertPool
-	auth        *stepca.Authority
-	key         *issuerKey
-	opts        Options
-	crlMu       sync.Mutex // one CRL generation at a time, so numbers increase
-	chains      chainCache // verified station chains (token.go)
+	root   *x509.Certificate
+	pool   *x509.CertPool
+	iss    atomic.Pointer[issuer] // replaced whole by UseIntermediate
+	opts   Options
+	crlMu  sync.Mutex // one CRL generation at a time, so numbers increase
+	chains chainCache // verified station chains (token.go)
+
+	// retired are issuers UseIntermediate replaced: a signature in flight
+	// may still use one, so their keys (KMS sessions) close with the CA.
+	retiredMu sync.Mutex
+	retired   []*issuer
+}
+
+// issuer is an intermediate certificate, its key, and the step-ca authority
+// that signs with them.
+type issuer struct {
+	inter *x509.Certificate
+	auth  *stepca.Authority
+	key   *issuerKey
+}
+
+func (i *issuer) close() error {
+	if i == nil {
+		return nil
+	}
+	return errors.Join(i.auth.Close(), i.key.close())
 }
 
 // Open loads the PKI from dir (ca.pem, intermediate.pem,
@@ -137,20 +163,38 @@ func Open(dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	inter, err := readCert(filepath.Join(dir, interCertFile))
-	if err != nil {
-		return nil, err
-	}
 	if err := root.CheckSignatureFrom(root); err != nil || !root.IsCA {
 		return nil, fmt.Errorf("%s is not a self-signed CA certificate", rootCertFile)
 	}
+	var inter *x509.Certificate
+	if opts.IntermediatePEM != nil {
+		if inter, err = parseIntermediate(opts.IntermediatePEM); err != nil {
+			return nil, err
+		}
+	} else if inter, err = readCert(filepath.Join(dir, interCertFile)); err != nil {
+		return nil, err
+	}
 	if err := inter.CheckSignatureFrom(root); err != nil {
-		return nil, fmt.Errorf("%s is not issued by %s: %w", interCertFile, rootCertFile, err)
+		return nil, fmt.Errorf("intermediate %s is not issued by %s: %w", inter.SerialNumber.Text(16), rootCertFile, err)
 	}
 	if err := opts.CRL.check(); err != nil {
 		return nil, err
 	}
-	key, err := loadIssuerKey(context.Background(), dir, opts.IntermediateKey, inter, opts.Passphrase)
+	iss, err := newIssuer(context.Background(), dir, root, inter, opts.IntermediateKey, opts.Passphrase)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	c := &CA{root: root, pool: pool, opts: opts}
+	c.iss.Store(iss)
+	return c, nil
+}
+
+// newIssuer loads the intermediate's key (checking that it matches) and
+// builds the step-ca authority over them.
+func newIssuer(ctx context.Context, dir string, root, inter *x509.Certificate, keyRef string, passphrase []byte) (*issuer, error) {
+	key, err := loadIssuerKey(ctx, dir, keyRef, inter, passphrase)
 	if err != nil {
 		return nil, err
 	}
@@ -159,19 +203,26 @@ func Open(dir string, opts Options) (*CA, error) {
 		key.close()
 		return nil, err
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(root)
-	return &CA{root: root, inter: inter, pool: pool, auth: auth, key: key, opts: opts}, nil
+	return &issuer{inter: inter, auth: auth, key: key}, nil
 }
 
 // Close releases the embedded step-ca authority and the key manager.
-func (c *CA) Close() error { return errors.Join(c.auth.Close(), c.key.close()) }
+func (c *CA) Close() error {
+	c.retiredMu.Lock()
+	defer c.retiredMu.Unlock()
+	errs := []error{c.iss.Load().close()}
+	for _, i := range c.retired {
+		errs = append(errs, i.close())
+	}
+	c.retired = nil
+	return errors.Join(errs...)
+}
 
 // Root returns the root CA certificate (the trust anchor).
 func (c *CA) Root() *x509.Certificate { return c.root }
 
 // Intermediate returns the issuing intermediate certificate.
-func (c *CA) Intermediate() *x509.Certificate { return c.inter }
+func (c *CA) Intermediate() *x509.Certificate { return c.iss.Load().inter }
 
 // RootPool returns a fresh pool holding only the root, for tls.Config
 // ClientCAs/RootCAs and x509.VerifyOptions.

@@ -119,7 +119,7 @@ func (c *CA) RefreshCRL(ctx context.Context) error {
 			SerialNumber: sn, RevocationTime: at, ReasonCode: r.ReasonCode,
 		})
 	}
-	der, err := c.auth.SignCRL(tmpl)
+	der, err := c.iss.Load().auth.SignCRL(tmpl)
 	if err != nil {
 		return err
 	}

@@ -73,13 +73,14 @@ const MinDeviceValidity = time.Hour
 // certificate lifetime: at least MinDeviceValidity and no longer than the
 // intermediate has left to live (a longer one would silently be cut short).
 func (c *CA) CheckDeviceValidity(d time.Duration) error {
-	left := c.inter.NotAfter.Sub(c.opts.Now())
+	inter := c.Intermediate()
+	left := inter.NotAfter.Sub(c.opts.Now())
 	switch {
 	case d < MinDeviceValidity:
 		return fmt.Errorf("device certificate validity %s is shorter than %s", d, MinDeviceValidity)
 	case d > left:
 		return fmt.Errorf("device certificate validity %s exceeds the intermediate CA's remaining life (%s, until %s)",
-			d, left.Truncate(time.Hour), c.inter.NotAfter.UTC().Format(time.RFC3339))
+			d, left.Truncate(time.Hour), inter.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -184,10 +185,11 @@ func (c *CA) sign(ctx context.Context, l stepca.Leaf, validity time.Duration) ([
 	now := c.opts.Now()
 	l.NotBefore = now.Add(-backdate)
 	l.NotAfter = now.Add(validity)
-	if l.NotAfter.After(c.inter.NotAfter) {
-		l.NotAfter = c.inter.NotAfter
+	iss := c.iss.Load() // one issuer for the whole leaf: its expiry and its signature
+	if l.NotAfter.After(iss.inter.NotAfter) {
+		l.NotAfter = iss.inter.NotAfter
 	}
-	chain, err := c.auth.Sign(ctx, l)
+	chain, err := iss.auth.Sign(ctx, l)
 	if err != nil {
 		return nil, fmt.Errorf("issuing certificate for %q: %w", l.Name(), err)
 	}

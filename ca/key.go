@@ -55,7 +55,7 @@ func loadIssuerKey(ctx context.Context, dir, ref string, inter *x509.Certificate
 		}
 		return &issuerKey{signer: s}, nil
 	}
-	k, err := openKMSKey(ctx, ref, passphrase)
+	k, err := openKMSKey(ctx, "intermediate key", ref, passphrase)
 	if err != nil {
 		return nil, err
 	}
@@ -66,15 +66,16 @@ func loadIssuerKey(ctx context.Context, dir, ref string, inter *x509.Certificate
 	return k, nil
 }
 
-// openKMSKey opens the signer named by a KMS URI.
-func openKMSKey(ctx context.Context, ref string, passphrase []byte) (*issuerKey, error) {
+// openKMSKey opens the signer named by a KMS URI; what names the key in
+// errors ("intermediate key", "root key").
+func openKMSKey(ctx context.Context, what, ref string, passphrase []byte) (*issuerKey, error) {
 	typ, err := apiv1.TypeOf(ref)
 	if err != nil {
-		return nil, fmt.Errorf("intermediate key %s: %w", redactURI(ref), err)
+		return nil, fmt.Errorf("%s %s: %w", what, redactURI(ref), err)
 	}
 	km, err := kms.New(ctx, apiv1.Options{Type: typ, URI: ref})
 	if err != nil {
-		return nil, fmt.Errorf("intermediate key: opening %s KMS (is its provider built into this binary?): %w", typ, err)
+		return nil, fmt.Errorf("%s: opening %s KMS (is its provider built into this binary?): %w", what, typ, err)
 	}
 	req := &apiv1.CreateSignerRequest{SigningKey: ref}
 	if len(passphrase) > 0 && typ == apiv1.SoftKMS {
@@ -86,7 +87,7 @@ func openKMSKey(ctx context.Context, ref string, passphrase []byte) (*issuerKey,
 	signer, err := km.CreateSigner(req)
 	if err != nil {
 		km.Close()
-		return nil, fmt.Errorf("intermediate key %s: %w", redactURI(ref), err)
+		return nil, fmt.Errorf("%s %s: %w", what, redactURI(ref), err)
 	}
 	return &issuerKey{signer: signer, closer: km}, nil
 }
@@ -107,4 +108,13 @@ func redactURI(ref string) string {
 	}
 	slices.Sort(keep)
 	return u.Scheme + ":" + strings.Join(keep, ";")
+}
+
+// RedactKeyRef returns a key reference fit for logs and API answers: a
+// file path as it is, a KMS/HSM URI without pin or password values.
+func RedactKeyRef(ref string) string {
+	if !IsKMSURI(ref) {
+		return ref
+	}
+	return redactURI(ref)
 }

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
@@ -24,6 +25,17 @@ type InitOptions struct {
 	Name string
 	// Passphrase encrypts both CA keys (PKCS#8 PBES2); nil writes them unencrypted.
 	Passphrase []byte
+	// RootKey says where the root key is. "" writes a new key to
+	// DIR/keys/root_ca.key (a development instance). A file path (absolute,
+	// or relative to DIR) writes the new key there instead: offline media,
+	// for foster init --production. A KMS/HSM URI (softkms:, pkcs11:,
+	// awskms: ...; IsKMSURI) names an existing key that signs the root
+	// certificate; no root key file is written.
+	RootKey string
+	// RootPassphrase encrypts a new root key file, or decrypts a softkms
+	// RootKey; nil means Passphrase. Offline media need not share the
+	// passphrase of the server's keys.
+	RootPassphrase []byte
 	// RootValidity defaults to 25 years and IntermediateValidity to 10: devices
 	// stay offline for years and must still chain to a valid CA when they return.
 	RootValidity, IntermediateValidity time.Duration
@@ -43,15 +55,24 @@ const (
 // DIR/keys/intermediate_ca.key: ECDSA P-256 keys (0600, directory 0700). It
 // refuses to run if any of those files exists, so a CA key is never
 // overwritten. ca.pem is written last: its presence means the PKI is complete.
+// InitOptions.RootKey puts the root key elsewhere (offline media, a KMS/HSM).
 func InitPKI(dir string, opts InitOptions) error {
+	return InitPKIContext(context.Background(), dir, opts)
+}
+
+// InitPKIContext is InitPKI with a context for opening a KMS/HSM root key.
+func InitPKIContext(ctx context.Context, dir string, opts InitOptions) error {
 	if opts.Name == "" {
 		opts.Name = "Foster"
 	}
 	if err := checkCAName(opts.Name); err != nil {
 		return err
 	}
-	if opts.Passphrase != nil && len(opts.Passphrase) == 0 {
+	if opts.Passphrase != nil && len(opts.Passphrase) == 0 || opts.RootPassphrase != nil && len(opts.RootPassphrase) == 0 {
 		return errors.New("empty passphrase: use nil for unencrypted keys")
+	}
+	if opts.RootPassphrase == nil {
+		opts.RootPassphrase = opts.Passphrase
 	}
 	if opts.RootValidity == 0 {
 		opts.RootValidity = defaultRootValidity
@@ -65,10 +86,22 @@ func InitPKI(dir string, opts InitOptions) error {
 	}
 
 	rootKeyPath := filepath.Join(dir, keysDir, rootKeyFile)
+	rootKMS := IsKMSURI(opts.RootKey)
+	switch {
+	case rootKMS:
+		rootKeyPath = ""
+	case filepath.IsAbs(opts.RootKey):
+		rootKeyPath = opts.RootKey
+	case opts.RootKey != "":
+		rootKeyPath = filepath.Join(dir, opts.RootKey)
+	}
 	interKeyPath := filepath.Join(dir, keysDir, interKeyFile)
 	rootPath := filepath.Join(dir, rootCertFile)
 	interPath := filepath.Join(dir, interCertFile)
 	for _, p := range []string{rootPath, interPath, rootKeyPath, interKeyPath} {
+		if p == "" {
+			continue
+		}
 		ok, err := exists(p)
 		if err != nil {
 			return err
@@ -83,9 +116,20 @@ func InitPKI(dir string, opts InitOptions) error {
 	if opts.Now != nil {
 		now = opts.Now()
 	}
-	rootKey, err := keyutil.GenerateSigner("EC", "P-256", 0)
-	if err != nil {
-		return fmt.Errorf("generating root key: %w", err)
+	var rootKey crypto.Signer
+	if rootKMS {
+		k, err := openKMSKey(ctx, "root key", opts.RootKey, opts.RootPassphrase)
+		if err != nil {
+			return err
+		}
+		defer k.close()
+		rootKey = k.signer
+	} else {
+		s, err := keyutil.GenerateSigner("EC", "P-256", 0)
+		if err != nil {
+			return fmt.Errorf("generating root key: %w", err)
+		}
+		rootKey = s
 	}
 	interKey, err := keyutil.GenerateSigner("EC", "P-256", 0)
 	if err != nil {
@@ -104,9 +148,11 @@ func InitPKI(dir string, opts InitOptions) error {
 	if err != nil {
 		return fmt.Errorf("creating intermediate certificate: %w", err)
 	}
-	rootKeyPEM, err := encodeKey(rootKey, opts.Passphrase)
-	if err != nil {
-		return err
+	var rootKeyPEM []byte
+	if !rootKMS {
+		if rootKeyPEM, err = encodeKey(rootKey, opts.RootPassphrase); err != nil {
+			return err
+		}
 	}
 	interKeyPEM, err := encodeKey(interKey, opts.Passphrase)
 	if err != nil {
@@ -119,6 +165,11 @@ func InitPKI(dir string, opts InitOptions) error {
 	if err := os.Chmod(filepath.Join(dir, keysDir), 0o700); err != nil {
 		return err
 	}
+	if rootKeyPath != "" {
+		if err := os.MkdirAll(filepath.Dir(rootKeyPath), 0o700); err != nil {
+			return err
+		}
+	}
 	for _, f := range []struct {
 		path string
 		data []byte
@@ -129,6 +180,9 @@ func InitPKI(dir string, opts InitOptions) error {
 		{interPath, encodeCerts(inter), 0o600},
 		{rootPath, encodeCerts(root), 0o600},
 	} {
+		if f.path == "" {
+			continue // the root key is in a KMS/HSM
+		}
 		if err := atomicfile.WriteFile(f.path, f.data, f.perm); err != nil {
 			return err
 		}

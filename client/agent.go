@@ -208,6 +208,18 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// Close drops the agent's pooled connections. A process that keeps one
+// agent, or runs RunOnce and exits, does not need it; one that makes an
+// agent per check for many devices (the fleet simulator, a gateway for its
+// sub-devices) calls it after each, so that idle TLS connections, each
+// authenticated as its device, do not pile up on fosterd (whose
+// http.max_connections they count against) until their idle timeout.
+// The agent must not be used after Close.
+func (a *Agent) Close() error {
+	a.closeIdle()
+	return nil
+}
+
 // now is the reference time: the wall clock unless signed evidence says it is wrong.
 func (a *Agent) now() time.Time {
 	t, _ := a.clock.Reference(*a.floor.Load())
@@ -306,7 +318,7 @@ func (a *Agent) RunOnce(ctx context.Context) (*Report, error) {
 	}
 	a.flush(ctx, rep)
 
-	sel, err := a.check(ctx, j)
+	sel, err := a.check(ctx, j, a.fosterd())
 	rep.NotOffered = j.State().NotOffered
 	if err != nil {
 		return rep, a.recordError(j, a.plainRevoked(err))
@@ -441,21 +453,57 @@ func jitter(d time.Duration) time.Duration {
 type selection struct {
 	target Target
 	url    string // derived from signed data only
+	// dl downloads url (fosterd's downloader, or an offline bundle's).
+	dl *fetch.Downloader
 	// TUF versions the target was selected from.
 	targetsVersion, snapshotVersion int64
+	// expires is when the timestamp it was selected under expires.
+	expires time.Time
 }
 
-// check refreshes TUF metadata and selects a target, or nil when up to date.
-func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, error) {
+// source is where a check reads metadata and targets: fosterd, or an
+// offline bundle (bundle.go).
+type source struct {
+	metadataURL, targetsURL string
+	http                    fetch.Doer
+	dl                      *fetch.Downloader
+	// metadataDir holds the trusted metadata to update (the state dir's).
+	metadataDir string
+	// target is an offline bundle's release; "" picks the newest qualifying.
+	target string
+	// offline: not fosterd. The check leaves the online bookkeeping (last
+	// check, releases not offered) alone and adopts a bundle's timestamp
+	// of the cached version (tufclient.Config.AdoptEqualTimestamp).
+	offline bool
+	// dryRun: metadataDir is a scratch copy; the journal and the clock
+	// floor are left alone.
+	dryRun bool
+}
+
+// fosterd is the online source.
+func (a *Agent) fosterd() source {
+	return source{
+		metadataURL: a.id.cfg.Server + "/tuf/",
+		targetsURL:  a.id.cfg.Server + "/targets/",
+		http:        a.api,
+		dl:          a.dl,
+		metadataDir: a.layout.TUFDir(),
+	}
+}
+
+// check refreshes TUF metadata from src and selects a target, or nil when
+// up to date.
+func (a *Agent) check(ctx context.Context, j *journal.Journal, src source) (*selection, error) {
 	st := j.State()
 	tc, err := tufclient.New(ctx, tufclient.Config{
-		MetadataURL:    a.id.cfg.Server + "/tuf/",
-		TargetsURL:     a.id.cfg.Server + "/targets/",
-		MetadataDir:    a.layout.TUFDir(),
-		KeepRootBackup: true,
-		HTTP:           a.api,
-		UserAgent:      a.cfg.UserAgent,
-		RefTime:        a.now(),
+		MetadataURL:         src.metadataURL,
+		TargetsURL:          src.targetsURL,
+		MetadataDir:         src.metadataDir,
+		KeepRootBackup:      true,
+		HTTP:                src.http,
+		UserAgent:           a.cfg.UserAgent,
+		RefTime:             a.now(),
+		AdoptEqualTimestamp: src.offline,
 	})
 	if err != nil {
 		return nil, err
@@ -464,25 +512,26 @@ func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, erro
 	if err != nil {
 		return nil, err
 	}
-	// A verified timestamp proves the time is past its signing, which is no
-	// earlier than its expiry minus the longest validity the repository uses.
-	evidence := tc.TimestampExpires().Add(-a.cfg.TimestampValidity)
-	floor := a.clock.Advance(*a.floor.Load(), evidence, time.Unix(a.serverNotBefore.Load(), 0))
-	a.floor.Store(&floor)
-	if err := j.Update(func(s *journal.State) {
-		s.LastCheck = a.now()
-		s.LastError, s.LastErrorAt = "", time.Time{}
-		s.Seen = seen
-		s.Clock = floor
-	}); err != nil {
-		return nil, err
+	floor := a.clock.Advance(*a.floor.Load(), a.timestampEvidence(tc), time.Unix(a.serverNotBefore.Load(), 0))
+	if !src.dryRun {
+		a.floor.Store(&floor)
+		if err := j.Update(func(s *journal.State) {
+			if !src.offline {
+				s.LastCheck = a.now()
+				s.LastError, s.LastErrorAt = "", time.Time{}
+			}
+			s.Seen = seen
+			s.Clock = floor
+		}); err != nil {
+			return nil, err
+		}
 	}
 	var counter int64
 	var version string
 	if inst := st.Installed; inst != nil {
 		counter, version = inst.ReleaseCounter, inst.Version
 	}
-	cand, err := tc.Latest(tufclient.Criteria{
+	cr := tufclient.Criteria{
 		Model:             a.id.cfg.Model,
 		HardwareID:        a.id.cfg.HardwareID,
 		MinReleaseCounter: counter,
@@ -490,22 +539,43 @@ func (a *Agent) check(ctx context.Context, j *journal.Journal) (*selection, erro
 		InstalledVersion:  version,
 		Device:            a.id.principal.URI(),
 		Serial:            a.id.cfg.Serial,
-	})
+	}
+	var cand *tufclient.Candidate
+	if src.target != "" {
+		cand, err = tc.Named(src.target, cr)
+	} else {
+		cand, err = tc.Latest(cr)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := a.noteNotOffered(j, tc.NotOffered()); err != nil {
-		return nil, err
+	if !src.dryRun && !src.offline {
+		if err := a.noteNotOffered(j, tc.NotOffered()); err != nil {
+			return nil, err
+		}
 	}
 	if cand == nil {
 		return nil, nil
 	}
-	sel := &selection{target: targetOf(cand), url: tc.TargetURL(cand.Name, cand.Info)}
+	sel := &selection{target: targetOf(cand), url: tc.TargetURL(cand.Name, cand.Info), dl: src.dl, expires: tc.TimestampExpires()}
 	sel.targetsVersion, sel.snapshotVersion = tc.Versions()
-	a.log.Info("update available", "target", sel.target.Name, "version", sel.target.Version,
-		"release_counter", sel.target.ReleaseCounter, "length", sel.target.Length,
-		"targets_version", sel.targetsVersion, "snapshot_version", sel.snapshotVersion)
+	if !src.dryRun {
+		a.log.Info("update available", "target", sel.target.Name, "version", sel.target.Version,
+			"release_counter", sel.target.ReleaseCounter, "length", sel.target.Length,
+			"targets_version", sel.targetsVersion, "snapshot_version", sel.snapshotVersion)
+	}
 	return sel, nil
+}
+
+// timestampEvidence is the time a verified timestamp proves has passed:
+// its signing time when fosterd signed it for an offline bundle (whose
+// longer expiry would otherwise push the evidence into the future), else
+// its expiry minus the longest validity the repository uses.
+func (a *Agent) timestampEvidence(tc *tufclient.Client) time.Time {
+	if at, ok := tc.BundleSignedAt(); ok {
+		return at
+	}
+	return tc.TimestampExpires().Add(-a.cfg.TimestampValidity)
 }
 
 // noteNotOffered logs and records (for status) why newer releases were

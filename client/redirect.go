@@ -29,6 +29,18 @@ func (t offsiteTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.home.RoundTrip(req)
 }
 
+// CloseIdleConnections closes both transports' idle connections:
+// http.Client.CloseIdleConnections reaches them only through it (renewal,
+// whose new certificate must not ride on a connection that presented the
+// old one, and Agent.Close).
+func (t offsiteTransport) CloseIdleConnections() {
+	for _, rt := range []http.RoundTripper{t.home, t.away} {
+		if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+}
+
 // awayTransport is the transport for redirect targets: system roots,
 // certificate validity judged at the agent's reference time (a device whose
 // clock died still has signed evidence of the date), HTTP/1.1, no client

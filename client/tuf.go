@@ -1,13 +1,17 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/client/internal/fetch"
@@ -33,6 +37,10 @@ type TUFOptions struct {
 	TargetDir     string
 	// HTTP defaults to a client with a 60s timeout.
 	HTTP *http.Client
+	// RefTime is the reference time for expiry checks; zero: Go's clock.
+	// The CLI sets it from the system's date (SystemDate), as the
+	// reference TUF test clients do.
+	RefTime time.Time
 }
 
 func (o *TUFOptions) client() *http.Client {
@@ -64,6 +72,7 @@ func (o *TUFOptions) updater(ctx context.Context) (*tufclient.Client, error) {
 		MetadataDir: o.MetadataDir,
 		HTTP:        o.client(),
 		UserAgent:   "foster-agent-tuf",
+		RefTime:     o.RefTime,
 	})
 	if err != nil {
 		return nil, err
@@ -116,4 +125,25 @@ func TUFDownload(ctx context.Context, o TUFOptions) error {
 		}
 	}
 	return nil
+}
+
+// SystemDate is the time as the system's date(1) tells it, for the TUF
+// conformance client only. Go reads the clock with a vDSO call, not through
+// libc, so libfaketime (which auditors and tuf-conformance use to test
+// expiry) never moves time.Now; the reference clients of tuf-conformance
+// take their reference time from the same place as date(1) does, which
+// libfaketime does move. The agent's daemon keeps its own clock rule
+// (docs/AGENT.md, "Time") and never calls this.
+func SystemDate(ctx context.Context) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "date", "-u", "+%s").Output()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("asking the system's date for the reference time: %w", err)
+	}
+	secs, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("date -u +%%s printed %q: want seconds since 1970", bytes.TrimSpace(out))
+	}
+	return time.Unix(secs, 0).UTC(), nil
 }

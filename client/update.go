@@ -120,7 +120,7 @@ func (a *Agent) update(ctx context.Context, j *journal.Journal, sel *selection, 
 		}
 	}
 	a.log.Info("downloading", "target", p.Target.Name, "to", p.Staged, "resume_from", p.Downloaded, "length", p.Target.Length)
-	err = a.dl.Download(ctx, fetch.Request{
+	err = sel.dl.Download(ctx, fetch.Request{
 		URL:     sel.url,
 		Want:    want,
 		Dest:    p.Staged,

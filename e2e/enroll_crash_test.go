@@ -233,6 +233,35 @@ func TestEnrollmentsSurviveKillDuringGroupCommit(t *testing.T) {
 // for each device.
 func stationEnrollments(t *testing.T, stationFile string, n int) []*crashEnrollment {
 	t.Helper()
+	serials := make([]string, n)
+	for i := range serials {
+		serials[i] = fmt.Sprintf("SN-%06d", i)
+	}
+	tokens := stationTokens(t, stationFile, "line-1", "edge-gw", serials, time.Hour)
+	out := make([]*crashEnrollment, n)
+	for i, serial := range serials {
+		id := "urn:foster:device:edge-gw:" + serial
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _ := url.Parse(id)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{u}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = &crashEnrollment{serial: serial, id: id, token: tokens[i], keySHA256: ca.PublicKeySHA256(key.Public()),
+			csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}
+	}
+	return out
+}
+
+// stationTokens mints, with the station credential in stationFile (`foster
+// station create NAME --out FILE`), one offline enrollment token per serial
+// of model, valid for ttl: what `foster --station FILE token create` does,
+// without a process per token.
+func stationTokens(t *testing.T, stationFile, station, model string, serials []string, ttl time.Duration) []string {
+	t.Helper()
 	raw, err := os.ReadFile(stationFile)
 	if err != nil {
 		t.Fatal(err)
@@ -254,28 +283,16 @@ func stationEnrollments(t *testing.T, stationFile string, n int) []*crashEnrollm
 		chain = append(chain, c)
 	}
 	now := time.Now()
-	out := make([]*crashEnrollment, n)
-	for i := range out {
-		serial := fmt.Sprintf("SN-%06d", i)
-		id := "urn:foster:device:edge-gw:" + serial
+	out := make([]string, len(serials))
+	for i, serial := range serials {
 		tok, err := x5ctoken.Sign(chain, pair.PrivateKey.(*ecdsa.PrivateKey), x5ctoken.Claims{
-			Issuer: "urn:foster:station:line-1", Subject: id, Audience: x5ctoken.EnrollAudience,
-			IssuedAt: now, Expiry: now.Add(time.Hour),
+			Issuer: "urn:foster:station:" + station, Subject: "urn:foster:device:" + model + ":" + serial, Audience: x5ctoken.EnrollAudience,
+			IssuedAt: now, Expiry: now.Add(ttl),
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		u, _ := url.Parse(id)
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: serial}, URIs: []*url.URL{u}}, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = &crashEnrollment{serial: serial, id: id, token: tok, keySHA256: ca.PublicKeySHA256(key.Public()),
-			csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}
+		out[i] = tok
 	}
 	return out
 }

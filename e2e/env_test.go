@@ -42,7 +42,11 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 		}
-		return m.Run()
+		code := m.Run()
+		if fleetSummary != "" {
+			fmt.Println(fleetSummary) // the fleet simulator's figures end its run
+		}
+		return code
 	}()
 	os.Exit(code)
 }

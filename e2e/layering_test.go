@@ -24,6 +24,7 @@ var layerRules = []struct {
 	{"ota/nudge", []string{"ota/nudge", "pkg/"}},
 	{"ota/server", []string{"ota/server", "ota/tufrepo", "ota/tlog", "ota/blob", "ota/rollout", "ca", "pkg/"}},
 	{"ota/instance", []string{"ota/", "ca", "pkg/"}},
+	{"ota/backup", []string{"ota/backup", "ota/instance", "ota/blob", "ota/tlog", "ota/tufrepo", "pkg/"}},
 	{"ota/console", []string{"ota/console", "ota/server", "ota/tufrepo", "ota/rollout", "pkg/"}},
 	{"cmd/foster-agent", []string{"client", "pkg/"}},
 }

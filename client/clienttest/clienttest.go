@@ -27,6 +27,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -358,6 +359,8 @@ type Server struct {
 	// Renewals and ExpiredRenewals count POST /v1/renew and /v1/renew-expired.
 	Renewals, ExpiredRenewals int
 	lastSeq                   map[string]int64
+	// conns counts open client connections (OpenConnections).
+	conns atomic.Int64
 }
 
 // NewServer starts a server with a fresh PKI and repository.
@@ -379,6 +382,14 @@ func NewServer(t testing.TB, repo *Repo) *Server {
 		apierr.Write(w, apierr.New(403, apierr.CodeForbidden, "renewal after expiry is not offered by the test server"))
 	})
 	s.srv = httptest.NewUnstartedServer(mux)
+	s.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			s.conns.Add(-1)
+		}
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(s.PKI.CA.Root)
 	s.srv.TLS = &tls.Config{
@@ -392,6 +403,10 @@ func NewServer(t testing.TB, repo *Repo) *Server {
 	s.URL = s.srv.URL
 	return s
 }
+
+// OpenConnections is how many client connections are open now, idle
+// keep-alive ones included.
+func (s *Server) OpenConnections() int { return int(s.conns.Load()) }
 
 // Lock runs f with the server's lock held (to mutate the repo or hooks).
 func (s *Server) Lock(f func()) {
@@ -614,4 +629,42 @@ func DropConnection(w http.ResponseWriter) {
 	if err == nil {
 		c.Close()
 	}
+}
+
+// BundleMeta returns the repository's metadata as an offline bundle
+// carries it (pkg/offline): the current timestamp and snapshot re-signed
+// with the same versions, expiring at exp, the timestamp marked with
+// signedAt under signedAtField (pkg/offline.SignedAtField; the agent must
+// not depend on this package for it).
+func (r *Repo) BundleMeta(t testing.TB, exp, signedAt time.Time, signedAtField string) map[string][]byte {
+	t.Helper()
+	out := make(map[string][]byte, len(r.Meta))
+	for k, v := range r.Meta {
+		out[k] = v
+	}
+	sn, err := metadata.Snapshot().FromBytes(r.Meta[fmt.Sprintf("%d.snapshot.json", r.snapshot.Signed.Version)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Signed.Expires = exp.UTC().Truncate(time.Second)
+	sign(t, sn, r.keys[metadata.SNAPSHOT])
+	b, err := sn.ToBytes(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out[fmt.Sprintf("%d.snapshot.json", sn.Signed.Version)] = b
+	ts, err := metadata.Timestamp().FromBytes(r.Meta["timestamp.json"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Signed.Expires = exp.UTC().Truncate(time.Second)
+	if ts.Signed.UnrecognizedFields == nil {
+		ts.Signed.UnrecognizedFields = map[string]any{}
+	}
+	ts.Signed.UnrecognizedFields[signedAtField] = signedAt.UTC().Truncate(time.Second).Format(time.RFC3339)
+	sign(t, ts, r.keys[metadata.TIMESTAMP])
+	if out["timestamp.json"], err = ts.ToBytes(false); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -36,6 +36,7 @@ Commands:
   enroll   generate the device key and obtain a device certificate with a one-time token
            (an admin's token, or a factory station's offline token)
   run      check for a firmware update, download and verify it, install it, attest it
+  install-bundle  the same from an offline bundle (file, directory, HTTP mirror), without fosterd
   status   show identity, certificate expiry, installed release and queued attestations
   renew    renew the device certificate (run does this when due, at ~2/3 of its life)
   tuf      TUF client conformance mode: init, refresh, download (tuf-conformance client CLI)
@@ -90,7 +91,7 @@ func (e usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
 
 func commands() []command {
-	return []command{enrollCmd(), runCmd(), statusCmd(), renewCmd(), tufCmd()}
+	return []command{enrollCmd(), runCmd(), installBundleCmd(), statusCmd(), renewCmd(), tufCmd()}
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -277,6 +278,132 @@ func enrollCmd() command {
 	}
 }
 
+// agentFlags are the settings run and install-bundle share: the installer
+// (from the config file, overridden by flags), timeouts, health check and
+// reboot.
+type agentFlags struct {
+	fs                     *flag.FlagSet
+	configPath             string
+	installer, target      string
+	reqTimeout, stallTime  time.Duration
+	minRate                int64
+	healthCheck            string
+	healthTimeout          time.Duration
+	rebootCommand, bootIDs string
+	mqtt                   client.MQTTConfig
+}
+
+func registerAgentFlags(fs *flag.FlagSet) *agentFlags {
+	f := &agentFlags{fs: fs}
+	fs.StringVar(&f.configPath, "config", "", "agent config `FILE` (JSON; default "+client.DefaultConfigPath+" if it exists)")
+	fs.StringVar(&f.installer, "installer", "", "installer `NAME`, one of: "+strings.Join(client.InstallerNames, ", ")+
+		" (default file; ab, rauc, swupdate and script are configured in the config file)")
+	fs.StringVar(&f.target, "target", "", "`PATH` of the file the file installer replaces")
+	fs.DurationVar(&f.reqTimeout, "request-timeout", client.DefaultRequestTimeout, "timeout of each API and metadata request")
+	fs.DurationVar(&f.stallTime, "stall-timeout", client.DefaultStallTimeout, "abort a download when no data arrives for this long")
+	fs.Int64Var(&f.minRate, "min-rate", 0, "abandon (and later resume) a download slower than `BYTES` per second over the rate window; 0 disables")
+	fs.StringVar(&f.healthCheck, "health-check", "", "shell `COMMAND` that must exit 0 once the new image runs, or the install is rolled back")
+	fs.DurationVar(&f.healthTimeout, "health-timeout", client.DefaultHealthTimeout, "timeout of the health check")
+	fs.StringVar(&f.rebootCommand, "reboot-command", "", "shell `COMMAND` that reboots the device (default: reboot)")
+	fs.StringVar(&f.bootIDs, "boot-id-file", "", "`FILE` whose content changes on every boot (default /proc/sys/kernel/random/boot_id)")
+	return f
+}
+
+// registerMQTT adds the nudge flags (run only).
+func (f *agentFlags) registerMQTT() {
+	fs := f.fs
+	fs.StringVar(&f.mqtt.Broker, "mqtt-broker", "", "MQTT broker `URL` (tcp://HOST:PORT or ssl://HOST:PORT) to listen on for \"update now\" nudges; polling goes on as usual (default: none)")
+	fs.StringVar(&f.mqtt.CAFile, "mqtt-ca", "", "CA certificates `PEM` the MQTT broker's certificate must chain to (ssl://; default: system roots)")
+	fs.StringVar(&f.mqtt.CertFile, "mqtt-cert", "", "client certificate `PEM` for the MQTT broker (ssl://)")
+	fs.StringVar(&f.mqtt.KeyFile, "mqtt-key", "", "client key `PEM` for the MQTT broker (ssl://)")
+	fs.DurationVar(&f.mqtt.MinInterval, "nudge-min-interval", client.DefaultNudgeInterval, "at most one nudged check per this long")
+}
+
+// config builds the agent config from the config file and the flags set.
+// It returns the file config too (run reads its interval).
+func (f *agentFlags) config(e *env) (client.Config, *client.FileConfig, error) {
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	fc := &client.FileConfig{}
+	path := f.configPath
+	if path == "" {
+		if _, err := os.Stat(client.DefaultConfigPath); err == nil {
+			path = client.DefaultConfigPath
+		}
+	}
+	if path != "" {
+		var err error
+		if fc, err = client.LoadFileConfig(path); err != nil {
+			return client.Config{}, nil, err
+		}
+	}
+	if set["installer"] {
+		fc.Installer = f.installer
+	}
+	if fc.Installer == "" {
+		fc.Installer = "file"
+	}
+	if set["target"] {
+		fc.File.Path = f.target
+	}
+	if set["mqtt-broker"] {
+		fc.MQTTBroker = f.mqtt.Broker
+	}
+	if set["mqtt-ca"] {
+		fc.MQTTCAFile = f.mqtt.CAFile
+	}
+	if set["mqtt-cert"] {
+		fc.MQTTCertFile = f.mqtt.CertFile
+	}
+	if set["mqtt-key"] {
+		fc.MQTTKeyFile = f.mqtt.KeyFile
+	}
+	if set["nudge-min-interval"] {
+		if f.mqtt.MinInterval <= 0 {
+			return client.Config{}, nil, usagef("--nudge-min-interval must be positive")
+		}
+		fc.NudgeMinInterval = client.Duration(f.mqtt.MinInterval)
+	}
+	if fc.Installer == "file" && fc.File.Path == "" {
+		return client.Config{}, nil, required([2]string{"target", ""})
+	}
+	if f.reqTimeout <= 0 || f.stallTime <= 0 || f.healthTimeout <= 0 || f.minRate < 0 {
+		return client.Config{}, nil, usagef("--request-timeout, --stall-timeout and --health-timeout must be positive, --min-rate not negative")
+	}
+	if err := fc.Validate(); err != nil {
+		return client.Config{}, nil, usagef("%v", err)
+	}
+	inst, err := fc.BuildInstaller(e.g.stateDir)
+	if err != nil {
+		if path == "" { // from flags alone
+			return client.Config{}, nil, usagef("%v", err)
+		}
+		return client.Config{}, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log}
+	if set["request-timeout"] {
+		cfg.RequestTimeout = f.reqTimeout
+	}
+	if set["stall-timeout"] {
+		cfg.StallTimeout = f.stallTime
+	}
+	if set["min-rate"] {
+		cfg.MinRate = f.minRate
+	}
+	if f.healthCheck != "" {
+		cfg.HealthCheck = []string{"/bin/sh", "-c", f.healthCheck}
+	}
+	if set["health-timeout"] {
+		cfg.HealthTimeout = f.healthTimeout
+	}
+	if f.rebootCommand != "" {
+		cfg.RebootCommand = []string{"/bin/sh", "-c", f.rebootCommand}
+	}
+	cfg.BootIDFile = f.bootIDs
+	fc.Apply(&cfg)
+	return cfg, fc, nil
+}
+
 func runCmd() command {
 	return command{
 		name:    "run",
@@ -286,117 +413,25 @@ func runCmd() command {
 			"   flags override it; docs/AGENT.md documents the file)",
 		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
 			var (
-				once                   bool
-				configPath             string
-				interval               time.Duration
-				installer, target      string
-				reqTimeout, stallTime  time.Duration
-				minRate                int64
-				healthCheck            string
-				healthTimeout          time.Duration
-				rebootCommand, bootIDs string
-				mqtt                   client.MQTTConfig
+				once     bool
+				interval time.Duration
 			)
 			fs.BoolVar(&once, "once", false, "check once, install if needed, and exit (default: loop until SIGINT/SIGTERM); "+
 				"after a reboot request the process exits and the next run continues the install")
-			fs.StringVar(&configPath, "config", "", "agent config `FILE` (JSON; default "+client.DefaultConfigPath+" if it exists)")
 			fs.DurationVar(&interval, "interval", client.DefaultInterval, "time between checks when looping (jittered by ±10%)")
-			fs.StringVar(&installer, "installer", "", "installer `NAME`, one of: "+strings.Join(client.InstallerNames, ", ")+
-				" (default file; ab, rauc, swupdate and script are configured in the config file)")
-			fs.StringVar(&target, "target", "", "`PATH` of the file the file installer replaces")
-			fs.DurationVar(&reqTimeout, "request-timeout", client.DefaultRequestTimeout, "timeout of each API and metadata request")
-			fs.DurationVar(&stallTime, "stall-timeout", client.DefaultStallTimeout, "abort a download when no data arrives for this long")
-			fs.Int64Var(&minRate, "min-rate", 0, "abandon (and later resume) a download slower than `BYTES` per second over the rate window; 0 disables")
-			fs.StringVar(&healthCheck, "health-check", "", "shell `COMMAND` that must exit 0 once the new image runs, or the install is rolled back")
-			fs.DurationVar(&healthTimeout, "health-timeout", client.DefaultHealthTimeout, "timeout of the health check")
-			fs.StringVar(&rebootCommand, "reboot-command", "", "shell `COMMAND` that reboots the device (default: reboot)")
-			fs.StringVar(&bootIDs, "boot-id-file", "", "`FILE` whose content changes on every boot (default /proc/sys/kernel/random/boot_id)")
-			fs.StringVar(&mqtt.Broker, "mqtt-broker", "", "MQTT broker `URL` (tcp://HOST:PORT or ssl://HOST:PORT) to listen on for \"update now\" nudges; polling goes on as usual (default: none)")
-			fs.StringVar(&mqtt.CAFile, "mqtt-ca", "", "CA certificates `PEM` the MQTT broker's certificate must chain to (ssl://; default: system roots)")
-			fs.StringVar(&mqtt.CertFile, "mqtt-cert", "", "client certificate `PEM` for the MQTT broker (ssl://)")
-			fs.StringVar(&mqtt.KeyFile, "mqtt-key", "", "client key `PEM` for the MQTT broker (ssl://)")
-			fs.DurationVar(&mqtt.MinInterval, "nudge-min-interval", client.DefaultNudgeInterval, "at most one nudged check per this long")
+			af := registerAgentFlags(fs)
+			af.registerMQTT()
 			return func(ctx context.Context, e *env) error {
-				set := map[string]bool{}
-				fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-				fc := &client.FileConfig{}
-				path := configPath
-				if path == "" {
-					if _, err := os.Stat(client.DefaultConfigPath); err == nil {
-						path = client.DefaultConfigPath
-					}
+				if interval <= 0 {
+					return usagef("--interval must be positive")
 				}
-				if path != "" {
-					var err error
-					if fc, err = client.LoadFileConfig(path); err != nil {
-						return err
-					}
-				}
-				if set["installer"] {
-					fc.Installer = installer
-				}
-				if fc.Installer == "" {
-					fc.Installer = "file"
-				}
-				if set["target"] {
-					fc.File.Path = target
-				}
-				if set["mqtt-broker"] {
-					fc.MQTTBroker = mqtt.Broker
-				}
-				if set["mqtt-ca"] {
-					fc.MQTTCAFile = mqtt.CAFile
-				}
-				if set["mqtt-cert"] {
-					fc.MQTTCertFile = mqtt.CertFile
-				}
-				if set["mqtt-key"] {
-					fc.MQTTKeyFile = mqtt.KeyFile
-				}
-				if set["nudge-min-interval"] {
-					if mqtt.MinInterval <= 0 {
-						return usagef("--nudge-min-interval must be positive")
-					}
-					fc.NudgeMinInterval = client.Duration(mqtt.MinInterval)
-				}
-				if fc.Installer == "file" && fc.File.Path == "" {
-					return required([2]string{"target", ""})
-				}
-				if interval <= 0 || reqTimeout <= 0 || stallTime <= 0 || healthTimeout <= 0 || minRate < 0 {
-					return usagef("--interval, --request-timeout, --stall-timeout and --health-timeout must be positive, --min-rate not negative")
-				}
-				if err := fc.Validate(); err != nil {
-					return usagef("%v", err)
-				}
-				inst, err := fc.BuildInstaller(e.g.stateDir)
+				cfg, fc, err := af.config(e)
 				if err != nil {
-					if path == "" { // from flags alone
-						return usagef("%v", err)
-					}
-					return fmt.Errorf("config %s: %w", path, err)
+					return err
 				}
-				cfg := client.Config{StateDir: e.g.stateDir, Installer: inst, Logger: e.log}
-				if set["request-timeout"] {
-					cfg.RequestTimeout = reqTimeout
-				}
-				if set["stall-timeout"] {
-					cfg.StallTimeout = stallTime
-				}
-				if set["min-rate"] {
-					cfg.MinRate = minRate
-				}
-				if healthCheck != "" {
-					cfg.HealthCheck = []string{"/bin/sh", "-c", healthCheck}
-				}
-				if set["health-timeout"] {
-					cfg.HealthTimeout = healthTimeout
-				}
-				if rebootCommand != "" {
-					cfg.RebootCommand = []string{"/bin/sh", "-c", rebootCommand}
-				}
-				cfg.BootIDFile = bootIDs
-				fc.Apply(&cfg)
-				if !set["interval"] && fc.Interval > 0 {
+				intervalSet := false
+				fs.Visit(func(f *flag.Flag) { intervalSet = intervalSet || f.Name == "interval" })
+				if !intervalSet && fc.Interval > 0 {
 					interval = time.Duration(fc.Interval)
 				}
 				a, err := client.New(cfg)
@@ -404,7 +439,7 @@ func runCmd() command {
 					return err
 				}
 				if !once {
-					e.log.Info("agent started", "interval", interval, "installer", inst.Name())
+					e.log.Info("agent started", "interval", interval, "installer", cfg.Installer.Name())
 					err := a.Run(ctx, interval)
 					e.log.Info("agent stopped")
 					return err
@@ -425,6 +460,93 @@ func runCmd() command {
 				return nil
 			}
 		},
+	}
+}
+
+func installBundleCmd() command {
+	return command{
+		name:    "install-bundle",
+		summary: "verify and install an offline bundle (file, directory or HTTP mirror) without reaching fosterd",
+		usage: "foster-agent --state-dir DIR install-bundle [--verify-only] [--json] [installer flags] FILE|DIR\n" +
+			"  foster-agent --state-dir DIR install-bundle --mirror http://HOST/PATH/ [flags]\n" +
+			"  (FILE is written by foster bundle export; DIR is an unpacked bundle, a copy of the repository, or a USB stick\n" +
+			"   holding one bundle file. Verification, rollback protection, installers and journal are the online ones;\n" +
+			"   the install attestation is queued and sent at the next run that reaches fosterd. docs/OFFLINE.md)",
+		args: true,
+		flags: func(fs *flag.FlagSet, g *globals) func(context.Context, *env) error {
+			var (
+				mirror     string
+				verifyOnly bool
+				asJSON     bool
+			)
+			fs.StringVar(&mirror, "mirror", "", "base `URL` of a plain HTTP(S) mirror of the repository or of an unpacked bundle (URL/tuf/, URL/targets/)")
+			fs.BoolVar(&verifyOnly, "verify-only", false, "verify the bundle against this device (metadata, policy, image) and change nothing")
+			fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
+			af := registerAgentFlags(fs)
+			return func(ctx context.Context, e *env) error {
+				o := client.BundleOptions{Mirror: mirror, VerifyOnly: verifyOnly}
+				switch {
+				case len(e.args) > 1:
+					return usagef("want one bundle FILE or DIR, got %d arguments", len(e.args))
+				case len(e.args) == 1 && mirror != "":
+					return usagef("give a bundle FILE|DIR or --mirror, not both")
+				case len(e.args) == 1:
+					o.Path = e.args[0]
+				case mirror == "":
+					return usagef("missing bundle FILE|DIR (or --mirror URL)")
+				}
+				var cfg client.Config
+				if verifyOnly {
+					cfg = client.Config{StateDir: e.g.stateDir, Logger: e.log}
+				} else {
+					var err error
+					if cfg, _, err = af.config(e); err != nil {
+						return err
+					}
+				}
+				a, err := client.New(cfg)
+				if err != nil {
+					return err
+				}
+				rep, err := a.InstallBundle(ctx, o)
+				if asJSON && rep != nil {
+					enc := json.NewEncoder(e.stdout)
+					enc.SetIndent("", "  ")
+					if jerr := enc.Encode(rep); jerr != nil && err == nil {
+						err = jerr
+					}
+				}
+				if err != nil {
+					return err
+				}
+				if !asJSON {
+					printBundleReport(e.stdout, rep, verifyOnly)
+				}
+				return nil
+			}
+		},
+	}
+}
+
+func printBundleReport(w io.Writer, rep *client.BundleReport, verifyOnly bool) {
+	switch {
+	case rep.Installed != nil && rep.Offered == nil:
+		fmt.Fprintf(w, "installed %s (version %s, release %d): the install in flight since the reboot is committed\n", rep.Installed.Name, rep.Installed.Version, rep.Installed.ReleaseCounter)
+	case rep.Rebooting && rep.Offered == nil:
+		fmt.Fprintln(w, "an install in flight requested a reboot; run install-bundle again after it")
+	case rep.UpToDate:
+		fmt.Fprintf(w, "%s offers nothing newer for this device\n", rep.Source)
+	case verifyOnly:
+		fmt.Fprintf(w, "verified %s: %s (version %s, release %d, %d bytes) installs on this device; bundle valid until %s\n",
+			rep.Source, rep.Offered.Name, rep.Offered.Version, rep.Offered.ReleaseCounter, rep.Offered.Length, rep.Expires.UTC().Format(time.RFC3339))
+	case rep.Rebooting:
+		fmt.Fprintf(w, "installed %s (version %s) from %s; rebooting into it: the next start of the agent (run, or install-bundle) health-checks and commits it\n",
+			rep.Offered.Name, rep.Offered.Version, rep.Source)
+	case rep.Installed != nil:
+		fmt.Fprintf(w, "installed %s (version %s, release %d) from %s\n", rep.Installed.Name, rep.Installed.Version, rep.Installed.ReleaseCounter, rep.Source)
+	}
+	if rep.AttestationsQueued > 0 && !verifyOnly {
+		fmt.Fprintf(w, "%d attestation(s) queued: the next run that reaches fosterd delivers them\n", rep.AttestationsQueued)
 	}
 }
 
@@ -458,6 +580,15 @@ func tufCmd() command {
 					return usagef("missing subcommand: init, refresh or download")
 				}
 				sub, args := e.args[0], e.args[1:]
+				if sub == "refresh" || sub == "download" {
+					// The reference time is the system's date, so
+					// libfaketime (which Go's clock ignores) moves it.
+					ref, err := client.SystemDate(ctx)
+					if err != nil {
+						return err
+					}
+					o.RefTime = ref
+				}
 				switch {
 				case sub == "init" && len(args) == 1:
 					if o.MetadataDir == "" {

@@ -78,6 +78,9 @@ type plDevice struct {
 	urn    string
 	runs   int
 	logs   bytes.Buffer
+	// bundle, when set, makes runAgent run `install-bundle` of this file
+	// instead of `run --once` (and the device never reaches the server).
+	bundle string
 }
 
 const plImageSize = 384 << 10 // three 128 KiB download chunks, a checkpoint each
@@ -113,7 +116,11 @@ func newPLDevice(t *testing.T, srv *clienttest.Server, serial string) *plDevice 
 // runAgent runs `foster-agent run --once` as a subprocess. killed reports a
 // SIGKILL (a power cut, when kill is set).
 func (d *plDevice) runAgent(kill string, trace string) (killed bool, err error) {
-	cmd := exec.Command(os.Args[0], "--state-dir", d.state, "--log-level", "info", "run", "--once", "--config", d.config)
+	args := []string{"run", "--once", "--config", d.config}
+	if d.bundle != "" {
+		args = []string{"install-bundle", "--config", d.config, d.bundle}
+	}
+	cmd := exec.Command(os.Args[0], append([]string{"--state-dir", d.state, "--log-level", "info"}, args...)...)
 	cmd.Env = append(os.Environ(), "FOSTER_TEST_AGENT_MAIN=1", killAtEnv+"="+kill, killTraceEnv+"="+trace)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -139,6 +146,12 @@ func (d *plDevice) status() *client.Status {
 
 func atRest(st *client.Status) bool {
 	return (st.Phase == "idle" || st.Phase == "attested") && len(st.QueuedAttestations) == 0 && st.UnsignedAttestations == 0
+}
+
+// atRestOffline: an offline device is at rest with its attestation signed
+// and queued for the next run that reaches fosterd.
+func atRestOffline(st *client.Status) bool {
+	return (st.Phase == "idle" || st.Phase == "attested") && len(st.QueuedAttestations) == 1 && st.UnsignedAttestations == 0
 }
 
 // lifecycle runs the agent until the device is at rest, power-cycling the
@@ -174,7 +187,16 @@ func (d *plDevice) lifecycle(kills map[int]killPoint, traceDir string) (traces m
 			}
 			continue
 		}
-		if atRest(d.status()) {
+		if d.bundle != "" && atRestOffline(d.status()) {
+			// Offline at rest. A bundle run after the install was complete
+			// refuses the bundle's release as not above the installed one.
+			if err != nil && !strings.Contains(d.logs.String(), "install rolled back") && !strings.Contains(d.logs.String(), "rolled back on this device before") &&
+				!strings.Contains(d.logs.String(), "is not above the installed release") {
+				d.t.Fatalf("agent failed at rest: %v\n%s", err, d.logs.String())
+			}
+			return traces, killed
+		}
+		if d.bundle == "" && atRest(d.status()) {
 			// At rest, everything delivered. A failing run (the rollback is
 			// reported as an error) is fine here; anything else is not.
 			if err != nil && !strings.Contains(d.logs.String(), "install rolled back") {

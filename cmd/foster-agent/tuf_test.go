@@ -189,3 +189,67 @@ func TestTUFConformanceCLIRefusesExpiredMetadataAndFollowsDelegations(t *testing
 		t.Fatalf("expired: %d %s", r.code, r.stderr)
 	}
 }
+
+// fakeDate puts a date(1) on PATH that prints at (as libfaketime would make
+// the real one do) and returns nothing else: the conformance client must
+// take its reference time from it, not from Go's clock, which libfaketime
+// cannot move.
+func fakeDate(t *testing.T, at time.Time) {
+	t.Helper()
+	dir := t.TempDir()
+	script := fmt.Sprintf("#!/bin/sh\necho %d\n", at.Unix())
+	if err := os.WriteFile(filepath.Join(dir, "date"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
+// An auditor runs the conformance client under libfaketime 8 days ahead:
+// metadata that expires in 7 days must be refused as expired, though Go's
+// own clock says it is still valid.
+func TestTUFConformanceCLIExpiryFollowsTheSystemDateAhead(t *testing.T) {
+	e := newTUFEnv(t, "")
+	e.init()
+	e.mu.Lock()
+	e.repo.SetExpiry(time.Now().Add(7 * 24 * time.Hour))
+	e.repo.Publish(t)
+	e.mu.Unlock()
+	fakeDate(t, time.Now().Add(8*24*time.Hour))
+	if r := e.refresh(); r.code != 1 || !strings.Contains(r.stderr, "expired") {
+		t.Fatalf("refresh 8 days ahead of metadata valid for 7: exit %d, %s; want 1 and expired", r.code, r.stderr)
+	}
+	fakeDate(t, time.Now())
+	if r := e.refresh(); r.code != 0 {
+		t.Fatalf("refresh at today's date: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// And the other way: a static repository whose metadata expired (a root
+// that expired in 2025) is accepted when the system's date is set before
+// the expiry, as the test suite intends.
+func TestTUFConformanceCLIExpiryFollowsTheSystemDateBehind(t *testing.T) {
+	e := newTUFEnv(t, "")
+	e.init()
+	expired := time.Now().Add(-24 * time.Hour)
+	e.mu.Lock()
+	e.repo.SetExpiry(expired)
+	e.repo.Publish(t)
+	e.mu.Unlock()
+	fakeDate(t, expired.Add(-time.Hour))
+	if r := e.refresh(); r.code != 0 {
+		t.Fatalf("refresh with the date before the metadata's expiry: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// A date(1) that prints nonsense is an error, not a silent fall back to a
+// clock the caller did not ask for.
+func TestTUFConformanceCLIRefusesAnUnreadableSystemDate(t *testing.T) {
+	e := newTUFEnv(t, "")
+	e.init()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "date"), []byte("#!/bin/sh\necho Sat Dec 5\n"), 0o755)
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if r := e.refresh(); r.code != 1 || !strings.Contains(r.stderr, "want seconds since 1970") {
+		t.Fatalf("refresh with an unreadable date: exit %d, %s", r.code, r.stderr)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 
 	"github.com/foster-ota/foster/ota/blob"
 )
@@ -48,18 +47,8 @@ func cmdBlobsCopy(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if !slices.Contains(keys, "tuf/1.root.json") {
 		return fmt.Errorf("%s holds no TUF repository (no tuf/1.root.json): is it an instance's blob store?", *from)
 	}
-	// Firmware first, then metadata, timestamp.json last: a fosterd started
-	// on a half-copied destination finds no repository rather than metadata
-	// naming targets that are not there yet.
-	rank := func(k string) int {
-		switch {
-		case k == "tuf/timestamp.json":
-			return 2
-		case strings.HasPrefix(k, "tuf/"):
-			return 1
-		}
-		return 0
-	}
+	// Firmware first, then metadata, timestamp.json last (copyRank).
+	rank := copyRank
 	slices.SortStableFunc(keys, func(a, b string) int { return rank(a) - rank(b) })
 	var copied, skipped int
 	var bytes int64

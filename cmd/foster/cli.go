@@ -31,8 +31,10 @@ const usage = `foster - Foster admin CLI (mTLS, no passwords)
 
 Usage:
   foster --version
-  foster init --dir DIR [--listen ADDR]            create an instance (as fosterd --init does)
-  foster ca certify-intermediate --dir DIR --key URI   offline: move issuance to a KMS/HSM key (docs/CA.md)
+  foster init --dir DIR [--listen ADDR]            create a development instance (as fosterd --init does)
+  foster init --production --offline-dir OFFLINE --dir DIR   offline keys only on OFFLINE (docs/OPERATIONS.md)
+  foster ca certify-intermediate --dir DIR --key URI [--out FILE]   offline: certify a new issuing key (docs/CA.md)
+  foster [connection] ca use-intermediate --cert FILE --key URI      issue with it on every fosterd, no restart
   foster [connection] model add NAME [--hardware-id ID ...] [--cert-validity 720h]
   foster [connection] model list|show [NAME] [--json]
   foster [connection] model update NAME [--add-hardware-id ID ...] [--remove-hardware-id ID ...]
@@ -41,6 +43,8 @@ Usage:
   foster [connection] release list [--model M] [--json]
   foster [connection] release show|revoke --model M --version V [--json]
   foster [connection] tuf status|stage|inspect|publish ...   foster tuf keygen|sign|combine ...  (offline ceremonies: foster tuf --help)
+  foster [connection] tuf rotate timestamp|snapshot|targets [--key KEY] [--root-key FILE ...]   new online key, every fosterd, no restart
+  foster [connection] keys status [--json]        the online keys and which fosterd use them
   foster [connection] device list [--json]
   foster [connection] device show SERIAL|URN [--json]
   foster [connection] device revoke SERIAL|URN [--reason keyCompromise]
@@ -60,9 +64,14 @@ Usage:
   foster [connection] admin revoke NAME [--reason keyCompromise]
   foster [connection] admin renew                 a fresh credential for the caller, written over its files
   foster [connection] nudge --model M [--serial SN]   devices check for updates now (MQTT; docs/ROLLOUTS.md)
+  foster [connection] bundle export --model M [--version V] [--hardware-id H] [--lifetime 720h] --out FILE
+                      one file that patches a device that can never reach fosterd (docs/OFFLINE.md)
   foster --station FILE token create --serial SN --model M [--ttl 24h]   offline: no server contact
   foster --station FILE enroll --csr dev.csr --out dev.crt                submit a device CSR over mTLS
-  foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: move an instance's metadata and firmware
+  foster blobs copy --from file:DIR/blobs --to 's3://bucket?...'   offline: copy an instance's metadata and firmware
+  foster blobs migrate --instance DIR --to 's3://bucket?...'        offline: move them and point config.json there
+  foster backup --instance DIR --out FILE.tar.gz   an archive of a running instance (store, blobs, keys: secret)
+  foster restore --from FILE --dir NEWDIR [--db DSN] [--blobs URL]   into a new directory and empty stores
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub   offline
   foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
   foster [connection] audit monitor --state FILE [--log-key log.pub]   (needs only --server URL --ca FILE)
@@ -146,11 +155,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return unknownCommand(stderr, cmd, rest[0], subNames(top))
 		}
 	}
-	if cmd == "blobs" {
+	switch cmd {
+	case "blobs":
+		if rest[0] == "migrate" {
+			return cmdBlobsMigrate(ctx, c, rest[1:], stdout, stderr) // offline: the instance's files and stores
+		}
 		return cmdBlobsCopy(ctx, rest[1:], stdout, stderr) // offline: store to store
+	case "migrate-blobs":
+		return cmdBlobsMigrate(ctx, c, rest, stdout, stderr)
+	case "backup":
+		return cmdBackup(ctx, c, rest, stdout, stderr) // reads the store and blobs directly
+	case "restore":
+		return cmdRestore(ctx, rest, stdout, stderr)
 	}
 	if cmd == "ca" {
-		return runCA(ctx, rest, stdout, stderr) // offline, where the root key is
+		return runCA(ctx, c, rest, stdout, stderr) // certify-intermediate is offline, where the root key is
 	}
 	if cmd == "init" {
 		return cmdInit(ctx, rest, stdout, stderr)
@@ -249,10 +268,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fn = cmdAdminRevoke
 	case "admin renew":
 		fn = cmdAdminRenew
+	case "keys status":
+		fn = cmdKeysStatus
 	case "enroll ":
 		fn = cmdStationEnroll
 	case "nudge ":
 		fn = cmdNudge
+	case "bundle export":
+		fn = cmdBundleExport
 	default:
 		return unknownCommand(stderr, cmd, sub, subNames(top))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,26 +22,116 @@ func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
 
 func cmdInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("init", "init --dir DIR [--listen ADDR] [--db URL] [--blobs URL] [--host NAME ...]", stderr)
+	fs := newFlags("init", `init --dir DIR [--listen ADDR] [--db URL] [--blobs URL] [--host NAME ...]
+       foster init --production --offline-dir OFFLINE --dir DIR [--root-ca-key URI] [--tuf-root-key KEY] [--tuf-targets-key KEY] ...
+
+Without --production: a development instance; every key is in DIR/keys, the offline ones
+(root CA, TUF root and targets) too, and fosterd warns about them at start.
+
+With --production: the offline keys are written only to OFFLINE (removable media; not inside
+DIR, holding no key yet), or are existing keys you name; DIR's config.json names only online
+keys, so DIR can go to the server. FOSTER_OFFLINE_PASSPHRASE (default FOSTER_PASSPHRASE)
+encrypts the keys in OFFLINE. It ends by printing what went where and the ceremonies that
+need OFFLINE later (docs/OPERATIONS.md)`, stderr)
 	dir := fs.String("dir", "", "instance directory to create (required)")
 	listen := fs.String("listen", instance.DefaultListen, "address fosterd will listen on")
 	db := fs.String("db", "", "store DSN (default: SQLite foster.db in DIR)")
 	blobs := fs.String("blobs", "", "blob store URL (default: file:blobs in DIR)")
 	var hosts multi
 	fs.Var(&hosts, "host", "extra DNS name or IP for the server certificate (repeatable)")
+	production := fs.Bool("production", false, "keep the offline keys (root CA, TUF root, TUF targets) off DIR: write them to --offline-dir")
+	var off instance.OfflineOptions
+	fs.StringVar(&off.Dir, "offline-dir", "", "with --production: directory for the offline keys, on removable media (created 0700)")
+	fs.StringVar(&off.RootCAKey, "root-ca-key", "", "with --production: an existing root CA key instead of a new one: KMS/HSM URI (pkcs11:..., awskms:key-id=..., softkms:path=FILE) or key file")
+	fs.StringVar(&off.TUFRootKey, "tuf-root-key", "", "with --production: an existing TUF root key instead of a new one: key file (foster tuf keygen) or KMS URI (awskms://...)")
+	fs.StringVar(&off.TUFTargetsKey, "tuf-targets-key", "", "with --production: an existing TUF targets key instead of a new one: key file or KMS URI")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return usageError(fs, "--dir is required")
 	}
-	cfg, err := instance.Init(ctx, *dir, instance.InitOptions{Listen: *listen, DB: *db, Blobs: *blobs, Hosts: hosts, Passphrase: env.Passphrase.Bytes()})
+	opts := instance.InitOptions{Listen: *listen, DB: *db, Blobs: *blobs, Hosts: hosts, Passphrase: env.Passphrase.Bytes()}
+	switch {
+	case *production && off.Dir == "":
+		return usageError(fs, "--production needs --offline-dir OFFLINE, a directory on removable media for the offline keys")
+	case !*production && (off.Dir != "" || off.RootCAKey != "" || off.TUFRootKey != "" || off.TUFTargetsKey != ""):
+		return usageError(fs, "--offline-dir and the offline key flags go with --production")
+	case *production:
+		off.Passphrase = env.OfflinePassphrase.Bytes()
+		opts.Offline = &off
+	}
+	cfg, err := instance.Init(ctx, *dir, opts)
 	if err != nil {
 		return err
 	}
 	p := instance.PathsOf(*dir)
-	fmt.Fprintf(stdout, "initialised %s (server URL %s)\n  CA root:  %s\n  TUF root: %s\n  admin:    %s\n", absPath(*dir), cfg.ServerURL, p.CARoot, p.TUFRoot, p.AdminCert)
+	if !*production {
+		fmt.Fprintf(stdout, "initialised %s (server URL %s)\n  CA root:  %s\n  TUF root: %s\n  admin:    %s\n", absPath(*dir), cfg.ServerURL, p.CARoot, p.TUFRoot, p.AdminCert)
+		fmt.Fprintf(stdout, "This is a development instance: its offline keys (root CA, TUF root and targets) are in %s.\nFor production: foster init --production --offline-dir OFFLINE (docs/OPERATIONS.md).\n", filepath.Join(absPath(*dir), "keys"))
+		return nil
+	}
+	printProductionInit(stdout, absPath(*dir), cfg, off)
 	return nil
+}
+
+// printProductionInit says what foster init --production put where, and
+// what to do next.
+func printProductionInit(w io.Writer, dir string, cfg *instance.Config, off instance.OfflineOptions) {
+	p := instance.PathsOf(dir)
+	k := off.Keys()
+	offDir := absPath(off.Dir)
+	enc := "encrypted with FOSTER_OFFLINE_PASSPHRASE"
+	switch {
+	case env.OfflinePassphrase.Get() == "" && env.Passphrase.Get() != "":
+		enc = "encrypted with FOSTER_PASSPHRASE, the server's passphrase: set FOSTER_OFFLINE_PASSPHRASE to give them their own"
+	case env.OfflinePassphrase.Get() == "":
+		enc = "NOT encrypted: no FOSTER_OFFLINE_PASSPHRASE or FOSTER_PASSPHRASE was set; keep the media encrypted"
+	}
+	fmt.Fprintf(w, `initialised production instance %s (server URL %s)
+
+Offline keys, never on the server (%s):
+  root CA key:      %s
+  TUF root key:     %s
+  TUF targets key:  %s
+
+Server data directory %s (online keys only; tuf_keys.root and tuf_keys.targets are empty):
+  config.json, ca.pem (devices trust it), intermediate.pem, root.json (devices trust it),
+  server.crt/server.key, log.pub, tuf-models.pub
+  keys/intermediate_ca.key  issues device certificates
+  keys/tuf-snapshot.key, keys/tuf-timestamp.key  re-sign metadata
+  keys/tuf-models.key       signs releases (models/<model> roles)
+  keys/log.key              signs the attestation log
+  admin.crt/admin.key       the first admin credential: keep it on the admin's machine, not the server
+
+Next steps:
+  1. Unmount %s and store it offline (a safe). It is needed only for ceremonies.
+  2. Copy %s to the server without admin.key and start fosterd there, with FOSTER_PASSPHRASE
+     set to the server's passphrase if its keys are encrypted:
+       fosterd --data-dir /var/lib/foster     # where you copied it
+  3. Before the first release of a model, delegate it with the offline targets key
+     (docs/TUF.md, "Targets: delegate a model while the targets key is offline"):
+       foster --instance %s model add MODEL
+       foster --instance %s tuf stage targets --out t.json --delegate-model MODEL --model-key %s
+       FOSTER_PASSPHRASE=<offline passphrase> foster tuf sign --key %s t.json   # where the media is
+       foster --instance %s tuf publish --targets t.json
+     then: foster --instance %s release add --model MODEL --version V FILE
+  4. Renew top-level targets (and root) before they expire (foster tuf status): docs/TUF.md.
+     New issuing key: foster ca certify-intermediate --dir %s --key URI --root-key %s (docs/CA.md).
+`, dir, cfg.ServerURL, enc, offlineRef(k.RootCA, off.RootCAKey), offlineRef(k.TUFRoot, off.TUFRootKey), offlineRef(k.TUFTargets, off.TUFTargetsKey),
+		p.Dir, offDir, dir, dir, dir, instance.ModelsPubPath(dir), k.TUFTargets, dir, dir, dir, k.RootCA)
+}
+
+// offlineRef describes where an offline key is: a new file (with its
+// public key beside it, for TUF keys) or the key that was named.
+func offlineRef(where, given string) string {
+	if given != "" {
+		return given + " (existing key, as given)"
+	}
+	if strings.HasSuffix(where, instance.OfflineRootCAKey) {
+		return absPath(where)
+	}
+	return absPath(where) + " (+ .pub)"
 }
 
 func cmdModelAdd(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {

@@ -23,9 +23,10 @@ type command struct {
 }
 
 var commandTree = []command{
-	{"init", "create an instance directory (fosterd --init does this too)", nil},
-	{"ca", "offline CA ceremonies", []subcommand{
-		{"certify-intermediate", "move issuance to a KMS/HSM key (docs/CA.md)"},
+	{"init", "create an instance directory (--production: offline keys on separate media)", nil},
+	{"ca", "the issuing CA: certify a new intermediate offline, then use it", []subcommand{
+		{"certify-intermediate", "offline: certify a new issuing key with the root (docs/CA.md)"},
+		{"use-intermediate", "issue with a new intermediate on every fosterd, no restart"},
 	}},
 	{"model", "device models and their hardware ids", []subcommand{
 		{"add", "register a device model"},
@@ -50,6 +51,10 @@ var commandTree = []command{
 		{"combine", "offline: merge signed copies"},
 		{"inspect", "whose signatures are there, which thresholds are met"},
 		{"publish", "publish signed root or targets"},
+		{"rotate", "rotate the timestamp, snapshot or targets key on every fosterd, no restart"},
+	}},
+	{"keys", "the online keys every fosterd uses (docs/TUF.md, docs/CA.md)", []subcommand{
+		{"status", "the key record, held keys, intermediate, and each fosterd's version"},
 	}},
 	{"device", "enrolled devices", []subcommand{
 		{"list", "list devices"},
@@ -74,6 +79,9 @@ var commandTree = []command{
 		{"resume", "resume a paused rollout"},
 		{"abort", "stop offering the release (share 0)"},
 	}},
+	{"bundle", "offline bundles for devices that can never reach fosterd (docs/OFFLINE.md)", []subcommand{
+		{"export", "write one file: metadata, image, CA bundle and CRL, valid for weeks"},
+	}},
 	{"nudge", "ask devices to check for updates now, over MQTT (--model M [--serial SN])", nil},
 	{"station", "factory stations", []subcommand{
 		{"create", "create a station credential bundle"},
@@ -95,7 +103,11 @@ var commandTree = []command{
 	{"console", "the fleet console: a web UI on this machine, with your credential", nil},
 	{"blobs", "blob stores (TUF metadata and firmware)", []subcommand{
 		{"copy", "offline: copy every object to another store (local files to S3)"},
+		{"migrate", "offline: move the instance's blobs to another store, verified, and point config.json there"},
 	}},
+	{"migrate-blobs", "the same as blobs migrate", nil},
+	{"backup", "archive a running instance: store, blobs, config, certificates, keys (docs/OPERATIONS.md)", nil},
+	{"restore", "restore a backup into a new data directory and empty stores", nil},
 	{"help", "help about any command", nil},
 	{"completion", "shell completion script: bash, zsh or fish", nil},
 }

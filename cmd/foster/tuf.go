@@ -35,6 +35,8 @@ Usage:
   foster tuf combine --out FILE STAGED...            merge the holders' signed copies
   foster [connection] tuf inspect [--root ROOT.json] STAGED   whose signatures are there, which thresholds are met
   foster [connection] tuf publish [--root FILE] [--targets FILE]
+  foster [connection] tuf rotate timestamp|snapshot|targets [--key KEY] [--root-key FILE ...]
+                                     an online key on every fosterd, no restart (foster tuf rotate --help)
 
 ROLE is root, targets, snapshot or timestamp. KEY is a PEM public key, a PEM
 private key (its public half is used) or a KMS URI (awskms://, gcpkms://,
@@ -67,7 +69,7 @@ func runTUF(ctx context.Context, c conn, args []string, stdout, stderr io.Writer
 		return cmdTUFSign(ctx, rest, stdout, stderr)
 	case "combine":
 		return cmdTUFCombine(rest, stdout, stderr)
-	case "status", "stage", "inspect", "publish":
+	case "status", "stage", "inspect", "publish", "rotate":
 	default:
 		fmt.Fprintf(stderr, "foster tuf: unknown command %q\n\n%s", sub, tufUsage)
 		return errUsage
@@ -86,6 +88,8 @@ func runTUF(ctx context.Context, c conn, args []string, stdout, stderr io.Writer
 		return cmdTUFStage(ctx, cl, rest, stdout, stderr)
 	case "inspect":
 		return cmdTUFInspect(ctx, cl, rest, stdout, stderr)
+	case "rotate":
+		return cmdTUFRotate(ctx, cl, rest, stdout, stderr)
 	default:
 		return cmdTUFPublish(ctx, cl, rest, stdout, stderr)
 	}
@@ -98,7 +102,7 @@ func cmdTUFStatus(ctx context.Context, c *client, args []string, stdout, stderr 
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var st tufrepo.Status
+	var st server.TUFStatus
 	if err := c.do(ctx, "GET", "/v1/tuf", nil, 0, "", &st); err != nil {
 		return err
 	}
@@ -132,6 +136,9 @@ func cmdTUFStatus(ctx context.Context, c *client, args []string, stdout, stderr 
 		}
 		fmt.Fprintln(stdout)
 		table(stdout, "TARGETS ROLE\tVERSION\tTARGETS\tBYTES\tEXPIRES", rows)
+	}
+	for _, w := range st.Warnings {
+		fmt.Fprintf(stdout, "\nWARNING: %s\n", w)
 	}
 	return nil
 }

@@ -30,7 +30,11 @@ with --init, on an empty or missing --data-dir, it initialises a development
 instance (PKI, TUF keys and root.json, SQLite store, file blob store, an admin
 certificate) and prints where everything is; on an initialised directory
 --init changes nothing. Without --init, a missing or empty --data-dir (an
-unmounted volume, a typo) is an error, never a new CA.
+unmounted volume, a typo) is an error, never a new CA. A development instance
+keeps its offline keys (root CA, TUF root and targets) in DIR/keys and fosterd
+warns about them at start; for production, create the instance with
+foster init --production --offline-dir OFFLINE (docs/OPERATIONS.md) and start
+fosterd on it without --init.
 
 Every config.json setting can also be set with --set KEY=VALUE (repeatable,
 e.g. --set http.write_timeout=90s) or the environment variable FOSTER_KEY

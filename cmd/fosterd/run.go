@@ -102,7 +102,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 Admin CLI:  foster --instance %s device list
 `, url, p.CARoot, p.TUFRoot, p.AdminCert, p.AdminKey, dir, cfg.dataDir)
 	log.Info("serving", append([]any{"addr", ln.Addr().String()}, buildinfo.Read("fosterd").LogAttrs()...)...)
+	for _, w := range in.Warnings {
+		fmt.Fprintf(os.Stderr, "\n*** WARNING: %s ***\n\n", w)
+		log.Warn(w)
+	}
 	reloadOnHangup(ctx, in, log)
+	notifyReady(log)
+	go runWatchdog(ctx, ln.Addr(), in.CA.RootPool(), log)
 	return in.Serve(ctx, ln)
 }
 

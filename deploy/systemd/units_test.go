@@ -99,3 +99,18 @@ func TestUnitsHardened(t *testing.T) {
 		})
 	}
 }
+
+// fosterd speaks sd_notify (cmd/fosterd/sdnotify.go): its unit must say so,
+// or systemd would count it started before it serves and never run the
+// watchdog that restarts a hung fosterd.
+func TestFosterdUnitUsesNotifyAndWatchdog(t *testing.T) {
+	b, err := os.ReadFile("fosterd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Type=notify", "NotifyAccess=main", "WatchdogSec="} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want)).Match(b) {
+			t.Errorf("fosterd.service lacks %s", want)
+		}
+	}
+}

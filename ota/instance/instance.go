@@ -6,7 +6,9 @@
 // Key hierarchy of a dev instance (see docs/CONTRACTS.md): the root CA and
 // TUF root/targets keys are offline keys in a real deployment; a dev instance
 // keeps them in DIR/keys (0600, encrypted when FOSTER_PASSPHRASE is set) so a
-// single command gives a working system.
+// single command gives a working system, and fosterd warns about them at
+// start. A production instance (InitOptions.Offline, production.go) puts
+// them in a separate directory or a KMS/HSM, never in DIR.
 package instance
 
 import (
@@ -150,13 +152,33 @@ func Load(dir string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", PathsOf(dir).Config, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses the content of a config.json; unknown fields are
+// refused.
+func ParseConfig(b []byte) (*Config, error) {
 	var c Config
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", PathsOf(dir).Config, err)
+		return nil, err
 	}
 	return &c, nil
+}
+
+// Save writes c as dir's config.json, atomically and readable by its owner
+// only.
+func (c *Config) Save(dir string) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(PathsOf(dir).Config, append(b, '\n'), 0o600)
 }
 
 // InitOptions tune Init.
@@ -169,13 +191,40 @@ type InitOptions struct {
 	Hosts      []string
 	Passphrase []byte
 	Logger     *slog.Logger
+	// Offline, if set, makes a production instance: the offline keys go
+	// to Offline.Dir (or are existing KMS keys), never into dir, and
+	// config.json names only online keys (production.go).
+	Offline *OfflineOptions
 }
 
-// Init creates a development instance in dir. It refuses a directory that
-// already holds one.
-func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
+// Init creates a development instance in dir, or a production one with
+// opts.Offline. It refuses a directory that already holds one.
+func Init(ctx context.Context, dir string, opts InitOptions) (_ *Config, err error) {
 	if Exists(dir) {
 		return nil, fmt.Errorf("%s already holds a Foster instance", dir)
+	}
+	off := opts.Offline
+	offPass := opts.Passphrase
+	rootCAKey := ""
+	if off != nil {
+		if err := off.check(dir); err != nil {
+			return nil, err
+		}
+		if off.Passphrase != nil {
+			offPass = off.Passphrase
+		}
+		if rootCAKey, err = off.rootCAKeyRef(); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(off.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating offline directory: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				// A production init is not resumed: both directories are refused as they are.
+				err = fmt.Errorf("%w\n  %s and %s hold an unfinished production instance: empty both before trying again", err, dir, off.Dir)
+			}
+		}()
 	}
 	if opts.Listen == "" {
 		opts.Listen = DefaultListen
@@ -200,7 +249,7 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 
 	log.Info("creating PKI: offline root CA and online device-issuing intermediate")
 	if _, err := os.Stat(p.CARoot); errors.Is(err, os.ErrNotExist) {
-		if err := ca.InitPKI(dir, ca.InitOptions{Passphrase: opts.Passphrase}); err != nil {
+		if err := ca.InitPKIContext(ctx, dir, ca.InitOptions{Passphrase: opts.Passphrase, RootKey: rootCAKey, RootPassphrase: offPass}); err != nil {
 			return nil, fmt.Errorf("creating PKI: %w", err)
 		}
 	}
@@ -240,9 +289,20 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 		Snapshot: "keys/tuf-snapshot.key", Timestamp: "keys/tuf-timestamp.key",
 		Models: DefaultModelKey,
 	}
-	for _, ref := range []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp, refs.Models} {
-		if _, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase); err != nil {
+	online := []string{refs.Root, refs.Targets, refs.Snapshot, refs.Timestamp, refs.Models}
+	if off != nil {
+		refs.Root, refs.Targets = "", "" // offline: ceremonies only
+		online = online[2:]
+	}
+	for _, ref := range online {
+		priv, err := signing.GenerateEd25519File(filepath.Join(dir, ref), opts.Passphrase)
+		if err != nil {
 			return nil, err
+		}
+		if ref == refs.Models {
+			if err := writePublicKey(ModelsPubPath(dir), priv.Public(), 0o600); err != nil {
+				return nil, err
+			}
 		}
 	}
 	cfg := &Config{Listen: opts.Listen, ServerURL: "https://" + clientAddr(opts.Listen), DB: opts.DB, Blobs: opts.Blobs, TUFKeys: refs}
@@ -250,9 +310,23 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := loadTUFKeys(ctx, dir, refs, opts.Passphrase)
+	keys, err := loadRepoKeys(refs, func(ref string) (signature.Signer, error) {
+		if !signing.IsKMS(ref) {
+			ref = resolve(dir, ref)
+		}
+		return signing.Load(ctx, ref, opts.Passphrase)
+	})
 	if err != nil {
 		return nil, err
+	}
+	if off != nil {
+		where := off.Keys()
+		if keys.Root, err = offlineTUFKey(ctx, off.TUFRootKey, where.TUFRoot, offPass); err != nil {
+			return nil, fmt.Errorf("TUF root key: %w", err)
+		}
+		if keys.Targets, err = offlineTUFKey(ctx, off.TUFTargetsKey, where.TUFTargets, offPass); err != nil {
+			return nil, fmt.Errorf("TUF targets key: %w", err)
+		}
 	}
 	rootJSON, err := tufrepo.Init(ctx, blobs, keys, tufrepo.Options{})
 	if err != nil {
@@ -266,9 +340,8 @@ func Init(ctx context.Context, dir string, opts InitOptions) (*Config, error) {
 	if _, _, err := ensureLogKey(ctx, dir, cfg.LogKey, opts.Passphrase); err != nil {
 		return nil, err
 	}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
 	// config.json last: its presence marks a complete instance.
-	if err := atomicfile.WriteFile(p.Config, append(b, '\n'), 0o600); err != nil {
+	if err := cfg.Save(dir); err != nil {
 		return nil, err
 	}
 	return cfg, nil
@@ -320,40 +393,31 @@ func resolve(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
-func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
+// BlobsURL is the blob store URL u of config.json (or --blobs) for the
+// instance in dir: file: paths and plain paths are relative to dir.
+func BlobsURL(dir, u string) string {
 	if rest, ok := strings.CutPrefix(u, "file:"); ok {
-		return blob.Open(ctx, "file:"+resolve(dir, rest))
+		return "file:" + resolve(dir, rest)
 	}
 	if !strings.Contains(u, "://") {
-		return blob.Open(ctx, "file:"+resolve(dir, u))
+		return "file:" + resolve(dir, u)
 	}
-	return blob.Open(ctx, u)
+	return u
+}
+
+// StoreDSN is the store DSN dsn of config.json (or --db) for the instance
+// in dir: a SQLite path is relative to dir.
+func StoreDSN(dir, dsn string) string {
+	if strings.Contains(dsn, "://") {
+		return dsn
+	}
+	return resolve(dir, strings.TrimPrefix(dsn, "sqlite:"))
+}
+
+func openBlobs(ctx context.Context, dir, u string) (blob.Store, error) {
+	return blob.Open(ctx, BlobsURL(dir, u))
 }
 
 func openStore(ctx context.Context, dir, dsn string) (*store.DB, error) {
-	if strings.Contains(dsn, "://") {
-		return store.Open(ctx, dsn)
-	}
-	return store.Open(ctx, resolve(dir, strings.TrimPrefix(dsn, "sqlite:")))
-}
-
-func loadTUFKeys(ctx context.Context, dir string, refs TUFKeyRefs, pass []byte) (tufrepo.Keys, error) {
-	var k tufrepo.Keys
-	for _, x := range []struct {
-		ref string
-		dst *signature.Signer
-	}{
-		{refs.Root, &k.Root}, {refs.Targets, &k.Targets}, {refs.Snapshot, &k.Snapshot}, {refs.Timestamp, &k.Timestamp},
-	} {
-		ref := x.ref
-		if !signing.IsKMS(ref) {
-			ref = resolve(dir, ref)
-		}
-		s, err := signing.Load(ctx, ref, pass)
-		if err != nil {
-			return k, err
-		}
-		*x.dst = s
-	}
-	return k, nil
+	return store.Open(ctx, StoreDSN(dir, dsn))
 }

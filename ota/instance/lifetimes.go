@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/foster-ota/foster/ota/server"
 	"github.com/foster-ota/foster/ota/tufrepo"
+	"github.com/foster-ota/foster/pkg/offline"
 )
 
 // TUFLifetimes is config.json's "tuf_lifetimes": how long the TUF metadata
@@ -20,6 +22,36 @@ type TUFLifetimes struct {
 	Snapshot string `json:"snapshot,omitempty"`
 	// Timestamp (default 24h).
 	Timestamp string `json:"timestamp,omitempty"`
+	// Bundle is the default lifetime of an offline bundle's timestamp and
+	// snapshot (foster bundle export; default 720h), BundleMax the longest
+	// an export may ask for (default 2160h, at most 8760h). docs/OFFLINE.md.
+	Bundle    string `json:"bundle,omitempty"`
+	BundleMax string `json:"bundle_max,omitempty"`
+}
+
+// bundles validates the offline bundle lifetimes.
+func (l TUFLifetimes) bundles() (server.BundleLifetimes, error) {
+	var out server.BundleLifetimes
+	for _, f := range []struct {
+		name, v string
+		d       *time.Duration
+	}{{"bundle", l.Bundle, &out.Default}, {"bundle_max", l.BundleMax, &out.Max}} {
+		if f.v == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f.v)
+		if err != nil {
+			return out, fmt.Errorf("config tuf_lifetimes.%s %q: want a Go duration like 720h", f.name, f.v)
+		}
+		if d < offline.MinLifetime || d > offline.MaxLifetime {
+			return out, fmt.Errorf("config tuf_lifetimes.%s %s: want between %s and %s", f.name, f.v, offline.MinLifetime, offline.MaxLifetime)
+		}
+		*f.d = d
+	}
+	if out.Default != 0 && out.Max != 0 && out.Default > out.Max {
+		return out, fmt.Errorf("config tuf_lifetimes: bundle %s is longer than bundle_max %s", out.Default, out.Max)
+	}
+	return out, nil
 }
 
 // Lifetime bounds (docs/TUF.md).

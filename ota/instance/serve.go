@@ -68,8 +68,13 @@ type Instance struct {
 	// certificate is due for renewal (servercert.go). Default
 	// DefaultCertCheckInterval; set before Serve.
 	CertCheckInterval time.Duration
-	serverCert        *serverCert
-	log               *slog.Logger
+	// Warnings are what an operator must hear about this instance (offline
+	// keys on the server's disk: OfflineKeyWarning). fosterd logs them at
+	// start; GET /v1/tuf (foster tuf status) shows them.
+	Warnings   []string
+	serverCert *serverCert
+	keys       *keyManager // the online key record (keyset.go)
+	log        *slog.Logger
 }
 
 // Open loads dir and builds every component.
@@ -115,15 +120,24 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 			st.Close()
 		}
 	}()
+	// The online key record overrides config.json's online keys once an
+	// admin changed them (keyset.go).
+	keys, ks, rec, err := newKeyManager(ctx, dir, cfg, passphrase, st, log)
+	if err != nil {
+		return nil, err
+	}
+	interPEM, interKey := keys.intermediate(rec)
 	authority, err = ca.Open(dir, ca.Options{
 		Passphrase:      passphrase,
-		IntermediateKey: cfg.Identity.IntermediateKey,
+		IntermediateKey: interKey,
+		IntermediatePEM: interPEM,
 		DeviceValidity:  deviceValidity,
 		CRL:             &ca.CRLOptions{Store: revocations{st}, Validity: crlValidity},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening CA: %w", err)
+		return nil, recordError(ks, fmt.Errorf("opening CA: %w", err))
 	}
+	keys.ca = authority
 	cfg.Distribution.applyOverrides(ov)
 	cfg.HTTP.applyOverrides(ov)
 	limits, throttle, err := cfg.HTTP.limits()
@@ -134,9 +148,18 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
-	repo, err := openRepo(ctx, dir, cfg, st, blobs, passphrase)
+	tufKeys, loaded, err := keys.loadKeys(ctx, rec.tufRefs(cfg.TUFKeys))
 	if err != nil {
-		return nil, err
+		return nil, recordError(ks, err)
+	}
+	keys.loaded = loaded
+	repo, err := openRepo(ctx, dir, cfg, st, blobs, tufKeys)
+	if err != nil {
+		return nil, recordError(ks, err)
+	}
+	keys.repo = repo
+	if ks.Version > 0 {
+		log.Info("online keys from the key record override config.json's", "version", ks.Version, "updated_by", ks.UpdatedBy, "tuf_keys", keys.describeLocked())
 	}
 	tl, err := openLog(ctx, dir, cfg.LogKey, st, passphrase)
 	if err != nil {
@@ -166,9 +189,18 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
+	var warnings []string
+	if w := OfflineKeyWarning(dir, cfg); w != "" {
+		warnings = append(warnings, w)
+	}
+	bundles, err := cfg.TUFLifetimes.bundles()
+	if err != nil {
+		return nil, err
+	}
 	scfg := server.Config{
 		Store: st, Issuer: authority, Repo: repo, Blobs: blobs, Log: tl, Logger: log, RenewGrace: grace, Rollouts: rollouts,
-		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle,
+		Distribution: distribution(cfg.Distribution, blobs), Limits: limits, Throttle: throttle, Warnings: warnings, Keys: keys,
+		Bundles: bundles, ServerURL: cfg.ServerURL,
 	}
 	if nudger != nil { // a nil *Publisher in the interface would not be nil
 		scfg.Nudger = nudger
@@ -188,10 +220,11 @@ func Open(ctx context.Context, dir string, ov Overrides, passphrase []byte, log 
 	if err != nil {
 		return nil, err
 	}
+	keys.interval = syncEvery
 	return &Instance{
 		Dir: dir, Config: *cfg, Store: st, CA: authority, Repo: repo, Log: tl, API: api, Rollouts: rollouts, RolloutTick: rolloutTick,
 		TLS: server.TLSConfig(sc.get, authority.RootPool()), SyncInterval: syncEvery, serverCert: sc, log: log,
-		Nudger: nudger,
+		Nudger: nudger, Warnings: warnings, keys: keys,
 	}, nil
 }
 
@@ -247,10 +280,15 @@ func (in *Instance) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	defer stopMetrics()
+	in.keys.interval = in.SyncInterval
+	if in.keys.interval <= 0 {
+		in.keys.interval = DefaultSyncInterval
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { in.refreshLoop(gctx); return nil })
 	g.Go(func() error { in.serverCertLoop(gctx); return nil })
 	g.Go(func() error { return in.runRollouts(gctx) })
+	g.Go(func() error { in.keys.loop(gctx); return nil })
 	g.Go(func() error {
 		in.Repo.Follow(gctx, in.SyncInterval, func(err error) {
 			in.log.Error("checking for TUF metadata published by another fosterd", "err", err)

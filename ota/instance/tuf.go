@@ -13,7 +13,6 @@ import (
 	"github.com/foster-ota/foster/ota/server"
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/env"
-	"github.com/foster-ota/foster/pkg/signing"
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/sigstore/sigstore/pkg/signature"
 )
@@ -102,18 +101,16 @@ func (d *DistributionConfig) applyOverrides(ov Overrides) {
 	}
 }
 
-// loadRepoKeys loads the TUF keys fosterd holds. An empty reference means
-// the key is offline (root and targets in production): operations that
-// need it fail with a pointer to the ceremony (foster tuf ...).
-func loadRepoKeys(ctx context.Context, dir string, refs TUFKeyRefs, pass []byte) (tufrepo.Keys, error) {
+// loadRepoKeys loads the TUF keys fosterd holds with loadRef. An empty
+// reference means the key is offline (root and targets in production):
+// operations that need it fail with a pointer to the ceremony (foster tuf
+// ...).
+func loadRepoKeys(refs TUFKeyRefs, loadRef func(ref string) (signature.Signer, error)) (tufrepo.Keys, error) {
 	load := func(ref string) (signature.Signer, error) {
 		if ref == "" {
 			return nil, nil
 		}
-		if !signing.IsKMS(ref) {
-			ref = resolve(dir, ref)
-		}
-		return signing.Load(ctx, ref, pass)
+		return loadRef(ref)
 	}
 	var k tufrepo.Keys
 	var err error
@@ -177,12 +174,8 @@ func repoOptions() (tufrepo.Options, error) {
 	return o, nil
 }
 
-// openRepo opens the TUF repository with the instance's keys and options.
-func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs blob.Store, pass []byte) (*tufrepo.Repo, error) {
-	keys, err := loadRepoKeys(ctx, dir, cfg.TUFKeys, pass)
-	if err != nil {
-		return nil, err
-	}
+// openRepo opens the TUF repository with keys and the instance's options.
+func openRepo(ctx context.Context, dir string, cfg *Config, st *store.DB, blobs blob.Store, keys tufrepo.Keys) (*tufrepo.Repo, error) {
 	opts, err := repoOptions()
 	if err != nil {
 		return nil, err

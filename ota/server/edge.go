@@ -51,6 +51,9 @@ func (e *edge) handle(roles []identity.Role, fn handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v) // a streamed answer was cut on purpose: net/http drops the connection
+				}
 				e.log.Error("panic in handler", "path", r.URL.Path, "panic", fmt.Sprint(v))
 				apierr.Write(w, errors.New("panic"))
 			}

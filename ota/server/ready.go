@@ -20,6 +20,7 @@ import (
 type readiness struct {
 	store   storePinger
 	blobs   blobProber
+	keys    keysReady // nil: not checked
 	timeout time.Duration
 	log     logger
 
@@ -38,6 +39,12 @@ type storePinger interface {
 // timestamp's metadata).
 type blobProber interface {
 	CheckStore(ctx context.Context) error
+}
+
+// keysReady reports whether this replica uses the current online key
+// record (KeyManager.Ready).
+type keysReady interface {
+	Ready(ctx context.Context) error
 }
 
 type logger interface {
@@ -74,6 +81,12 @@ func (rd *readiness) check(ctx context.Context) (int, readyzResponse) {
 	}{
 		{"store", rd.store.Ping},
 		{"blobs", rd.blobs.CheckStore},
+	}
+	if rd.keys != nil {
+		checks = append(checks, struct {
+			name string
+			fn   func(context.Context) error
+		}{"keys", rd.keys.Ready})
 	}
 	errs := make([]error, len(checks))
 	var wg sync.WaitGroup

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -26,11 +28,11 @@ import (
 // explicitly, or a version, that the overlapping publish made stale is
 // still refused (409 stale_release) and publishes nothing.
 func TestConcurrentReleasesOfOneModelGetTheirOwnCounters(t *testing.T) {
-	// Publishes take ~300 ms (three metadata writes): long enough for the
-	// second add, started gap later, to be checked while the first holds
-	// the lock.
-	t.Cleanup(env.TestPublishDelay.Override("100ms"))
-	const gap = 100 * time.Millisecond
+	// Each metadata write of a publish is followed by a 300 ms pause, so a
+	// publish holds the lock for about a second. The second add starts
+	// only once the first has written its first metadata object (it holds
+	// the lock then), so the two overlap however loaded the machine is.
+	t.Cleanup(env.TestPublishDelay.Override("300ms"))
 	for _, backend := range []string{"sqlite, one fosterd", "postgres, two replicas"} {
 		t.Run(backend, func(t *testing.T) {
 			ov := instance.Overrides{PublicRepository: true}
@@ -49,20 +51,26 @@ func TestConcurrentReleasesOfOneModelGetTheirOwnCounters(t *testing.T) {
 			ctx := t.Context()
 			a.mustJSON(a.admin, "POST", "/v1/models", map[string]any{"name": "edge-gw"}, 201)
 
-			// add posts a release to f after wait; the answer goes to out.
-			add := func(wg *sync.WaitGroup, f *fixture, wait time.Duration, query string, out *apiResp) {
+			// add posts a release to f; the answer goes to out.
+			add := func(wg *sync.WaitGroup, f *fixture, query string, out *apiResp) {
 				wg.Go(func() {
-					time.Sleep(wait)
 					req := "/v1/releases?model=edge-gw&name=fw.bin&" + query
 					*out = f.do(f.admin, "POST", req, []byte("firmware "+query))
 				})
 			}
-			// overlap runs two adds, the second (on b) gap after the first (on a).
+			// overlap runs two adds, the second (on b) once the first (on
+			// a) is publishing: a new object under the shared blob store's
+			// tuf/ shows it holds the publish lock.
 			overlap := func(q1, q2 string) (apiResp, apiResp) {
 				var wg sync.WaitGroup
 				var r1, r2 apiResp
-				add(&wg, a, 0, q1, &r1)
-				add(&wg, b, gap, q2, &r2)
+				before := tufObjects(t, dir)
+				add(&wg, a, q1, &r1)
+				deadline := time.Now().Add(60 * time.Second)
+				for tufObjects(t, dir) == before && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond)
+				}
+				add(&wg, b, q2, &r2)
 				wg.Wait()
 				return r1, r2
 			}
@@ -176,4 +184,20 @@ func stockClient(t *testing.T, f *fixture) *updater.Updater {
 		t.Fatalf("client refresh: %v", err)
 	}
 	return up
+}
+
+// tufObjects counts the metadata objects in dir's file blob store.
+func tufObjects(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(dir, "blobs", "tuf"), func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -288,8 +288,12 @@ func TestFailingAttestationsHaltTheRolloutWithoutWaitingForATick(t *testing.T) {
 	if terms, _ := f.signedTerms(rel.TargetPath); terms.Share != 0 || terms.State != store.RolloutHalted {
 		t.Fatalf("halted rollout signed %+v, want share 0", terms)
 	}
-	if !slices.ContainsFunc(f.auditActions(), func(a string) bool { return a == "rollout.halt fosterd" }) {
-		t.Fatalf("halt not in the audit trail: %v", f.auditActions())
+	// The audit record is written right after the halt commits: wait for it.
+	for !slices.ContainsFunc(f.auditActions(), func(a string) bool { return a == "rollout.halt fosterd" }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("halt not in the audit trail: %v", f.auditActions())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

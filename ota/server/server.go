@@ -35,6 +35,7 @@ type Issuer interface {
 	clientIssuer    // credentials.go
 	validityChecker // models.go
 	crlIssuer       // crl.go
+	caCerts         // bundles.go
 }
 
 // Repo is the firmware repository (implemented by tufrepo.Repo): what the
@@ -45,6 +46,7 @@ type Repo interface {
 	ceremonyRepo    // tuf.go
 	repoVersions    // evidence.go
 	blobProber      // ready.go
+	bundleRepo      // bundles.go
 }
 
 // Config holds the server's dependencies and limits.
@@ -75,9 +77,21 @@ type Config struct {
 	Throttle Throttle
 	// Nudger publishes "update now" nudges over MQTT (nudge.go); nil: none.
 	Nudger Nudger
+	// Keys is the online key record (keys.go): foster tuf rotate and foster
+	// ca use-intermediate. Nil: no /v1/keys routes.
+	Keys KeyManager
 	// ReadyTimeout bounds each check of GET /readyz (ready.go). Default 2s.
 	ReadyTimeout time.Duration
-	Now          func() time.Time
+	// Warnings are shown to admins and auditors in GET /v1/tuf (foster tuf
+	// status): offline keys on this server's disk. Not in the
+	// unauthenticated /readyz, which would tell anyone where keys are.
+	Warnings []string
+	// Bundles bound the lifetime of offline bundles (bundles.go).
+	Bundles BundleLifetimes
+	// ServerURL is this server's URL as devices know it (informational,
+	// written into offline bundles).
+	ServerURL string
+	Now       func() time.Time
 }
 
 // Server is the HTTP API. Safe for concurrent use.
@@ -85,7 +99,8 @@ type Config struct {
 // It is a router over handler groups, one per capability: enrollAPI
 // (enrollment.go, renew.go), distributionAPI, releaseAPI, ceremonyAPI
 // (tuf.go), attestAPI, logAPI (tlog.go), modelAPI, deviceAPI, stationAPI,
-// adminAPI, rolloutAPI (rollouts.go) and auditTrail (audit.go); docs/ARCHITECTURE.md draws them. A
+// adminAPI, rolloutAPI (rollouts.go), keyAPI (keys.go), bundleAPI (bundles.go) and auditTrail
+// (audit.go); docs/ARCHITECTURE.md draws them. A
 // group is a struct that holds only what it uses: small interfaces declared
 // in its own file, next to their one consumer (satisfied by *store.DB, ca.CA,
 // tufrepo.Repo, *tlog.Log), and shared helpers (auditTrail, crl). Its
@@ -160,6 +175,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Throttle, err = cfg.Throttle.withDefaults(); err != nil {
 		return nil, err
 	}
+	if cfg.Bundles, err = cfg.Bundles.withDefaults(); err != nil {
+		return nil, err
+	}
 	log, m := cfg.Logger, newMetrics()
 	trail := &auditTrail{store: cfg.Store, log: log}
 	revocations := &crl{issuer: cfg.Issuer, log: log}
@@ -174,7 +192,7 @@ func New(cfg Config) (*Server, error) {
 		&enrollAPI{store: cfg.Store, issuer: cfg.Issuer, memberships: cfg.Rollouts, crl: revocations, log: log, renewGrace: cfg.RenewGrace},
 		&distributionAPI{repo: cfg.Repo, blobs: cfg.Blobs, cfg: cfg.Distribution, log: log},
 		&releaseAPI{store: cfg.Store, repo: cfg.Repo, publishing: publishing, audit: trail, log: log, maxFirmwareSize: cfg.MaxFirmwareSize},
-		&ceremonyAPI{repo: cfg.Repo, publishing: publishing, audit: trail, log: log},
+		&ceremonyAPI{repo: cfg.Repo, keys: cfg.Keys, publishing: publishing, audit: trail, log: log, warnings: cfg.Warnings},
 		&attestAPI{store: cfg.Store, tlog: cfg.Log, repo: cfg.Repo, rollouts: cfg.Rollouts, evidence: newTUFEvidence(cfg.Blobs, cfg.Repo, cfg.Store), log: log, now: cfg.Now},
 		&logAPI{log: cfg.Log},
 		&modelAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, now: cfg.Now, defaultTokenTTL: cfg.DefaultTokenTTL, maxTokenTTL: cfg.MaxTokenTTL},
@@ -183,8 +201,13 @@ func New(cfg Config) (*Server, error) {
 		&adminAPI{store: cfg.Store, issuer: cfg.Issuer, audit: trail, crl: revocations, log: log},
 		&rolloutAPI{ctl: cfg.Rollouts, store: cfg.Store, log: log},
 		&nudgeAPI{nudger: cfg.Nudger, store: cfg.Store, audit: trail, log: log},
+		&bundleAPI{repo: cfg.Repo, store: cfg.Store, blobs: cfg.Blobs, ca: cfg.Issuer, crl: cfg.Issuer, audit: trail, log: log,
+			lifetimes: cfg.Bundles, server: cfg.ServerURL},
 		trail,
-		&readiness{store: cfg.Store, blobs: cfg.Repo, timeout: cfg.ReadyTimeout, log: log},
+		&readiness{store: cfg.Store, blobs: cfg.Repo, keys: cfg.Keys, timeout: cfg.ReadyTimeout, log: log},
+	}
+	if cfg.Keys != nil {
+		s.groups = append(s.groups, &keyAPI{keys: cfg.Keys, audit: trail})
 	}
 	return s, nil
 }

@@ -29,10 +29,22 @@ type ceremonyRepo interface {
 // ceremonyAPI is the TUF ceremony group. Safe for concurrent use.
 type ceremonyAPI struct {
 	repo ceremonyRepo
+	// keys, if set, hears of every root published (a rotation's new key
+	// becomes the configured one).
+	keys KeyManager
 	// publishing serialises publication with releaseAPI's.
 	publishing *sync.Mutex
 	audit      *auditTrail
 	log        *slog.Logger
+	// warnings are the instance's warnings for operators (Config.Warnings).
+	warnings []string
+}
+
+// TUFStatus is GET /v1/tuf: the repository's status and the instance's
+// warnings for operators (offline keys on the server's disk).
+type TUFStatus struct {
+	tufrepo.Status
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (g *ceremonyAPI) routes(mux *http.ServeMux, e *edge) {
@@ -46,7 +58,7 @@ func (g *ceremonyAPI) routes(mux *http.ServeMux, e *edge) {
 const maxStagedBody = 8 << 20 // bytes
 
 func (g *ceremonyAPI) status(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, g.repo.Status())
+	return writeJSON(w, http.StatusOK, TUFStatus{Status: g.repo.Status(), Warnings: g.warnings})
 }
 
 // current returns the current root or top-level targets metadata, the
@@ -115,5 +127,13 @@ func (g *ceremonyAPI) publish(w http.ResponseWriter, r *http.Request) error {
 	}
 	g.audit.record(r, "tuf.publish", strings.Join(what, "+"))
 	g.log.Info("ceremony published", "metadata", strings.Join(what, "+"))
-	return writeJSON(w, http.StatusOK, g.repo.Status())
+	if root != nil && g.keys != nil {
+		// The publish stands; a failure here is retried by every replica's
+		// key loop (it compares the record with each new root).
+		p, _ := principalFrom(r.Context())
+		if err := g.keys.RootPublished(r.Context(), p.URI()); err != nil {
+			g.log.Error("updating the key record after a root publish", "err", err)
+		}
+	}
+	return writeJSON(w, http.StatusOK, TUFStatus{Status: g.repo.Status(), Warnings: g.warnings})
 }

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS tlog_checkpoints (
 )
 `
 
+// Migrate creates the log's tables in db if they are missing, without
+// creating a log (Open does both): a restore loads a backed-up log into
+// them.
+func Migrate(ctx context.Context, db *store.DB) error { return migrate(ctx, db) }
+
 func migrate(ctx context.Context, db *store.DB) error {
 	r := strings.NewReplacer(
 		"@IDX@", "INTEGER PRIMARY KEY", // SQLite: the rowid itself

@@ -411,8 +411,8 @@ func (r *Repo) publishStaged(ctx context.Context, rootRaw, targetsRaw []byte) er
 		}
 		for _, role := range []string{metadata.SNAPSHOT, metadata.TIMESTAMP} {
 			rr := root.Signed.Roles[role]
-			if got := len(r.ring.forRole(role, rr.KeyIDs)); got < rr.Threshold {
-				return fmt.Errorf("%w: root %d needs %d %s signature(s) from keys %v, and this server holds %d of them: configure the new online key first (tuf_keys.extra), then publish", ErrKeyUnavailable, root.Signed.Version, rr.Threshold, role, rr.KeyIDs, got)
+			if got := len(t.ring.forRole(role, rr.KeyIDs)); got < rr.Threshold {
+				return fmt.Errorf("%w: root %d needs %d %s signature(s) from keys %v, and this server holds %d of them: hold the new online key first (foster tuf rotate), then publish", ErrKeyUnavailable, root.Signed.Version, rr.Threshold, role, rr.KeyIDs, got)
 			}
 		}
 		t.newRoot = &role0{md: root, raw: clone(rootRaw)}

@@ -333,3 +333,87 @@ func TestTargetsCeremonies(t *testing.T) {
 		t.Fatalf("release with the rotated-out model key: %v", err)
 	}
 }
+
+// timestampSigners returns the key IDs that signed the timestamp.json r
+// serves.
+func timestampSigners(t *testing.T, r *tufrepo.Repo) []string {
+	t.Helper()
+	raw, _, _, err := r.Metadata(t.Context(), "timestamp.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := new(metadata.Metadata[metadata.TimestampType]).FromBytes(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range md.Signatures {
+		ids = append(ids, s.KeyID)
+	}
+	return ids
+}
+
+// TestTimestampKeyRotatedWithoutReopening: a running repository takes a new
+// timestamp key with SetKeys (held alongside the old one), publishes the
+// root that swaps them (both sign the timestamp of that publish, so clients
+// on either root accept it), then drops the old key: later timestamps are
+// signed by the new key alone, and a device trusting root 1 still updates.
+// Keys that root does not trust for their role are refused and change
+// nothing.
+func TestTimestampKeyRotatedWithoutReopening(t *testing.T) {
+	f := newFixture(t, nil)
+	f.add(fwPath, []byte("before"), fwCustom)
+	device := f.newDevice()
+	device.refresh()
+	old, next := holderOf(t, f.keys.Timestamp), newHolder(t)
+
+	stranger := newHolder(t)
+	wrong := f.keys
+	wrong.Timestamp = stranger.s
+	if err := f.repo.SetKeys(t.Context(), wrong); !errors.Is(err, tufrepo.ErrKeyMismatch) {
+		t.Fatalf("SetKeys with a timestamp key root does not trust: %v", err)
+	}
+	if got := timestampSigners(t, f.repo); len(got) != 1 || got[0] != old.id {
+		t.Fatalf("a refused SetKeys changed the signers: %v", got)
+	}
+
+	held := f.keys
+	held.Extra = []signature.Signer{next.s}
+	if err := f.repo.SetKeys(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	staged, err := tufrepo.StageRoot(f.repo.RootJSON(), tufrepo.RootChange{
+		Add:    map[string][]*metadata.Key{"timestamp": {next.key}},
+		Remove: map[string][]string{"timestamp": {old.id}},
+	}, f.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.repo.PublishStaged(t.Context(), ceremony(t, staged, holderOf(t, f.keys.Root)), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := timestampSigners(t, f.repo); len(got) != 2 {
+		t.Fatalf("the timestamp published with the new root is signed by %v, want the old and the new key", got)
+	}
+
+	// The new key becomes the configured one; the old one is dropped.
+	promoted := f.keys
+	promoted.Timestamp = next.s
+	if err := f.repo.SetKeys(t.Context(), promoted); err != nil {
+		t.Fatal(err)
+	}
+	f.add("edge-gw/2.0.0/fw.bin", []byte("after"), custom("edge-gw", "2.0.0", 2))
+	if got := timestampSigners(t, f.repo); len(got) != 1 || got[0] != next.id {
+		t.Fatalf("timestamp after the rotation signed by %v, want only %s", got, next.id)
+	}
+	// Back to the old key alone: root no longer trusts it.
+	if err := f.repo.SetKeys(t.Context(), f.keys); !errors.Is(err, tufrepo.ErrKeyMismatch) {
+		t.Fatalf("SetKeys back to the rotated-out key: %v", err)
+	}
+	up := device.refresh()
+	if data, err := device.download(up, "edge-gw/2.0.0/fw.bin"); err != nil || string(data) != "after" {
+		t.Fatalf("device that trusted root 1: %q %v", data, err)
+	}
+	fresh := f.newDevice()
+	fresh.refresh()
+}

@@ -22,6 +22,9 @@ type txn struct {
 	r   *Repo
 	ctx context.Context
 	cur *state
+	// ring are the keys this txn signs with (Repo.SetKeys may replace the
+	// Repo's, but not during a txn: both hold Repo.mu).
+	ring *keyring
 	// edits are modifiable copies of roles to re-sign (and new roles).
 	edits map[string]*metadata.Metadata[metadata.TargetsType]
 	// presigned are roles signed offline (a ceremony), published as given.
@@ -41,7 +44,7 @@ type role0 struct {
 
 func (r *Repo) begin(ctx context.Context) *txn {
 	return &txn{
-		r: r, ctx: ctx, cur: r.cur.Load(),
+		r: r, ctx: ctx, cur: r.cur.Load(), ring: r.sig.Load().ring,
 		edits:     map[string]*metadata.Metadata[metadata.TargetsType]{},
 		presigned: map[string]*role{},
 		laidOut:   map[string]bool{},
@@ -153,9 +156,9 @@ func (t *txn) signersFor(name string, delegator *metadata.Metadata[metadata.Targ
 	ids := delegation(delegator, name)
 	model, _, _ := strings.Cut(strings.TrimPrefix(name, modelRolePrefix), "/")
 	if strings.HasPrefix(name, modelRolePrefix) {
-		return t.r.ring.forModel(t.ctx, model, ids)
+		return t.ring.forModel(t.ctx, model, ids)
 	}
-	return t.r.ring.forRole(name, ids), nil
+	return t.ring.forRole(name, ids), nil
 }
 
 func (t *txn) topSigners(role string) []signature.Signer {
@@ -163,7 +166,7 @@ func (t *txn) topSigners(role string) []signature.Signer {
 	if t.newRoot != nil {
 		ids = append(ids, t.newRoot.md.Signed.Roles[role].KeyIDs...)
 	}
-	return t.r.ring.forRole(role, ids)
+	return t.ring.forRole(role, ids)
 }
 
 // commit signs everything the txn changed, writes it, and makes it the
@@ -546,7 +549,11 @@ func (r *Repo) refreshLocked(ctx context.Context, deadline time.Time) error {
 			}
 		}
 		if len(signers) == 0 {
-			keyErrs = append(keyErrs, fmt.Errorf("refresh: %s metadata expires at %s: %w", name, rl.md.Signed.Expires.Format(time.RFC3339), ErrKeyUnavailable))
+			hint := ""
+			if name == metadata.TARGETS {
+				hint = "; its key is offline: renew it in a targets ceremony (foster tuf stage targets, sign, publish; docs/TUF.md)"
+			}
+			keyErrs = append(keyErrs, fmt.Errorf("refresh: %s metadata expires at %s%s: %w", name, rl.md.Signed.Expires.Format(time.RFC3339), hint, ErrKeyUnavailable))
 			continue
 		}
 		if _, err := t.edit(name); err != nil {

@@ -178,9 +178,10 @@ func (o Options) expiry(d time.Duration) time.Time {
 // readers (Metadata, Targets, Lookup) never wait for a publish.
 type Repo struct {
 	store blob.Store
-	keys  Keys
 	opts  Options
-	ring  *keyring
+	// sig are the keys the repository signs with, replaced whole by SetKeys
+	// (under mu, so a publish signs with one set from start to end).
+	sig atomic.Pointer[signers]
 
 	// lockMu queues this process's own publishes before they take the
 	// Arbiter's lock (one database connection waiting, not one per caller).
@@ -229,7 +230,15 @@ func roleKey(name string, v int64) string {
 	return "tuf/" + strconv.FormatInt(v, 10) + "." + name + ".json"
 }
 
-const timestampKey = "tuf/timestamp.json"
+const timestampKey = TimestampKey
+
+// TimestampKey is timestamp.json's blob key: the repository's one mutable
+// object, written last by every publish (every other key is written once).
+const TimestampKey = "tuf/timestamp.json"
+
+// StagingPrefix starts the blob keys of uploads in flight, which no
+// metadata references.
+const StagingPrefix = "staging/"
 
 // Init creates a new repository in store: 1.root.json (consistent
 // snapshots, threshold 1 per role), an empty 1.targets.json,
@@ -322,31 +331,68 @@ func Open(ctx context.Context, store blob.Store, keys Keys, opts Options) (*Repo
 	if err != nil {
 		return nil, err
 	}
-	ring, err := newKeyring(ctx, keys)
+	sig, err := newSigners(ctx, st, keys)
 	if err != nil {
 		return nil, fmt.Errorf("opening tuf repository: %w", err)
+	}
+	r := &Repo{store: store, opts: opts, laidOut: map[string]bool{}}
+	r.sig.Store(sig)
+	r.cur.Store(st)
+	return r, nil
+}
+
+// signers are a Repo's keys and their keyring.
+type signers struct {
+	keys Keys
+	ring *keyring
+}
+
+// newSigners loads keys' key IDs and checks them against st's root: each
+// given targets, snapshot and timestamp key must be one root trusts for its
+// role, or be accompanied by a held key (Extra) that root trusts for it (a
+// rotation whose new root is published but whose configuration still names
+// the old key); else ErrKeyMismatch.
+func newSigners(ctx context.Context, st *state, keys Keys) (*signers, error) {
+	ring, err := newKeyring(ctx, keys)
+	if err != nil {
+		return nil, err
 	}
 	// The root key is not checked: a repository never signs root itself
 	// after Init (root changes are offline ceremonies), so a configured root
 	// key that a ceremony rotated out must not stop the server.
-	for role, s := range map[string]signature.Signer{
-		metadata.TARGETS: keys.Targets, metadata.SNAPSHOT: keys.Snapshot, metadata.TIMESTAMP: keys.Timestamp,
-	} {
-		if s == nil {
+	for _, x := range []struct {
+		role string
+		s    signature.Signer
+	}{{metadata.TARGETS, keys.Targets}, {metadata.SNAPSHOT, keys.Snapshot}, {metadata.TIMESTAMP, keys.Timestamp}} {
+		if x.s == nil {
 			continue
 		}
-		trusted := st.root.Signed.Roles[role]
+		trusted := st.root.Signed.Roles[x.role]
 		if trusted == nil {
-			return nil, fmt.Errorf("opening tuf repository: %w: root has no %s role", ErrInconsistent, role)
+			return nil, fmt.Errorf("%w: root has no %s role", ErrInconsistent, x.role)
 		}
-		if len(ring.forRole(role, trusted.KeyIDs)) == 0 {
-			id, _ := ring.idOf(s)
-			return nil, fmt.Errorf("opening tuf repository: %s key %s: %w", role, id, ErrKeyMismatch)
+		if len(ring.forRole(x.role, trusted.KeyIDs)) == 0 {
+			id, _ := ring.idOf(x.s)
+			return nil, fmt.Errorf("%s key %s: %w", x.role, id, ErrKeyMismatch)
 		}
 	}
-	r := &Repo{store: store, keys: keys, opts: opts, ring: ring, laidOut: map[string]bool{}}
-	r.cur.Store(st)
-	return r, nil
+	return &signers{keys: keys, ring: ring}, nil
+}
+
+// SetKeys replaces the keys the repository signs with, without a restart:
+// after checking them as Open does (ErrKeyMismatch), it swaps them in whole
+// between two publishes; in-flight reads are not disturbed. On error the
+// current keys stay. fosterd calls it when the online key record changes
+// (foster tuf rotate).
+func (r *Repo) SetKeys(ctx context.Context, keys Keys) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sig, err := newSigners(ctx, r.cur.Load(), keys)
+	if err != nil {
+		return fmt.Errorf("replacing tuf keys: %w", err)
+	}
+	r.sig.Store(sig)
+	return nil
 }
 
 // load reads and verifies the repository in store. With prev (a reload

@@ -203,7 +203,7 @@ func (t *txn) ensureModel(model string) error {
 	if len(t.topSigners(metadata.TARGETS)) == 0 {
 		return fmt.Errorf("model %s has no delegated role yet and creating one needs the targets key, which is offline: delegate it in a targets ceremony (foster tuf stage targets --delegate-model %s --model-key PUBKEY): %w", model, model, ErrKeyUnavailable)
 	}
-	hk, err := t.r.ring.modelKey(t.ctx, model)
+	hk, err := t.ring.modelKey(t.ctx, model)
 	if err != nil {
 		return err
 	}

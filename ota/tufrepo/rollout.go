@@ -68,7 +68,7 @@ func (r *Repo) SetTerms(ctx context.Context, targetPath string, t *rollout.Terms
 			return Target{}, fmt.Errorf("%w: %w", ErrInvalidTarget, err)
 		}
 	}
-	if r.keys.Snapshot == nil || r.keys.Timestamp == nil {
+	if k := r.sig.Load().keys; k.Snapshot == nil || k.Timestamp == nil {
 		return Target{}, fmt.Errorf("setting rollout terms: snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
 	}
 	var out *metadata.TargetFiles
@@ -216,7 +216,7 @@ func (r *Repo) SetMemberships(ctx context.Context, model string, members map[str
 		}
 		recs[p] = tf
 	}
-	if r.keys.Snapshot == nil || r.keys.Timestamp == nil {
+	if k := r.sig.Load().keys; k.Snapshot == nil || k.Timestamp == nil {
 		return fmt.Errorf("publishing group memberships: snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
 	}
 	return r.locked(ctx, nil, func() error {

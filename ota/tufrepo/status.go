@@ -45,7 +45,7 @@ func (r *Repo) Status() Status {
 	for _, role := range topRoles {
 		rr := st.root.Signed.Roles[role]
 		s.Keys[role] = RoleKeys{KeyIDs: rr.KeyIDs, Threshold: rr.Threshold}
-		if len(r.ring.forRole(role, rr.KeyIDs)) > 0 {
+		if len(r.sig.Load().ring.forRole(role, rr.KeyIDs)) > 0 {
 			s.Held = append(s.Held, role)
 		}
 	}

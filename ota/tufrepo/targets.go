@@ -213,7 +213,7 @@ func (r *Repo) Upload(ctx context.Context, u Upload) (*Pending, error) {
 			return nil, fmt.Errorf("%w: declared sha256 %q is not 64 hex digits", ErrInvalidTarget, u.SHA256)
 		}
 	}
-	if r.keys.Snapshot == nil || r.keys.Timestamp == nil {
+	if k := r.sig.Load().keys; k.Snapshot == nil || k.Timestamp == nil {
 		return nil, fmt.Errorf("adding target: snapshot and timestamp keys needed: %w", ErrKeyUnavailable)
 	}
 	if _, _, ok := r.Lookup(u.Path); ok { // cheap early refusal; checked again when publishing
@@ -282,7 +282,7 @@ func (r *Repo) upload(ctx context.Context, targetPath string, body io.Reader, le
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return Target{}, err
 	}
-	staging := "staging/" + hex.EncodeToString(rnd[:])
+	staging := StagingPrefix + hex.EncodeToString(rnd[:])
 	defer r.store.Delete(context.WithoutCancel(ctx), staging)
 
 	limit := r.opts.MaxTargetLength

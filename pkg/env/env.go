@@ -26,6 +26,8 @@ type Var struct {
 var (
 	Passphrase = register(Var{Name: "FOSTER_PASSPHRASE", Sensitive: true,
 		Description: "passphrase that encrypts (at init) and decrypts the CA and TUF keys of an instance; unset: keys are unencrypted (development only)"})
+	OfflinePassphrase = register(Var{Name: "FOSTER_OFFLINE_PASSPHRASE", Sensitive: true,
+		Description: "passphrase of the offline keys: foster init --production encrypts them with it, foster ca certify-intermediate decrypts the root CA key with it (default FOSTER_PASSPHRASE); foster tuf sign takes it as FOSTER_PASSPHRASE"})
 	LogLevel = register(Var{Name: "FOSTER_LOG_LEVEL",
 		Description: "log level: debug, info, warn or error (default info)"})
 )

@@ -23,7 +23,7 @@ import (
 // (docs/BENCHMARKS.md). FleetReport, the auditor's full report, still walks
 // every device.
 //
-// Schema migration 2 (migrateFleetViews) adds what this needs: each device's
+// Schema migration 3 (migrateFleetViews) adds what this needs: each device's
 // installed_at (when it first committed the release it runs, kept by
 // AddAttestationTx) and partial indexes over active and revoked devices and
 // over refusals by reason; and each rollout's stored health (rollouts.go).
@@ -553,7 +553,7 @@ func (d *DB) pageCloned(ctx context.Context, q FleetListQuery, after *cursor) ([
 	return out, nil
 }
 
-// migrateFleetViews is schema migration 2.
+// migrateFleetViews is schema migration 3.
 func (d *DB) migrateFleetViews(ctx context.Context) error {
 	for _, c := range [][3]string{
 		{"devices", "installed_at", "BIGINT NOT NULL DEFAULT 0"},

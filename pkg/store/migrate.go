@@ -20,8 +20,11 @@ import (
 func (d *DB) migrations() []*goose.Migration {
 	return []*goose.Migration{
 		goose.NewGoMigration(1, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.baseline(ctx) }}, nil),
-		// 2: devices' installed_at and the indexes of the fleet page (fleet.go).
-		goose.NewGoMigration(2, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateFleetViews(ctx) }}, nil),
+		// 2: the online key record and the replicas' reports of it (keyset.go).
+		goose.NewGoMigration(2, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateKeySet(ctx) }}, nil),
+		// 3: devices' installed_at and seen_day, rollouts' stored health, and
+		// the indexes of the fleet page and of rollout health (fleet.go).
+		goose.NewGoMigration(3, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateFleetViews(ctx) }}, nil),
 	}
 }
 
@@ -43,7 +46,10 @@ func SchemaVersion() int64 {
 // starting together migrate one after the other: the first applies what is
 // pending, the others find nothing to do. A store whose recorded version is
 // above this binary's is refused (ErrSchemaTooNew), untouched.
-func (d *DB) migrate(ctx context.Context) error {
+func (d *DB) migrate(ctx context.Context) error { return d.migrateTo(ctx, 0) }
+
+// migrateTo is migrate up to version (0: SchemaVersion).
+func (d *DB) migrateTo(ctx context.Context, version int64) error {
 	if d.dialect == postgres {
 		conn, err := d.db.Conn(ctx)
 		if err != nil {
@@ -66,7 +72,11 @@ func (d *DB) migrate(ctx context.Context) error {
 	if err := d.checkSchemaVersion(ctx, p); err != nil {
 		return err
 	}
-	if _, err := p.Up(ctx); err != nil {
+	up := p.Up
+	if version > 0 {
+		up = func(ctx context.Context) ([]*goose.MigrationResult, error) { return p.UpTo(ctx, version) }
+	}
+	if _, err := up(ctx); err != nil {
 		return fmt.Errorf("migrating store schema: %w", err)
 	}
 	// Up under another binary's lock can only happen on SQLite; check again.

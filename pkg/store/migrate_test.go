@@ -135,7 +135,7 @@ func TestStoreFromPreviousReleaseUpgrades(t *testing.T) {
 		if a, err := d.GetAttestation(ctx, dev.ID, 1); err != nil || a.Outcome != "committed" || a.CertSerial != "abc" {
 			t.Fatalf("attestation after upgrade: %+v, %v", a, err)
 		}
-		// installed_at (migration 2) comes from the attestations: the
+		// installed_at (migration 3) comes from the attestations: the
 		// device is behind a newer release since its commit of 1.0.0.
 		if _, err := d.AddRelease(ctx, store.Release{Model: "gw", Version: "2.0.0", Counter: 2, TargetPath: "gw/2.0.0/fw.bin", SHA256: "bb", Length: 1}, nil); err != nil {
 			t.Fatal(err)

@@ -195,7 +195,7 @@ func (d *DB) migrateRollouts(ctx context.Context) error {
 const rolloutCols = `id, model, version, target_path, group_list, waves, wave, wave_interval, max_failure_rate, min_sample, silence_deadline, seed, state, revision, created_at, updated_at, wave_starts, halt_reason, halt_indices, created_by, updated_by`
 
 // rolloutReadCols are what reads scan: the written columns and the stored
-// health (migration 2; SetRolloutHealth writes it).
+// health (migration 3; SetRolloutHealth writes it).
 const rolloutReadCols = rolloutCols + `, health, health_revision`
 
 func rolloutArgs(r Rollout) ([]any, error) {

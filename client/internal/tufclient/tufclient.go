@@ -46,6 +46,7 @@ import (
 	"github.com/foster-ota/foster/client/internal/journal"
 	"github.com/foster-ota/foster/client/internal/statedir"
 	"github.com/foster-ota/foster/pkg/atomicfile"
+	"github.com/foster-ota/foster/pkg/offline"
 	"github.com/foster-ota/foster/pkg/rollout"
 	"github.com/foster-ota/foster/pkg/tufwalk"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -87,6 +88,15 @@ type Config struct {
 	UserAgent string
 	// RefTime is the reference time for expiry checks; zero: the wall clock.
 	RefTime time.Time
+	// AdoptEqualTimestamp: when the repository's timestamp.json has the
+	// version of the cached one but other bytes, put the repository's copy
+	// in the cache before the refresh (go-tuf keeps the first copy of a
+	// version it saw). An offline bundle's timestamp carries fosterd's
+	// current version with a longer expiry (pkg/offline): without this, a
+	// device that saw that version online would keep its copy, expired by
+	// the time the bundle arrives. go-tuf verifies the adopted copy like
+	// any cached file; an equal version is never a rollback.
+	AdoptEqualTimestamp bool
 }
 
 // Client is one refresh cycle: go-tuf's updater can Refresh only once, so
@@ -196,6 +206,11 @@ func (c *Client) UnsafeSetRefTime(t time.Time) { c.up.UnsafeSetRefTime(t) }
 // then makes the cache durable and checks it against seen. It returns the
 // new rollback floor.
 func (c *Client) Refresh(seen journal.Seen) (journal.Seen, error) {
+	if c.cfg.AdoptEqualTimestamp {
+		if err := c.adoptEqualTimestamp(); err != nil {
+			return seen, err
+		}
+	}
 	if err := c.up.Refresh(); err != nil {
 		return seen, fmt.Errorf("refreshing TUF metadata: %s%w", Attack(err), err)
 	}
@@ -212,6 +227,50 @@ func (c *Client) Refresh(seen journal.Seen) (journal.Seen, error) {
 		return seen, err
 	}
 	return v, nil
+}
+
+// adoptEqualTimestamp implements Config.AdoptEqualTimestamp. The
+// repository's file is fetched once more by go-tuf's refresh (16 KB at most).
+func (c *Client) adoptEqualTimestamp() error {
+	local := filepath.Join(c.cfg.MetadataDir, metadata.TIMESTAMP+".json")
+	cached, err := statedir.ReadBounded(local, c.ucfg.TimestampMaxLength)
+	if err != nil {
+		return nil // none cached: nothing to prefer
+	}
+	remote, err := c.fetcher.DownloadFile(strings.TrimSuffix(c.cfg.MetadataURL, "/")+"/"+metadata.TIMESTAMP+".json", c.ucfg.TimestampMaxLength, 0)
+	if err != nil {
+		return nil // the refresh reports it
+	}
+	cv, cerr := metadata.Timestamp().FromBytes(cached)
+	rv, rerr := metadata.Timestamp().FromBytes(remote)
+	if cerr != nil || rerr != nil || cv.Signed.Version != rv.Signed.Version || string(cached) == string(remote) {
+		return nil
+	}
+	// Only a copy the trusted root's timestamp keys signed replaces the
+	// cached one (go-tuf checks it again when it loads it).
+	if root := c.up.GetTrustedMetadataSet().Root; root == nil || root.VerifyDelegate(metadata.TIMESTAMP, rv) != nil {
+		return nil
+	}
+	return atomicfile.WriteFile(local, remote, 0o644)
+}
+
+// BundleSignedAt returns when the trusted timestamp was signed for an
+// offline bundle (its signed pkg/offline SignedAtField), and false for an
+// ordinary timestamp (or a malformed field).
+func (c *Client) BundleSignedAt() (time.Time, bool) {
+	ts := c.up.GetTrustedMetadataSet().Timestamp
+	if ts == nil {
+		return time.Time{}, false
+	}
+	v, ok := ts.Signed.UnrecognizedFields[offline.SignedAtField].(string)
+	if !ok {
+		return time.Time{}, false
+	}
+	at, err := time.Parse(time.RFC3339, v)
+	if err != nil || at.After(ts.Signed.Expires) {
+		return time.Time{}, false
+	}
+	return at.UTC(), true
 }
 
 // syncCache makes go-tuf's cache durable (it renames without fsync) and
@@ -514,21 +573,63 @@ func (c *Client) Latest(cr Criteria) (*Candidate, error) {
 		if err := CheckTargetName(name); err != nil {
 			return nil, err
 		}
-		cand := &Candidate{Name: name, Info: tf, Custom: cu}
-		for alg, h := range tf.Hashes {
-			switch alg {
-			case "sha256":
-				cand.SHA256 = h
-			case "sha512":
-				cand.SHA512 = h
-			}
-		}
-		if len(cand.SHA256) != 32 {
-			return nil, fmt.Errorf("target %q: signed metadata carries no sha256 hash", name)
-		}
-		return cand, nil
+		return candidate(name, tf, cu)
 	}
 	return nil, nil
+}
+
+// ErrNotForDevice: a named target is signed for another model or hardware,
+// or needs a newer installed version than the device runs.
+var ErrNotForDevice = errors.New("not for this device")
+
+// Named returns target name (from an offline bundle's manifest) judged by
+// the same rules Latest applies, found by the same delegation walk; unlike
+// Latest it says why a target does not qualify. Call Refresh first.
+func (c *Client) Named(name string, cr Criteria) (*Candidate, error) {
+	if err := CheckTargetName(name); err != nil {
+		return nil, err
+	}
+	tf, err := c.TargetInfo(name)
+	if err != nil {
+		return nil, err
+	}
+	cu, err := parseCustom(tf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: target %q: %v", ErrNotForDevice, name, err)
+	}
+	switch {
+	case cu.Model != cr.Model:
+		return nil, fmt.Errorf("%w: %s is signed for model %s, this device is %s", ErrNotForDevice, name, cu.Model, cr.Model)
+	case cu.ReleaseCounter <= cr.MinReleaseCounter:
+		return nil, fmt.Errorf("%w: %s %s (release counter %d) is not above the installed release (counter %d): the device never goes back",
+			ErrRollback, cu.Model, cu.Version, cu.ReleaseCounter, cr.MinReleaseCounter)
+	case len(cu.HardwareIDs) > 0 && (cr.HardwareID == "" || !slices.Contains(cu.HardwareIDs, cr.HardwareID)):
+		return nil, fmt.Errorf("%w: %s is built for hardware ids %s, this device's is %q", ErrNotForDevice, name, strings.Join(cu.HardwareIDs, ", "), cr.HardwareID)
+	case cr.Qualifies(cu) != "":
+		return nil, fmt.Errorf("%w: %s needs version %s or later installed, this device runs %q", ErrNotForDevice, name, cu.MinFromVersion, cr.InstalledVersion)
+	case slices.Contains(cr.Refused, sha256Of(tf)):
+		return nil, fmt.Errorf("%w: %s was rolled back on this device before; it is not tried again", ErrNotForDevice, name)
+	}
+	if reason := (&memberships{c: c, cr: cr}).offered(tf); reason != "" {
+		return nil, fmt.Errorf("%w: %s is not offered to this device: %s", ErrNotForDevice, name, reason)
+	}
+	return candidate(name, tf, cu)
+}
+
+func candidate(name string, tf *metadata.TargetFiles, cu Custom) (*Candidate, error) {
+	cand := &Candidate{Name: name, Info: tf, Custom: cu}
+	for alg, h := range tf.Hashes {
+		switch alg {
+		case "sha256":
+			cand.SHA256 = h
+		case "sha512":
+			cand.SHA512 = h
+		}
+	}
+	if len(cand.SHA256) != 32 {
+		return nil, fmt.Errorf("target %q: signed metadata carries no sha256 hash", name)
+	}
+	return cand, nil
 }
 
 // NotOffered lists the newer releases the last Latest passed over because
