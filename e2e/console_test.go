@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -168,17 +167,31 @@ func TestConsoleInABrowser(t *testing.T) {
 	env.Admin("release", "add", "--model", "edge-gw", "--version", "2.0.0", "--hold", fw2)
 	id := strings.TrimSpace(env.Admin("rollout", "create", "--model", "edge-gw", "--version", "2.0.0", "--waves", "50,100").Stdout)
 	env.Admin("admin", "create", "eve", "--role", "auditor", "--out", filepath.Join(env.DataDir, "eve.cred"))
-
-	var rep struct {
-		Active   int `json:"active"`
-		Releases []struct {
-			Latest    bool `json:"latest"`
-			Installed int  `json:"installed"`
-		} `json:"releases"`
-		Behind []json.RawMessage `json:"behind"`
-	}
-	if err := json.Unmarshal([]byte(env.Admin("audit", "report", "--format", "json").Stdout), &rep); err != nil {
+	// An identity's history: one device renews its certificate, another's
+	// serial is claimed by a clone (refused), a third is revoked.
+	renewed, twin, gone := f.devs[0], f.devs[1], f.devs[3]
+	env.MustRun("foster-agent", "--state-dir", renewed.StateDir, "renew", "--force")
+	clone := env.NewDevice(twin.Serial, "edge-gw")
+	env.MustFail("clone", "foster-agent", clone.enrollArgs(env.Token(twin.Serial, "edge-gw"))...)
+	env.Admin("device", "revoke", gone.Serial)
+	caPEM, err := os.ReadFile(filepath.Join(env.DataDir, "ca.pem"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	admin := env.adminClient(caPEM)
+
+	var sum struct {
+		Active   int `json:"active"`
+		OnLatest int `json:"on_latest"`
+		Behind   int `json:"behind"`
+		Silent   int `json:"silent"`
+		Revoked  int `json:"revoked"`
+		Cloned   int `json:"cloned"`
+	}
+	env.getJSON(admin, "/v1/reports/fleet/summary?stale_days=30", &sum)
+	// 2.0.0 is signed (held for the rollout), so it is the latest: nobody is on it yet.
+	if sum.Active != 3 || sum.OnLatest != 0 || sum.Behind != 3 || sum.Revoked != 1 || sum.Cloned != 1 {
+		t.Fatalf("the API's fleet summary %+v: want 3 active, all behind, 1 revoked, 1 cloned", sum)
 	}
 
 	base := startConsole(t, "--instance", env.DataDir)
@@ -189,21 +202,16 @@ func TestConsoleInABrowser(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Navigate(base)); err != nil {
 		t.Fatal(err)
 	}
-	if got := text(t, ctx, "#active-devices"); got != fmt.Sprint(rep.Active) || rep.Active != 4 {
-		t.Fatalf("fleet page shows %s active devices, the API %d (want 4)", got, rep.Active)
-	}
-	onLatest := 0
-	for _, r := range rep.Releases {
-		if r.Latest {
-			onLatest += r.Installed
+	for sel, want := range map[string]string{"#active-devices": fmt.Sprint(sum.Active), "#on-latest": fmt.Sprintf("%.1f%%", 100*float64(sum.OnLatest)/float64(sum.Active)),
+		"#behind-count": fmt.Sprint(sum.Behind), "#stale-count": fmt.Sprint(sum.Silent), "#revoked-count": fmt.Sprint(sum.Revoked), "#cloned-count": fmt.Sprint(sum.Cloned)} {
+		if got := text(t, ctx, sel); got != want {
+			t.Fatalf("fleet page shows %s %s, the API %s", sel, got, want)
 		}
 	}
-	// 2.0.0 is signed (held for the rollout), so it is the latest: nobody is on it yet.
-	if got, want := text(t, ctx, "#on-latest"), fmt.Sprintf("%.1f%%", 100*float64(onLatest)/float64(rep.Active)); got != want || onLatest != 0 {
-		t.Fatalf("fleet page shows %s on the latest release, the API %s", got, want)
-	}
-	if got := text(t, ctx, "#behind-count"); got != fmt.Sprint(len(rep.Behind)) || len(rep.Behind) != 4 {
-		t.Fatalf("fleet page shows %s devices behind, the API %d", got, len(rep.Behind))
+	for sel, want := range map[string]int{"table.devlist.behind tbody tr": sum.Behind, "table.devlist.revoked tbody tr": 1, "table.devlist.cloned tbody tr": 1} {
+		if n := count(t, ctx, sel); n != want {
+			t.Fatalf("fleet page lists %d rows of %s, want %d", n, sel, want)
+		}
 	}
 	screenshots(t, ctx, "fleet")
 
@@ -251,14 +259,67 @@ func TestConsoleInABrowser(t *testing.T) {
 	if n := count(t, ctx, "table.attestations a[download]"); n < 1 {
 		t.Fatalf("device page lists %d attestation bundles", n)
 	}
+	// Its identity's history: the enrollment and the renewal, newest first.
+	type deviceJSON struct {
+		ID                   string    `json:"id"`
+		CertificatesTotal    int       `json:"certificates_total"`
+		RefusalsTotal        int       `json:"refusals_total"`
+		ReprovisionAllowedAt time.Time `json:"reprovision_allowed_at"`
+	}
+	device := func(serial string) (d deviceJSON) {
+		env.getJSON(admin, "/v1/devices/"+serial, &d)
+		return d
+	}
+	dev := device(serial)
+	if got := kinds(t, ctx); dev.CertificatesTotal != 2 || len(got) != 2 || got[0] != "renewal" || !strings.HasPrefix(got[1], "first enrollment") {
+		t.Fatalf("renewed device's history shows %q, the API has %d certificates; want renewal, first enrollment", got, dev.CertificatesTotal)
+	}
 	screenshots(t, ctx, "device")
+
+	// The clone: from the fleet page's list to the device, whose refusal
+	// shows; an admin allows re-provisioning through the confirmation, and
+	// the replacement enrolls with its new key.
+	if err := chromedp.Do(ctx, chromedp.Navigate(base), chromedp.Click(chromedp.CSS("table.devlist.cloned a")), chromedp.WaitVisible(chromedp.CSS("table.refusals"))); err != nil {
+		t.Fatalf("cloned device from the fleet page: %v", err)
+	}
+	dev = device(twin.Serial)
+	if n := count(t, ctx, "table.refusals tbody tr"); n != dev.RefusalsTotal || n != 1 {
+		t.Fatalf("cloned device page lists %d refusals, the API %d", n, dev.RefusalsTotal)
+	}
+	screenshots(t, ctx, "device-cloned")
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("a.button.reprovision")), chromedp.WaitVisible(chromedp.CSS("#confirm"))); err != nil {
+		t.Fatalf("reprovision button: %v", err)
+	}
+	if dev = device(twin.Serial); !dev.ReprovisionAllowedAt.IsZero() {
+		t.Fatal("the reprovision button alone allowed re-provisioning: no confirmation")
+	}
+	screenshots(t, ctx, "confirm-reprovision")
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#confirm")), chromedp.WaitVisible(chromedp.CSS("#reprovision-allowed"))); err != nil {
+		t.Fatalf("confirming re-provisioning: %v", err)
+	}
+	if dev = device(twin.Serial); dev.ReprovisionAllowedAt.IsZero() {
+		t.Fatal("fosterd did not record the re-provisioning the console confirmed")
+	}
+	clone.Enroll(env.Token(twin.Serial, "edge-gw"))
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"devices/"+url.PathEscape(dev.ID)), chromedp.WaitVisible(chromedp.CSS("table.certs"))); err != nil {
+		t.Fatal(err)
+	}
+	dev = device(twin.Serial)
+	if got := kinds(t, ctx); len(got) != dev.CertificatesTotal || len(got) != 2 || !strings.HasPrefix(got[0], "re-provisioning") || count(t, ctx, "table.certs tr.current") != 1 {
+		t.Fatalf("re-provisioned device's history shows %q, the API has %d certificates", got, dev.CertificatesTotal)
+	}
+	screenshots(t, ctx, "device-reprovisioned")
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"fleet/cloned"), chromedp.WaitVisible(chromedp.CSS("table.devlist"))); err != nil {
+		t.Fatal(err)
+	}
+	screenshots(t, ctx, "fleet-cloned")
 	for _, p := range []struct{ path, sel string }{{"releases", "table.roles"}, {"stations", "#log-size"}, {"devices", "table"}} {
 		if err := chromedp.Do(ctx, chromedp.Navigate(base+p.path), chromedp.WaitVisible(chromedp.CSS(p.sel))); err != nil {
 			t.Fatalf("%s: %v", p.path, err)
 		}
 		screenshots(t, ctx, p.path)
 	}
-	if rows := count(t, ctx, "main tbody tr"); rows != len(f.devs) {
+	if rows := count(t, ctx, "main tbody tr"); rows != len(f.devs) { // revoked ones too
 		t.Fatalf("device list shows %d rows, want %d", rows, len(f.devs))
 	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"stations")); err != nil {
@@ -304,5 +365,39 @@ func TestConsoleInABrowser(t *testing.T) {
 	if st := env.rollout(id).State; st != "paused" {
 		t.Fatalf("an auditor's console changed the rollout to %s", st)
 	}
+	// Nor may an auditor allow re-provisioning: no button, and fosterd
+	// refuses the forged form.
+	if err := chromedp.Do(ctx, chromedp.Navigate(audit+"devices/"+url.PathEscape(renewed.Serial)), chromedp.WaitVisible(chromedp.CSS("table.certs"))); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, ctx, "a[href*='/confirm/'], form[method=post]"); n != 0 {
+		t.Fatalf("the auditor's device page offers %d actions", n)
+	}
+	screenshots(t, ctx, "auditor-device")
+	req, _ = http.NewRequest(http.MethodPost, audit+"devices/"+url.PathEscape(renewed.Serial)+"/reprovision", strings.NewReader(url.Values{"csrf": {string(m[1])}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", strings.TrimSuffix(audit, "/"))
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(page), "auditor may not") {
+		t.Fatalf("auditor's forged reprovision: %d\n%s", resp.StatusCode, page)
+	}
+	if !device(renewed.Serial).ReprovisionAllowedAt.IsZero() {
+		t.Fatal("an auditor's console allowed re-provisioning")
+	}
 	t.Logf("browser part took %s", time.Since(start).Round(time.Millisecond))
+}
+
+// kinds reads the device page's certificate history: what issued each.
+func kinds(t *testing.T, ctx context.Context) []string {
+	t.Helper()
+	ks, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("table.certs td.kind")).map(e => e.textContent.trim())`))
+	if err != nil {
+		t.Fatalf("reading the certificate history: %v", err)
+	}
+	return ks
 }

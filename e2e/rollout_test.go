@@ -60,11 +60,23 @@ type signedTermsJSON struct {
 // them in the repository e serves (which must be public).
 func (e *Env) signedTerms(target string) (signedTermsJSON, bool) {
 	e.t.Helper()
+	t, ok, err := e.trySignedTerms(target)
+	if err != nil {
+		e.t.Fatalf("%s: %v", target, err)
+	}
+	return t, ok
+}
+
+// trySignedTerms is signedTerms that returns the error of a target not
+// (yet) in the repository: a replica serves another's publish only once it
+// has reloaded the repository.
+func (e *Env) trySignedTerms(target string) (signedTermsJSON, bool, error) {
+	e.t.Helper()
 	c := e.stockClient(nil)
 	up := c.mustRefresh()
 	info, err := up.GetTargetInfo(target)
 	if err != nil {
-		e.t.Fatalf("%s: %v", target, err)
+		return signedTermsJSON{}, false, err
 	}
 	var custom struct {
 		Rollout *signedTermsJSON `json:"rollout"`
@@ -75,9 +87,9 @@ func (e *Env) signedTerms(target string) (signedTermsJSON, bool) {
 		}
 	}
 	if custom.Rollout == nil {
-		return signedTermsJSON{}, false
+		return signedTermsJSON{}, false, nil
 	}
-	return *custom.Rollout, true
+	return *custom.Rollout, true, nil
 }
 
 // awaitTerms waits until e serves terms of target that satisfy ok.
@@ -85,12 +97,12 @@ func (e *Env) awaitTerms(target string, within time.Duration, ok func(signedTerm
 	e.t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		t, _ := e.signedTerms(target)
-		if ok(t) {
+		t, _, err := e.trySignedTerms(target) // a replica may not have the target yet
+		if err == nil && ok(t) {
 			return t
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("%s serves terms %+v for %s after %v", e.URL, t, target, within)
+			e.t.Fatalf("%s serves terms %+v for %s after %v (%v)", e.URL, t, target, within, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,12 +54,26 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.state = store.RolloutPaused
 		}
 		reply(ro())
-	case r.URL.Path == "/v1/reports/fleet":
-		reply(store.FleetReport{GeneratedAt: now, StaleDays: 30, Active: 3, RevokedCount: 1,
-			Releases: []store.ReleaseStatus{{Model: "edge-gw", Version: "1.0.0", Counter: 1, Installed: 1}, {Model: "edge-gw", Version: "2.0.0", Counter: 2, Latest: true, Installed: 2}},
-			Behind:   []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-OLD", Model: "edge-gw", Serial: "SN-OLD", InstalledVersion: "1.0.0", LatestVersion: "2.0.0", ReleasesBehind: 1}},
-			Stale:    []store.DeviceStatus{}, Revoked: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-GONE", Model: "edge-gw", Serial: "SN-GONE"}},
+	case r.URL.Path == "/v1/reports/fleet/summary":
+		days, _ := strconv.Atoi(r.URL.Query().Get("stale_days"))
+		reply(store.FleetSummary{GeneratedAt: now, StaleDays: days, Active: 3, OnLatest: 2, Behind: 1, Revoked: 1, Cloned: 1,
+			Models: []store.ModelSummary{{Model: "edge-gw", Active: 3, OnLatest: 2, LatestVersion: "2.0.0", LatestCounter: 2,
+				Versions: []store.VersionCount{{Version: "2.0.0", Counter: 2, Devices: 2, Latest: true}, {Version: "1.0.0", Counter: 1, Devices: 1}}}},
+			Lists: map[string]store.FleetPage{
+				store.ListBehind:  {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-OLD", Model: "edge-gw", Serial: "SN-OLD", InstalledVersion: "1.0.0", LatestVersion: "2.0.0", ReleasesBehind: 1}}},
+				store.ListSilent:  {Devices: []store.DeviceStatus{}},
+				store.ListRevoked: {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-GONE", Model: "edge-gw", Serial: "SN-GONE", Status: "revoked", RevokeReason: "keyCompromise", RevokedAt: now}}},
+				store.ListCloned:  {Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-TWIN", Model: "edge-gw", Serial: "SN-TWIN", Status: "active", CloneAttempts: 2, LastCloneAttempt: now}}, Next: "cursor-2"},
+			},
 			Coverage: []store.CoveragePoint{{Day: now.Add(-24 * time.Hour), Patched: 1}, {Day: now, Patched: 2}}})
+	case r.URL.Path == "/v1/reports/fleet/devices":
+		q := r.URL.Query()
+		if q.Get("list") != store.ListCloned || q.Get("after") != "cursor-2" {
+			w.WriteHeader(http.StatusBadRequest)
+			reply(map[string]string{"error": "after: malformed page cursor", "code": "bad_request"})
+			return
+		}
+		reply(store.FleetPage{Devices: []store.DeviceStatus{{ID: "urn:foster:device:edge-gw:SN-TRIPLET", Model: "edge-gw", Serial: "SN-TRIPLET", Status: "revoked", CloneAttempts: 1, LastCloneAttempt: now}}})
 	case r.URL.Path == "/v1/rollouts":
 		reply([]server.RolloutView{ro()})
 	case r.URL.Path == "/v1/rollouts/r-1":
@@ -66,9 +81,14 @@ func (f *fakeFosterd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/v1/devices":
 		reply([]store.Device{{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active"}})
 	case r.URL.Path == "/v1/devices/SN-1" || r.URL.Path == "/v1/devices/urn:foster:device:edge-gw:SN-1":
-		reply(deviceDetail{Device: store.Device{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active", InstalledVersion: "2.0.0", CertNotAfter: now.Add(90 * 24 * time.Hour)},
-			Certificates: []store.Certificate{{Serial: "abc", NotAfter: now.Add(90 * 24 * time.Hour), IssuedVia: "token"}},
-			Refusals:     []store.Refusal{{Reason: "clone: another key for this serial", Via: "token", At: now}}})
+		reply(deviceDetail{Device: store.Device{ID: "urn:foster:device:edge-gw:SN-1", Serial: "SN-1", Model: "edge-gw", Status: "active", InstalledVersion: "2.0.0", CertSerial: "abc", CertNotAfter: now.Add(90 * 24 * time.Hour)},
+			Certificates: []store.Certificate{
+				{Serial: "c1", IssuedAt: now.Add(-200 * 24 * time.Hour), NotAfter: now.Add(-110 * 24 * time.Hour), IssuedVia: "station:line-1", RevokedAt: now.Add(-140 * 24 * time.Hour), RevokeReason: "superseded by renewal"},
+				{Serial: "c2", IssuedAt: now.Add(-140 * 24 * time.Hour), NotAfter: now.Add(-50 * 24 * time.Hour), IssuedVia: "renew", RevokedAt: now.Add(-20 * 24 * time.Hour), RevokeReason: "superseded by re-provisioning"},
+				{Serial: "c3", IssuedAt: now.Add(-20 * 24 * time.Hour), NotAfter: now.Add(70 * 24 * time.Hour), IssuedVia: "reprovision:token"},
+				{Serial: "abc", IssuedAt: now, NotAfter: now.Add(90 * 24 * time.Hour), IssuedVia: "renew-expired"}},
+			CertificatesTotal: 4, RefusalsTotal: 1,
+			Refusals: []store.Refusal{{Reason: "clone: another key for this serial", Via: "token", At: now}}})
 	case r.URL.Path == "/v1/devices/urn:foster:device:edge-gw:SN-1/tags":
 		reply([]string{"lab"})
 	case r.URL.Path == "/v1/attestations":
@@ -187,13 +207,20 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 		path string
 		want []string
 	}{
-		{"/", []string{`id="active-devices">3<`, `id="on-latest">66.7%<`, `id="revoked-count">1<`, "SN-OLD", "SN-GONE", "<svg class=\"plot\"", "2.0.0 <span class=\"tag ok\">latest</span>"}},
+		{"/", []string{`id="active-devices">3<`, `id="on-latest">66.7%<`, `id="revoked-count">1<`, `id="cloned-count">1<`, "SN-OLD", "SN-GONE", "keyCompromise", "SN-TWIN",
+			`href="/fleet/cloned?after=cursor-2"`, "<svg class=\"plot\"", "2.0.0 <span class=\"tag ok\">latest</span>"}},
+		{"/fleet/cloned?after=cursor-2", []string{"SN-TRIPLET", `href="/fleet/cloned"`}},
 		{"/?stale_days=7", []string{"silent ≥ 7 days"}},
 		{"/rollouts", []string{"r-1", "edge-gw 2.0.0", "25.0% / 5.0%", `href="/rollouts/r-1/confirm/pause"`, `href="/rollouts/r-1/confirm/promote"`}},
 		{"/rollouts/r-1", []string{`id="rollout-state">running<`, `id="offered">4<`, `id="failed">1<`}},
 		{"/rollouts/r-1/confirm/abort", []string{"Yes, abort", `action="/rollouts/r-1/abort"`}},
 		{"/devices", []string{`href="/devices/urn:foster:device:edge-gw:SN-1"`}},
-		{"/devices/SN-1", []string{"2.0.0", "clone: another key", `/devices/urn:foster:device:edge-gw:SN-1/bundle/3`, ">41<", "lab", "confirm/revoke"}},
+		{"/devices/SN-1", []string{"2.0.0", "clone: another key", `/devices/urn:foster:device:edge-gw:SN-1/bundle/3`, ">41<", "lab", "confirm/revoke", "confirm/reprovision",
+			// the identity's history, newest first, the certificate in use marked
+			`<tr class="current"><td class="kind">renewal after expiry</td>`,
+			`re-provisioning (new key) <span class="muted">via admin token</span>`, `superseded by re-provisioning`,
+			`<td class="kind">renewal</td>`, `first enrollment <span class="muted">via factory station line-1</span>`}},
+		{"/devices/SN-1/confirm/reprovision", []string{"Yes, reprovision", `action="/devices/urn:foster:device:edge-gw:SN-1/reprovision"`, "may use a new key"}},
 		{"/releases", []string{"hw-a", "expires in 10 days", `id="tuf-warning">1 role(s)`}},
 		{"/stations", []string{"line-1", "7 / 100", `id="log-size">5<`, "first look"}},
 	}
@@ -209,10 +236,15 @@ func TestEveryPageRendersWhatTheAPISays(t *testing.T) {
 			}
 		}
 	}
-	for path, want := range map[string]int{"/devices/nope": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404} {
+	for path, want := range map[string]int{"/devices/nope": 404, "/devices/SN-1/confirm/explode": 404, "/nothing": 404, "/?stale_days=-1": 400, "/rollouts/r-1/confirm/explode": 404,
+		"/fleet/everything": 404, "/fleet/cloned?after=forged": 400} {
 		if code, _ := tc.get(t, path); code != want {
 			t.Errorf("GET %s: %d, want %d", path, code, want)
 		}
+	}
+	if _, body := tc.get(t, "/devices/SN-1"); !(strings.Index(body, "renewal after expiry") < strings.Index(body, "re-provisioning (new key)") &&
+		strings.Index(body, "re-provisioning (new key)") < strings.Index(body, "first enrollment")) {
+		t.Error("device page: certificates not newest first")
 	}
 	resp, err := tc.c.Get(tc.URL + "/devices/urn:foster:device:edge-gw:SN-1/bundle/3")
 	if err != nil {
@@ -338,6 +370,10 @@ func TestAuditorSeesNoActionsAndIsRefused(t *testing.T) {
 	if code != http.StatusForbidden {
 		t.Fatalf("auditor's forged revoke: %d", code)
 	}
+	code, body = tc.post(t, "/devices/SN-1/reprovision", url.Values{"csrf": {token}}, map[string]string{"Origin": "http://" + tc.host})
+	if code != http.StatusForbidden || !strings.Contains(body, "auditor may not") {
+		t.Fatalf("auditor's forged reprovision: %d %s", code, body)
+	}
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {
@@ -376,5 +412,38 @@ func TestLogSplitViewIsReported(t *testing.T) {
 	// It keeps saying so: the console does not adopt the forged checkpoint.
 	if _, body := tc.get(t, "/stations"); !strings.Contains(body, "INCONSISTENT") {
 		t.Fatal("the console forgot the split view on the next look")
+	}
+}
+
+// TestReprovisionGoesThroughItsConfirmation: the device page's reprovision
+// button only opens a confirmation; its form asks fosterd, then the page
+// says what happened.
+func TestReprovisionGoesThroughItsConfirmation(t *testing.T) {
+	tc := startConsole(t, identity.RoleAdmin)
+	code, body := tc.get(t, "/devices/SN-1/confirm/reprovision")
+	m := csrfField.FindStringSubmatch(body)
+	if code != 200 || m == nil {
+		t.Fatalf("confirmation: %d\n%s", code, body)
+	}
+	if a := tc.api.actions(); len(a) != 0 {
+		t.Fatalf("the confirmation page alone asked fosterd %v", a)
+	}
+	code, _ = tc.post(t, "/devices/urn:foster:device:edge-gw:SN-1/reprovision", url.Values{"csrf": {m[1]}}, map[string]string{"Origin": "http://" + tc.host})
+	if code != http.StatusSeeOther {
+		t.Fatalf("confirming: %d", code)
+	}
+	if a := tc.api.actions(); len(a) != 1 || a[0] != "/v1/devices/urn:foster:device:edge-gw:SN-1/reprovision" {
+		t.Fatalf("fosterd was asked %v", a)
+	}
+	if _, body := tc.get(t, "/devices/SN-1?done=reprovision"); !strings.Contains(body, "Re-provisioning allowed: the next enrollment of SN-1 may use a new key.") {
+		t.Fatal("no flash after re-provisioning")
+	}
+}
+
+func TestThousands(t *testing.T) {
+	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 99500: "99,500", 1234567: "1,234,567", -4200: "-4,200"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
 	}
 }

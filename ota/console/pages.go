@@ -29,7 +29,7 @@ type pages struct {
 	byName map[string]*template.Template
 }
 
-var pageNames = []string{"fleet", "rollouts", "rollout", "confirm", "devices", "device", "releases", "stations", "error"}
+var pageNames = []string{"fleet", "fleetlist", "rollouts", "rollout", "confirm", "devices", "device", "releases", "stations", "error"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -46,14 +46,13 @@ var funcs = template.FuncMap{
 		}
 		return strconv.FormatFloat(100*float64(n)/float64(of), 'f', 1, 64) + "%"
 	},
-	"add":   func(a, b int) int { return a + b },
-	"join":  func(s []string) string { return strings.Join(s, ", ") },
-	"short": func(s string) string { return shorten(s, 16) },
-	"path":  url.PathEscape,
-	"dict3": func(l []store.DeviceStatus, more int, class string) map[string]any {
-		return map[string]any{"List": l, "More": more, "Class": class}
-	},
+	"add":       func(a, b int) int { return a + b },
+	"join":      func(s []string) string { return strings.Join(s, ", ") },
+	"short":     func(s string) string { return shorten(s, 16) },
+	"path":      url.PathEscape,
+	"list":      func(l fleetList, days int) map[string]any { return map[string]any{"L": l, "StaleDays": days} },
 	"remaining": func(quota, used int64) int64 { return max(quota-used, 0) },
+	"n":         thousands,
 }
 
 func ago(t time.Time) string {
@@ -83,6 +82,20 @@ func ago(t time.Time) string {
 	}
 }
 
+// thousands writes n with comma-separated thousands (99,500).
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}
+
 func shorten(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -93,7 +106,7 @@ func shorten(s string, n int) string {
 func parsePages() (*pages, error) {
 	p := &pages{byName: map[string]*template.Template{}}
 	for _, name := range pageNames {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/partials.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console template %s: %w", name, err)
 		}
@@ -163,79 +176,151 @@ type versionRow struct {
 
 type modelRow struct {
 	Model    string
-	Active   int // devices on a known release
+	Active   int
 	OnLatest int
 	Versions []versionRow
+	Other    int // devices on versions not listed
 	Bar      template.HTML
 }
 
-type fleetData struct {
-	Report         *store.FleetReport
-	Models         []modelRow
-	OnLatest       int
-	Coverage       template.HTML
-	StaleDays      int
-	Behind, Stale  []store.DeviceStatus
-	Revoked        []store.DeviceStatus
-	MoreBehind     int
-	MoreStale      int
-	MoreRevoked    int
-	ShowAllDevices bool
+// fleetList is one device list of the fleet page: its first page and a
+// link to the next.
+type fleetList struct {
+	Name, Title string
+	Count       int
+	Devices     []store.DeviceStatus
+	More        string
 }
 
-// listShown bounds each device list on the fleet page (the device list pages the rest).
+type fleetData struct {
+	S         *store.FleetSummary
+	Models    []modelRow
+	Coverage  template.HTML
+	StaleDays int
+	Lists     map[string]fleetList
+}
+
+// listShown is how many devices of each list the fleet page shows; the
+// list pages page the rest.
 const listShown = 20
 
-func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
-	days := c.cfg.StaleDays
-	if s := r.URL.Query().Get("stale_days"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 36500 {
-			return "", badInput("stale_days must be a number of days between 1 and 36500")
-		}
-		days = n
+// fleetListNotes say what each fleet list holds and what to do about it.
+var fleetListNotes = map[string]string{
+	store.ListBehind:  "Active devices below their model's latest release, the oldest installed release first, then the longest on it.",
+	store.ListSilent:  "Active devices with no attestation (or, never attested, no enrollment) for this long: lost, offline, or stuck. The longest silent first.",
+	store.ListRevoked: "Revoked devices: their certificates are refused and listed in the CRL. The latest revocation first.",
+	store.ListCloned:  "Devices whose serial someone tried to enroll with another key, refused. A replaced board needs reprovision on its page; anything else is a clone to look into.",
+}
+
+// fleetListTitles name the fleet lists.
+var fleetListTitles = map[string]string{
+	store.ListBehind:  "Behind the latest release",
+	store.ListSilent:  "Orphan candidates",
+	store.ListRevoked: "Revoked devices",
+	store.ListCloned:  "Cloned devices",
+}
+
+func staleDays(r *http.Request, def int) (int, error) {
+	s := r.URL.Query().Get("stale_days")
+	if s == "" {
+		return def, nil
 	}
-	var rep store.FleetReport
-	if err := c.api.get(r.Context(), "/v1/reports/fleet", url.Values{"stale_days": {strconv.Itoa(days)}}, &rep); err != nil {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 36500 {
+		return 0, badInput("stale_days must be a number of days between 1 and 36500")
+	}
+	return n, nil
+}
+
+func (c *Console) fleet(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	days, err := staleDays(r, c.cfg.StaleDays)
+	if err != nil {
 		return "", err
 	}
-	d := fleetData{Report: &rep, StaleDays: days}
-	byModel := map[string]*modelRow{}
-	var order []string
-	for _, rs := range rep.Releases {
-		m := byModel[rs.Model]
-		if m == nil {
-			m = &modelRow{Model: rs.Model}
-			byModel[rs.Model] = m
-			order = append(order, rs.Model)
-		}
-		m.Active += rs.Installed
-		if rs.Latest {
-			m.OnLatest += rs.Installed
-			d.OnLatest += rs.Installed
-		}
-		m.Versions = append(m.Versions, versionRow{Version: rs.Version, Installed: rs.Installed, Latest: rs.Latest})
+	var s store.FleetSummary
+	if err := c.api.get(r.Context(), "/v1/reports/fleet/summary", url.Values{"stale_days": {strconv.Itoa(days)}, "list": {strconv.Itoa(listShown)}}, &s); err != nil {
+		return "", err
 	}
-	for _, name := range order {
-		m := byModel[name]
-		slices.Reverse(m.Versions) // newest first
-		m.Bar = versionBar(m.Versions)
-		d.Models = append(d.Models, *m)
+	d := fleetData{S: &s, StaleDays: days, Lists: map[string]fleetList{}}
+	for _, m := range s.Models {
+		row := modelRow{Model: m.Model, Active: m.Active, OnLatest: m.OnLatest, Other: m.OtherVersions}
+		for _, v := range m.Versions {
+			name := v.Version
+			if v.Counter == 0 {
+				name = "nothing installed yet"
+			}
+			row.Versions = append(row.Versions, versionRow{Version: name, Installed: v.Devices, Latest: v.Latest})
+		}
+		row.Bar = versionBar(row.Versions)
+		d.Models = append(d.Models, row)
 	}
-	d.Coverage = coveragePlot(rep.Coverage, rep.Active)
-	d.Behind, d.MoreBehind = firstN(rep.Behind, listShown)
-	d.Stale, d.MoreStale = firstN(rep.Stale, listShown)
-	d.Revoked, d.MoreRevoked = firstN(rep.Revoked, listShown)
-	d.MoreRevoked = rep.RevokedCount - len(d.Revoked)
+	d.Coverage = coveragePlot(s.Coverage, s.Active)
+	counts := map[string]int{store.ListBehind: s.Behind, store.ListSilent: s.Silent, store.ListRevoked: s.Revoked, store.ListCloned: s.Cloned}
+	for _, name := range store.FleetLists {
+		p := s.Lists[name]
+		l := fleetList{Name: name, Title: fleetListTitles[name], Count: counts[name], Devices: p.Devices}
+		if p.Next != "" {
+			l.More = listURL(name, p.Next, days)
+		}
+		d.Lists[name] = l
+	}
 	v.Title, v.Nav, v.Data = "Fleet", "fleet", d
 	return "fleet", nil
 }
 
-func firstN(l []store.DeviceStatus, n int) ([]store.DeviceStatus, int) {
-	if len(l) <= n {
-		return l, 0
+func listURL(name, after string, days int) string {
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
 	}
-	return l[:n], len(l) - n
+	if name == store.ListSilent {
+		q.Set("stale_days", strconv.Itoa(days))
+	}
+	u := "/fleet/" + name
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// listPage bounds a fleet list page.
+const listPage = 50
+
+type fleetListData struct {
+	L         fleetList
+	Note      string
+	StaleDays int
+	First     string // link to the first page, on later pages
+}
+
+// fleetListPage pages one of the fleet page's device lists.
+func (c *Console) fleetListPage(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	name := r.PathValue("list")
+	if !slices.Contains(store.FleetLists, name) {
+		return "", notFound("no fleet list " + name)
+	}
+	days, err := staleDays(r, c.cfg.StaleDays)
+	if err != nil {
+		return "", err
+	}
+	after := r.URL.Query().Get("after")
+	if len(after) > 1024 {
+		return "", badInput("after is not a page cursor")
+	}
+	var p store.FleetPage
+	q := url.Values{"list": {name}, "stale_days": {strconv.Itoa(days)}, "limit": {strconv.Itoa(listPage)}, "after": {after}}
+	if err := c.api.get(r.Context(), "/v1/reports/fleet/devices", q, &p); err != nil {
+		return "", err
+	}
+	d := fleetListData{L: fleetList{Name: name, Title: fleetListTitles[name], Devices: p.Devices}, Note: fleetListNotes[name], StaleDays: days}
+	if p.Next != "" {
+		d.L.More = listURL(name, p.Next, days)
+	}
+	if after != "" {
+		d.First = listURL(name, "", days)
+	}
+	v.Title, v.Nav, v.Data = d.L.Title, "fleet", d
+	return "fleetlist", nil
 }
 
 // ---- Rollouts ----
@@ -403,8 +488,10 @@ func (c *Console) devices(w http.ResponseWriter, r *http.Request, v *view) (stri
 
 type deviceDetail struct {
 	store.Device
-	Certificates []store.Certificate `json:"certificates"`
-	Refusals     []store.Refusal     `json:"refusals"`
+	Certificates      []store.Certificate `json:"certificates"`
+	CertificatesTotal int                 `json:"certificates_total"`
+	Refusals          []store.Refusal     `json:"refusals"`
+	RefusalsTotal     int                 `json:"refusals_total"`
 }
 
 type deviceData struct {
@@ -413,6 +500,56 @@ type deviceData struct {
 	Next         string
 	Tags         []string
 	CertExpires  string
+	// Certs are the device's certificates, newest first, with what issued
+	// each: its identity's history.
+	Certs []certRow
+}
+
+// certRow is one certificate in a device's history.
+type certRow struct {
+	store.Certificate
+	Kind    string // first enrollment, renewal, re-provisioning...
+	Via     string // the token or factory station behind an enrollment
+	Current bool   // the certificate the device uses now
+}
+
+// certHistory names what issued each certificate (oldest first in, newest
+// first out): store.Certificate.IssuedVia is token, station:NAME, renew,
+// renew-expired, or reprovision: before the enrollment's own.
+func certHistory(certs []store.Certificate, current string) []certRow {
+	out := make([]certRow, 0, len(certs))
+	enrolled := false
+	for _, c := range certs {
+		r := certRow{Certificate: c, Current: c.Serial == current}
+		via := c.IssuedVia
+		switch {
+		case strings.HasPrefix(via, "reprovision:"):
+			r.Kind, r.Via = "re-provisioning (new key)", enrollVia(strings.TrimPrefix(via, "reprovision:"))
+			enrolled = true
+		case via == "renew":
+			r.Kind = "renewal"
+		case via == "renew-expired":
+			r.Kind = "renewal after expiry"
+		case via == "token" || strings.HasPrefix(via, "station:"):
+			r.Kind, r.Via = "first enrollment", enrollVia(via)
+			if enrolled {
+				r.Kind = "enrollment again (same key)"
+			}
+			enrolled = true
+		default:
+			r.Kind = via
+		}
+		out = append(out, r)
+	}
+	slices.Reverse(out)
+	return out
+}
+
+func enrollVia(via string) string {
+	if name, ok := strings.CutPrefix(via, "station:"); ok {
+		return "factory station " + name
+	}
+	return "admin token"
 }
 
 func (c *Console) getDevice(ctx context.Context, id string) (deviceDetail, error) {
@@ -451,24 +588,60 @@ func (c *Console) device(w http.ResponseWriter, r *http.Request, v *view) (strin
 	if !dd.CertNotAfter.IsZero() {
 		d.CertExpires = ago(dd.CertNotAfter)
 	}
-	if r.URL.Query().Get("done") == "revoke" {
+	d.Certs = certHistory(dd.Certificates, dd.CertSerial)
+	switch r.URL.Query().Get("done") {
+	case "revoke":
 		v.Flash = "Device revoked."
+	case "reprovision":
+		v.Flash = "Re-provisioning allowed: the next enrollment of " + dd.Serial + " may use a new key."
 	}
 	v.Title, v.Nav, v.Data = "Device "+dd.Serial, "devices", d
 	return "device", nil
 }
 
 func (c *Console) deviceConfirm(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	action := r.PathValue("action")
+	if action != "revoke" && action != "reprovision" {
+		return "", notFound("no device action " + action)
+	}
 	dd, err := c.getDevice(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return "", err
 	}
 	id := url.PathEscape(dd.ID)
-	v.Title, v.Nav, v.Data = "Confirm revoke", "devices", confirmData{What: "device " + dd.ID, Action: "revoke",
-		Post: "/devices/" + id + "/revoke", Back: "/devices/" + id, Danger: true, Reason: true,
-		Details: []string{"Revocation is immediate: the device's certificate stops working at once and is listed in the CRL.",
-			"The device cannot enroll again with the same key unless an admin allows re-provisioning."}}
+	d := confirmData{What: "device " + dd.ID, Action: action, Post: "/devices/" + id + "/" + action, Back: "/devices/" + id}
+	switch action {
+	case "revoke":
+		d.Danger, d.Reason = true, true
+		d.Details = []string{"Revocation is immediate: the device's certificate stops working at once and is listed in the CRL.",
+			"The device cannot enroll again with the same key unless an admin allows re-provisioning."}
+	case "reprovision":
+		d.Details = []string{
+			fmt.Sprintf("The next enrollment of serial %s (model %s) may use a new key: a replaced board or a wiped secure element enrolls again with a factory station or an admin token.", dd.Serial, dd.Model),
+			"When it does, every certificate issued to the device before is revoked as superseded: whoever holds the old key is locked out. Allow it only for a device you know was replaced; the refusals on its page name the keys that tried.",
+			"Until then the device keeps its current certificate, but its old key can no longer renew an expired one.",
+		}
+		if dd.Status == store.DeviceRevoked {
+			d.Details = append(d.Details, "The device is revoked: this is how it may enroll again.")
+		}
+	}
+	v.Title, v.Nav, v.Data = "Confirm "+action, "devices", d
 	return "confirm", nil
+}
+
+// deviceReprovision allows the device's next enrollment to use a new key
+// (foster device reprovision).
+func (c *Console) deviceReprovision(w http.ResponseWriter, r *http.Request, v *view) (string, error) {
+	dd, err := c.getDevice(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return "", err
+	}
+	if err := c.api.post(r.Context(), "/v1/devices/"+url.PathEscape(dd.ID)+"/reprovision", map[string]string{}, nil); err != nil {
+		return "", err
+	}
+	c.log.Info("console: device re-provisioning allowed", "device", dd.ID)
+	http.Redirect(w, r, "/devices/"+url.PathEscape(dd.ID)+"?done=reprovision", http.StatusSeeOther)
+	return "", nil
 }
 
 var revokeReasons = []string{"unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"}

@@ -28,6 +28,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/foster-ota/foster/ota/tufrepo"
@@ -53,6 +55,7 @@ type Store interface {
 	PageFleet(ctx context.Context, q store.FleetQuery) ([]store.FleetDevice, error)
 	TargetOutcomes(ctx context.Context, target string, since time.Time, maxIndices int) (store.Outcomes, error)
 	TargetAttesters(ctx context.Context, target string, since time.Time) (map[string]bool, error)
+	SetRolloutHealth(ctx context.Context, id string, revision int64, health []byte) error
 
 	TagDevice(ctx context.Context, deviceID string, tags []string) error
 	UntagDevice(ctx context.Context, deviceID string, tags []string) error
@@ -139,6 +142,10 @@ type Controller struct {
 	rand   io.Reader
 	nudger Nudger
 
+	// walkAge is, while Run runs, how old the stored fleet counts of an
+	// active rollout may be for Get and List (0: walk the fleet on each).
+	walkAge atomic.Int64
+
 	mu      sync.Mutex
 	pending map[string]bool // models Notify asked about, not yet evaluated
 	silent  map[string]int  // rollout id -> silent devices at its last full evaluation
@@ -191,8 +198,11 @@ type Health struct {
 	FailureRate float64 `json:"failure_rate"`
 	// FailedIndices: transparency-log indices of failing attestations (at
 	// most store.MaxHaltIndices).
-	FailedIndices []int64   `json:"failed_log_indices,omitempty"`
-	At            time.Time `json:"at"`
+	FailedIndices []int64 `json:"failed_log_indices,omitempty"`
+	// At is when the fleet was counted (eligible, offered, silent): Get and
+	// List show an active rollout's last evaluation by Run, a finished
+	// one's final evaluation (Controller.readHealth).
+	At time.Time `json:"at"`
 }
 
 // Status is a rollout and its health.
@@ -362,11 +372,71 @@ func (c *Controller) List(ctx context.Context, f store.RolloutFilter) ([]Status,
 }
 
 func (c *Controller) status(ctx context.Context, r store.Rollout) (Status, error) {
-	h, err := c.health(ctx, r)
+	h, err := c.readHealth(ctx, r)
 	if err != nil {
 		return Status{}, err
 	}
 	return Status{Rollout: r, Share: share(r), Health: h}, nil
+}
+
+// readHealth is r's health for Get and List, without a fleet walk per
+// rollout per read (0.25-1 s per 100,000 devices: a list of rollouts paid it
+// for each row; docs/BENCHMARKS.md). Every full evaluation stores its health
+// on the rollout (store.SetRolloutHealth), for the revision it is of:
+//
+//   - a finished rollout (completed, aborted, halted) shows the health
+//     stored for its final revision: at the transition, or computed once
+//     here and stored;
+//   - an active one, while Run evaluates it in this process, shows the fleet
+//     counts of its last full evaluation (eligible, offered, silent; at most
+//     ten ticks and a minute old, the time in Health.At; the failing log
+//     indices too) with its succeeded and failed devices counted now, one
+//     query over its target's attestations in an index;
+//   - otherwise (no Run here, an older evaluation) the fleet is walked now.
+func (c *Controller) readHealth(ctx context.Context, r store.Rollout) (Health, error) {
+	if h, ok := storedHealth(r); ok {
+		if !r.Active() {
+			return h, nil
+		}
+		if age := time.Duration(c.walkAge.Load()); age > 0 && c.now().Sub(h.At) <= age {
+			// The counts only: the failing attestations' log indices are
+			// the evaluation's (reading them costs a row per failure).
+			o, err := c.store.TargetOutcomes(ctx, r.TargetPath, outcomesSince(r), 0)
+			if err != nil {
+				return Health{}, err
+			}
+			h.Succeeded, h.Failed = o.Succeeded, o.Failed
+			h.FailureRate = rate(h.Succeeded, h.Failed, h.Silent)
+			return h, nil
+		}
+	}
+	h, err := c.health(ctx, r)
+	if err != nil {
+		return Health{}, err
+	}
+	c.storeHealth(ctx, r.ID, r.Revision, h)
+	return h, nil
+}
+
+// storedHealth is the health stored for r's current revision.
+func storedHealth(r store.Rollout) (Health, bool) {
+	var h Health
+	if len(r.Health) == 0 || r.HealthRevision != r.Revision || json.Unmarshal(r.Health, &h) != nil {
+		return Health{}, false
+	}
+	return h, true
+}
+
+// storeHealth keeps h as the health of rollout id at revision (unless it
+// changed since). A failure costs the next read a fleet walk: logged only.
+func (c *Controller) storeHealth(ctx context.Context, id string, revision int64, h Health) {
+	b, err := json.Marshal(h)
+	if err == nil {
+		err = c.store.SetRolloutHealth(ctx, id, revision, b)
+	}
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn("storing rollout health", "rollout", id, "err", err)
+	}
 }
 
 // Promote offers the next wave now (from the last wave: completes the

@@ -145,6 +145,9 @@ func (c *Controller) evaluateOnce(ctx context.Context, r store.Rollout, quick bo
 	if err != nil {
 		return err
 	}
+	if !quick {
+		c.storeHealth(ctx, r.ID, r.Revision, h)
+	}
 	outcomes := h.Succeeded + h.Failed + h.Silent
 	now := c.now().UTC()
 	switch {
@@ -157,6 +160,9 @@ func (c *Controller) evaluateOnce(ctx context.Context, r store.Rollout, quick bo
 		})
 		if err != nil {
 			return err
+		}
+		if !quick { // the health that halted it is its final one
+			c.storeHealth(ctx, n.ID, n.Revision, h)
 		}
 		c.log.Warn("rollout halted", "rollout", n.ID, "model", n.Model, "version", n.Version, "reason", reason, "log_indices", n.HaltIndices)
 		c.audit(ctx, SystemActor, "rollout.halt", n, fmt.Sprintf("reason=%q log_indices=%s", reason, joinIndices(n.HaltIndices)))
@@ -233,6 +239,12 @@ func (c *Controller) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return errors.New("rollout: Run needs a positive interval")
 	}
+	// Reads take an active rollout's fleet counts from the last tick's
+	// evaluation while it is at most ten ticks (and a minute) old: a slow
+	// tick (a large fleet on a loaded machine) must not make every read
+	// walk the fleet too.
+	c.walkAge.Store(int64(max(10*interval, time.Minute)))
+	defer c.walkAge.Store(0)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); c.serveNotes(ctx) }()

@@ -20,7 +20,7 @@ var credentialRoutes = []struct{ method, path string }{
 	{"GET", "/v1/devices"}, {"GET", "/v1/devices/SN-1"}, {"POST", "/v1/devices/SN-1/revoke"}, {"POST", "/v1/devices/SN-1/reprovision"},
 	{"GET", "/v1/attestations"}, {"GET", "/v1/attestations/x/1/bundle"}, {"GET", "/v1/audit"},
 	{"GET", "/v1/stations"}, {"GET", "/v1/stations/l1"}, {"POST", "/v1/stations"}, {"POST", "/v1/stations/l1/revoke"},
-	{"GET", "/v1/log/inclusion"}, {"GET", "/v1/log/entries"}, {"GET", "/v1/reports/fleet"},
+	{"GET", "/v1/log/inclusion"}, {"GET", "/v1/log/entries"}, {"GET", "/v1/reports/fleet"}, {"GET", "/v1/reports/fleet/summary"}, {"GET", "/v1/reports/fleet/devices"},
 	{"GET", "/v1/tuf"}, {"GET", "/v1/tuf/metadata/root"}, {"POST", "/v1/tuf/publish"},
 	{"GET", "/v1/keys"}, {"POST", "/v1/keys/tuf"}, {"POST", "/v1/keys/intermediate"},
 }

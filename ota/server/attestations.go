@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/foster-ota/foster/ota/tlog"
@@ -50,6 +53,8 @@ type attestStore interface {
 	GetAttestation(ctx context.Context, deviceID string, seq int64) (store.Attestation, error)
 	PageAttestations(ctx context.Context, deviceID string, afterID int64, limit int) ([]store.Attestation, error)
 	FleetReport(ctx context.Context, model string, staleDays int) (*store.FleetReport, error)
+	FleetSummary(ctx context.Context, model string, staleDays, listN int) (*store.FleetSummary, error)
+	PageFleetList(ctx context.Context, q store.FleetListQuery) (store.FleetPage, error)
 }
 
 // attestLog appends attestations to the transparency log and proves them
@@ -85,6 +90,8 @@ func (g *attestAPI) routes(mux *http.ServeMux, e *edge) {
 	mux.Handle("GET /v1/attestations", e.handle(readers, g.list))
 	mux.Handle("GET /v1/attestations/{device}/{sequence}/bundle", e.handle(readers, e.streaming(g.bundle)))
 	mux.Handle("GET /v1/reports/fleet", e.handle(readers, g.fleetReport))
+	mux.Handle("GET /v1/reports/fleet/summary", e.handle(readers, g.fleetSummary))
+	mux.Handle("GET /v1/reports/fleet/devices", e.handle(readers, g.fleetList))
 }
 
 type attestationResponse struct {
@@ -296,26 +303,100 @@ func (g *attestAPI) list(w http.ResponseWriter, r *http.Request) error {
 
 // fleetReport: ?model=M&stale_days=N (default 30).
 func (g *attestAPI) fleetReport(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	model := q.Get("model")
-	if model != "" {
-		if err := identity.ValidName(model); err != nil {
-			return badRequest("model: %v", err)
-		}
+	model, stale, err := reportParams(r.URL.Query())
+	if err != nil {
+		return err
 	}
-	stale := int64(30)
-	if q.Has("stale_days") {
-		var err error
-		if stale, err = intParam(q.Get("stale_days"), "stale_days"); err != nil {
-			return err
-		}
-		if stale > 36500 {
-			return badRequest("stale_days must be at most 36500")
-		}
-	}
-	rep, err := g.store.FleetReport(r.Context(), model, int(stale))
+	rep, err := g.store.FleetReport(r.Context(), model, stale)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, rep)
+}
+
+// reportParams reads ?model=M&stale_days=N (default 30, at most 36500).
+func reportParams(q url.Values) (model string, staleDays int, err error) {
+	model = q.Get("model")
+	if model != "" {
+		if err := identity.ValidName(model); err != nil {
+			return "", 0, badRequest("model: %v", err)
+		}
+	}
+	stale := int64(30)
+	if q.Has("stale_days") {
+		if stale, err = intParam(q.Get("stale_days"), "stale_days"); err != nil {
+			return "", 0, err
+		}
+		if stale > 36500 {
+			return "", 0, badRequest("stale_days must be at most 36500")
+		}
+	}
+	return model, int(stale), nil
+}
+
+// Fleet lists: default and most devices a page (list= and limit=).
+const (
+	defaultFleetList = 20
+	maxFleetList     = store.MaxFleetListPage
+)
+
+func fleetLimit(q url.Values, name string) (int, error) {
+	if !q.Has(name) {
+		return defaultFleetList, nil
+	}
+	n, err := intParam(q.Get(name), name)
+	if err != nil {
+		return 0, err
+	}
+	if n < 1 || n > maxFleetList {
+		return 0, badRequest("%s must be between 1 and %d", name, maxFleetList)
+	}
+	return int(n), nil
+}
+
+// fleetSummary is the fleet at a glance, at any size (the console's fleet
+// page): ?model=M&stale_days=N&list=L, exact counts and the first L
+// (default 20) devices of each list with the cursor of the next page.
+func (g *attestAPI) fleetSummary(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	model, stale, err := reportParams(q)
+	if err != nil {
+		return err
+	}
+	n, err := fleetLimit(q, "list")
+	if err != nil {
+		return err
+	}
+	s, err := g.store.FleetSummary(r.Context(), model, stale, n)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, s)
+}
+
+// fleetList pages one fleet list: ?list=behind|silent|revoked|cloned
+// &model=M&stale_days=N&after=CURSOR&limit=L (default 20). The answer's
+// "next" is the cursor of the following page, absent after the last.
+func (g *attestAPI) fleetList(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	model, stale, err := reportParams(q)
+	if err != nil {
+		return err
+	}
+	n, err := fleetLimit(q, "limit")
+	if err != nil {
+		return err
+	}
+	list := q.Get("list")
+	if !slices.Contains(store.FleetLists, list) {
+		return badRequest("list must be one of %s", strings.Join(store.FleetLists, ", "))
+	}
+	p, err := g.store.PageFleetList(r.Context(), store.FleetListQuery{List: list, Model: model, StaleDays: stale, After: q.Get("after"), Limit: n})
+	if errors.Is(err, store.ErrBadCursor) {
+		return badRequest("after: %v", err)
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, p)
 }

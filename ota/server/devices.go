@@ -19,8 +19,8 @@ type deviceStore interface {
 	PageDevices(ctx context.Context, afterID string, limit int) ([]store.Device, error)
 	GetDevice(ctx context.Context, id string) (store.Device, error)
 	DevicesBySerial(ctx context.Context, serial string) ([]store.Device, error)
-	ListCertificates(ctx context.Context, subject string) ([]store.Certificate, error)
-	ListRefusals(ctx context.Context, deviceID string) ([]store.Refusal, error)
+	RecentCertificates(ctx context.Context, subject string, limit int) ([]store.Certificate, int, error)
+	RecentRefusals(ctx context.Context, deviceID string, limit int) ([]store.Refusal, int, error)
 	RevokeDevice(ctx context.Context, id string, reasonCode int, reason, by string) (store.Device, error)
 	AllowReprovision(ctx context.Context, id, by string) (store.Device, error)
 }
@@ -64,10 +64,14 @@ func (g *deviceAPI) list(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, nonNil(ds))
 }
 
+// deviceDetail is a device with its newest certificates and refusals (at
+// most store.MaxDeviceHistory each, oldest first) and how many it has.
 type deviceDetail struct {
 	store.Device
-	Certificates []store.Certificate `json:"certificates"`
-	Refusals     []store.Refusal     `json:"refusals"`
+	Certificates      []store.Certificate `json:"certificates"`
+	CertificatesTotal int                 `json:"certificates_total"`
+	Refusals          []store.Refusal     `json:"refusals"`
+	RefusalsTotal     int                 `json:"refusals_total"`
 }
 
 // resolve finds a device by URN or by an unambiguous serial.
@@ -109,15 +113,15 @@ func (g *deviceAPI) get(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	certs, err := g.store.ListCertificates(r.Context(), d.ID)
+	certs, nc, err := g.store.RecentCertificates(r.Context(), d.ID, store.MaxDeviceHistory)
 	if err != nil {
 		return err
 	}
-	refusals, err := g.store.ListRefusals(r.Context(), d.ID)
+	refusals, nr, err := g.store.RecentRefusals(r.Context(), d.ID, store.MaxDeviceHistory)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, deviceDetail{Device: d, Certificates: nonNil(certs), Refusals: nonNil(refusals)})
+	return writeJSON(w, http.StatusOK, deviceDetail{Device: d, Certificates: nonNil(certs), CertificatesTotal: nc, Refusals: nonNil(refusals), RefusalsTotal: nr})
 }
 
 func (g *deviceAPI) revoke(w http.ResponseWriter, r *http.Request) error {

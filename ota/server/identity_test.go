@@ -384,6 +384,15 @@ func TestCloneIsRefusedRecordedAndReprovisionable(t *testing.T) {
 	if r := f.do(orig.client, "GET", "/tuf/timestamp.json", nil); r.status != 200 {
 		t.Fatalf("original after a clone attempt: %d", r.status)
 	}
+	// An auditor may not allow re-provisioning: refused, nothing changes.
+	auditor := f.principalClient(identity.Principal{Role: identity.RoleAuditor, Name: "eve"})
+	if r := f.do(auditor, "POST", "/v1/devices/SN-1/reprovision", []byte(`{}`)); r.status != 403 || !strings.Contains(string(r.body), "auditor may not") {
+		t.Fatalf("auditor's reprovision: %d %s", r.status, r.body)
+	}
+	json.Unmarshal(f.mustJSON(f.admin, "GET", "/v1/devices/SN-1", nil, 200), &d)
+	if !d.ReprovisionAllowedAt.IsZero() {
+		t.Fatalf("an auditor allowed re-provisioning: %+v", d.Device)
+	}
 	f.mustJSON(f.admin, "POST", "/v1/devices/SN-1/reprovision", map[string]string{}, 200)
 	var out struct{ Certificate string }
 	json.Unmarshal(f.mustJSON(f.anon, "POST", "/v1/enroll", json.RawMessage(enrollBody(f.token("SN-1", "edge-gw"), "SN-1", "edge-gw", csrPEM(t, cloneKey, "SN-1"))), 201), &out)

@@ -84,10 +84,11 @@ func (d *DB) AddAttestationTx(ctx context.Context, tx *sql.Tx, a Attestation) (A
 		return Attestation{}, fmt.Errorf("recording attestation: %w", err)
 	}
 	upd := sqlAttested
-	args := []any{a.Sequence, ts(a.ReceivedAt), a.DeviceID}
+	day := dayOf(a.ReceivedAt)
+	args := []any{a.Sequence, ts(a.ReceivedAt), day, day, a.DeviceID}
 	if a.Outcome == "committed" {
 		upd = sqlAttestedInstalled
-		args = []any{a.Sequence, ts(a.ReceivedAt), a.Version, a.TargetPath, a.Counter, a.DeviceID}
+		args = []any{a.Sequence, ts(a.ReceivedAt), day, day, a.Version, a.TargetPath, a.Counter, a.Counter, ts(a.ReceivedAt), a.DeviceID}
 	}
 	if _, err := c.ExecContext(ctx, d.q(upd), args...); err != nil {
 		return Attestation{}, fmt.Errorf("updating device: %w", err)

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 )
 
@@ -142,6 +144,25 @@ func (d *DB) ListCertificates(ctx context.Context, subject string) ([]Certificat
 		return d.listCerts(ctx, `ORDER BY issued_at, serial`)
 	}
 	return d.listCerts(ctx, `WHERE subject = ? ORDER BY issued_at, serial`, subject)
+}
+
+// MaxDeviceHistory bounds the certificates and refusals of one device that
+// RecentCertificates and RecentRefusals return.
+const MaxDeviceHistory = 100
+
+// RecentCertificates returns the newest limit (1..MaxDeviceHistory)
+// certificates issued to subject, oldest first, and how many there are.
+func (d *DB) RecentCertificates(ctx context.Context, subject string, limit int) ([]Certificate, int, error) {
+	if limit < 1 || limit > MaxDeviceHistory {
+		return nil, 0, fmt.Errorf("limit %d out of range 1..%d", limit, MaxDeviceHistory)
+	}
+	var n int
+	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM certificates WHERE subject = ?`), subject).Scan(&n); err != nil {
+		return nil, 0, fmt.Errorf("counting certificates: %w", err)
+	}
+	cs, err := d.listCerts(ctx, `WHERE subject = ? ORDER BY issued_at DESC, serial DESC LIMIT `+strconv.Itoa(limit), subject)
+	slices.Reverse(cs)
+	return cs, n, err
 }
 
 // RevokedCertificates returns every revoked certificate, for the CRL.

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -302,10 +304,10 @@ func (d *DB) EnrollDevice(ctx context.Context, r EnrollRequest, issue func() (Is
 			ReplacedCertSerial: replaced, HardwareID: r.HardwareID}
 		if exists {
 			_, err = tx.ExecContext(ctx, d.q(sqlReenrollDevice),
-				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, replaced, r.HardwareID, id)
+				DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), dayOf(now), is.KeySHA256, replaced, r.HardwareID, id)
 		} else {
 			_, err = tx.ExecContext(ctx, d.q(sqlEnrollDevice),
-				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), is.KeySHA256, r.HardwareID)
+				id, r.Serial, r.Model, DeviceActive, is.Serial, ts(is.NotAfter), is.ChainPEM, ts(now), dayOf(now), is.KeySHA256, r.HardwareID)
 		}
 		if isUnique(err) {
 			return fmt.Errorf("device %s: %w", id, ErrConflict)
@@ -430,7 +432,7 @@ func (d *DB) noteRefusal(ctx context.Context, r EnrollRequest, err error) error 
 	if !errors.Is(err, ErrClone) && !errors.Is(err, ErrDeviceRevoked) {
 		return err
 	}
-	reason := "clone: enrollment with a different key"
+	reason := refusalClone
 	if errors.Is(err, ErrDeviceRevoked) {
 		reason = "enrollment of a revoked device"
 	}
@@ -579,6 +581,22 @@ func (d *DB) recordRefusal(ctx context.Context, deviceID, reason, keySHA256, via
 // ListRefusals returns a device's refused enrollments, oldest first.
 func (d *DB) ListRefusals(ctx context.Context, deviceID string) ([]Refusal, error) {
 	return queryAll(ctx, d.db, "listing refusals", d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id`), scanRefusal, deviceID)
+}
+
+// RecentRefusals returns a device's newest limit (1..MaxDeviceHistory)
+// refusals, oldest first, and how many there are: a clone that keeps
+// trying cannot make a device's page unbounded.
+func (d *DB) RecentRefusals(ctx context.Context, deviceID string, limit int) ([]Refusal, int, error) {
+	if limit < 1 || limit > MaxDeviceHistory {
+		return nil, 0, fmt.Errorf("limit %d out of range 1..%d", limit, MaxDeviceHistory)
+	}
+	var n int
+	if err := d.db.QueryRowContext(ctx, d.q(`SELECT COUNT(*) FROM device_refusals WHERE device_id = ?`), deviceID).Scan(&n); err != nil {
+		return nil, 0, fmt.Errorf("counting refusals: %w", err)
+	}
+	rs, err := queryAll(ctx, d.db, "listing refusals", d.q(`SELECT id, device_id, reason, key_sha256, via, at FROM device_refusals WHERE device_id = ? ORDER BY id DESC LIMIT `+strconv.Itoa(limit)), scanRefusal, deviceID)
+	slices.Reverse(rs)
+	return rs, n, err
 }
 
 func scanRefusal(s scanner) (Refusal, error) {

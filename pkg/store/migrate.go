@@ -22,6 +22,9 @@ func (d *DB) migrations() []*goose.Migration {
 		goose.NewGoMigration(1, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.baseline(ctx) }}, nil),
 		// 2: the online key record and the replicas' reports of it (keyset.go).
 		goose.NewGoMigration(2, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateKeySet(ctx) }}, nil),
+		// 3: devices' installed_at and seen_day, rollouts' stored health, and
+		// the indexes of the fleet page and of rollout health (fleet.go).
+		goose.NewGoMigration(3, &goose.GoFunc{RunDB: func(ctx context.Context, _ *sql.DB) error { return d.migrateFleetViews(ctx) }}, nil),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/foster-ota/foster/pkg/store"
 	"github.com/foster-ota/foster/pkg/store/storetest"
@@ -93,8 +94,8 @@ func (b backend) schema(t *testing.T) []string {
 const previousReleaseRows = `
 INSERT INTO tuf_state (id, timestamp_version, timestamp_etag) VALUES (1, 7, 'etag-7');
 INSERT INTO models (name, hardware_ids, created_at, cert_validity) VALUES ('gw', '["rev-a"]', 1700000000000000000, 3600);
-INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, key_sha256, hardware_id)
-	VALUES ('urn:foster:device:gw:SN1', 'SN1', 'gw', 'active', 'abc', 1800000000000000000, 'PEM', 1700000000000000000, '1.0.0', 'k1', 'rev-a');
+INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, installed_version, installed_target, installed_counter, last_attestation_at, last_sequence, key_sha256, hardware_id)
+	VALUES ('urn:foster:device:gw:SN1', 'SN1', 'gw', 'active', 'abc', 1800000000000000000, 'PEM', 1700000000000000000, '1.0.0', 'gw/1.0.0/fw.bin', 1, 1700000000000000000, 1, 'k1', 'rev-a');
 INSERT INTO releases (model, version, counter, target_path, sha256, length, created_by, created_at)
 	VALUES ('gw', '1.0.0', 1, 'gw/1.0.0/fw.bin', 'aa', 42, 'alice', 1700000000000000000);
 INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial)
@@ -133,6 +134,15 @@ func TestStoreFromPreviousReleaseUpgrades(t *testing.T) {
 		}
 		if a, err := d.GetAttestation(ctx, dev.ID, 1); err != nil || a.Outcome != "committed" || a.CertSerial != "abc" {
 			t.Fatalf("attestation after upgrade: %+v, %v", a, err)
+		}
+		// installed_at (migration 3) comes from the attestations: the
+		// device is behind a newer release since its commit of 1.0.0.
+		if _, err := d.AddRelease(ctx, store.Release{Model: "gw", Version: "2.0.0", Counter: 2, TargetPath: "gw/2.0.0/fw.bin", SHA256: "bb", Length: 1}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if p, err := d.PageFleetList(ctx, store.FleetListQuery{List: store.ListBehind, Limit: 10}); err != nil || len(p.Devices) != 1 ||
+			!p.Devices[0].InstalledAt.Equal(time.Unix(0, 1700000000000000000)) {
+			t.Fatalf("behind after upgrade: %+v, %v; want installed since its attestation", p, err)
 		}
 		if ev, err := d.ListAudit(ctx); err != nil || len(ev) != 1 || ev[0].Actor != "alice" {
 			t.Fatalf("audit after upgrade: %+v, %v", ev, err)

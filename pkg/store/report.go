@@ -85,6 +85,17 @@ type DeviceStatus struct {
 	ReleasesBehind    int       `json:"releases_behind"`
 	EnrolledAt        time.Time `json:"enrolled_at"`
 	LastAttestationAt time.Time `json:"last_attestation_at,omitzero"`
+	// The fleet lists (FleetSummary, PageFleetList) also fill these.
+	Status string `json:"status,omitempty"`
+	// InstalledAt is when the device first committed the release it runs.
+	InstalledAt  time.Time `json:"installed_at,omitzero"`
+	RevokedAt    time.Time `json:"revoked_at,omitzero"`
+	RevokeReason string    `json:"revoke_reason,omitempty"`
+	// CloneAttempts counts the refused enrollments of the serial with
+	// another key; LastCloneAttempt is the latest one's time.
+	CloneAttempts    int       `json:"clone_attempts,omitempty"`
+	LastCloneAttempt time.Time `json:"last_clone_attempt,omitzero"`
+	seenDay          int64     // the silent list's cursor
 }
 
 // FleetReport computes the report for model ("" for all) with orphan

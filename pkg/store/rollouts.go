@@ -84,6 +84,11 @@ type Rollout struct {
 	HaltIndices []int64 `json:"halt_log_indices,omitempty"`
 	CreatedBy   string  `json:"created_by"`
 	UpdatedBy   string  `json:"updated_by"`
+	// Health is the health ota/rollout last stored for the rollout (its
+	// JSON, opaque here) and HealthRevision the revision it was computed
+	// at (SetRolloutHealth); nil before the first.
+	Health         []byte `json:"-"`
+	HealthRevision int64  `json:"-"`
 }
 
 // WaveStartedAt is when the current wave was first offered.
@@ -189,6 +194,10 @@ func (d *DB) migrateRollouts(ctx context.Context) error {
 
 const rolloutCols = `id, model, version, target_path, group_list, waves, wave, wave_interval, max_failure_rate, min_sample, silence_deadline, seed, state, revision, created_at, updated_at, wave_starts, halt_reason, halt_indices, created_by, updated_by`
 
+// rolloutReadCols are what reads scan: the written columns and the stored
+// health (migration 3; SetRolloutHealth writes it).
+const rolloutReadCols = rolloutCols + `, health, health_revision`
+
 func rolloutArgs(r Rollout) ([]any, error) {
 	if r.Groups == nil {
 		r.Groups = []string{}
@@ -215,13 +224,16 @@ func rolloutArgs(r Rollout) ([]any, error) {
 
 func scanRollout(s scanner) (Rollout, error) {
 	var r Rollout
-	var groups, waves, starts, indices string
+	var groups, waves, starts, indices, health string
 	var interval, silence, created, updated int64
 	err := s.Scan(&r.ID, &r.Model, &r.Version, &r.TargetPath, &groups, &waves, &r.Wave, &interval, &r.MaxFailureRate,
 		&r.MinSample, &silence, &r.Seed, &r.State, &r.Revision, &created, &updated, &starts, &r.HaltReason, &indices,
-		&r.CreatedBy, &r.UpdatedBy)
+		&r.CreatedBy, &r.UpdatedBy, &health, &r.HealthRevision)
 	if err != nil {
 		return Rollout{}, err
+	}
+	if health != "" {
+		r.Health = []byte(health)
 	}
 	r.WaveInterval, r.SilenceDeadline = time.Duration(interval), time.Duration(silence)
 	r.CreatedAt, r.UpdatedAt = fromTS(created), fromTS(updated)
@@ -297,7 +309,7 @@ type queryRower interface {
 }
 
 func (d *DB) getRollout(ctx context.Context, q queryRower, id, suffix string) (Rollout, error) {
-	r, err := scanRollout(q.QueryRowContext(ctx, d.q(`SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`+suffix), id))
+	r, err := scanRollout(q.QueryRowContext(ctx, d.q(`SELECT `+rolloutReadCols+` FROM rollouts WHERE id = ?`+suffix), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Rollout{}, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
 	}
@@ -332,7 +344,7 @@ func (d *DB) ListRollouts(ctx context.Context, f RolloutFilter) ([]Rollout, erro
 	if !f.Before.IsZero() {
 		where, args = append(where, "created_at < ?"), append(args, ts(f.Before))
 	}
-	q := `SELECT ` + rolloutCols + ` FROM rollouts`
+	q := `SELECT ` + rolloutReadCols + ` FROM rollouts`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -412,4 +424,22 @@ func (d *DB) UpdateRollout(ctx context.Context, from Rollout, apply func(cur Rol
 		return Rollout{}, err
 	}
 	return out, nil
+}
+
+// MaxRolloutHealth bounds a stored health's JSON.
+const MaxRolloutHealth = 16 << 10 // bytes
+
+// SetRolloutHealth stores health (JSON) as the rollout's health at
+// revision, unless the rollout has changed since (another revision): a
+// summary kept on write, so listing rollouts reads it instead of walking
+// each rollout's fleet. It does not change the row's revision.
+func (d *DB) SetRolloutHealth(ctx context.Context, id string, revision int64, health []byte) error {
+	if len(health) == 0 || len(health) > MaxRolloutHealth {
+		return fmt.Errorf("rollout %s: health of %d bytes, want 1..%d", id, len(health), MaxRolloutHealth)
+	}
+	_, err := d.db.ExecContext(ctx, d.q(`UPDATE rollouts SET health = ?, health_revision = ? WHERE id = ? AND revision = ?`), string(health), revision, id, revision)
+	if err != nil {
+		return fmt.Errorf("storing rollout %s health: %w", id, err)
+	}
+	return nil
 }

@@ -20,16 +20,21 @@ const (
 	sqlTokenIDSeen = `SELECT 1 FROM used_token_ids WHERE issuer = ? AND jti = ?`
 	sqlUseTokenID  = `INSERT INTO used_token_ids (issuer, jti, expires_at, used_at) VALUES (?, ?, ?, ?)`
 
-	sqlReenrollDevice = `UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '', replaced_cert_serial = ?, hardware_id = ? WHERE id = ?`
-	sqlEnrollDevice   = `INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, key_sha256, hardware_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlReenrollDevice = `UPDATE devices SET status = ?, cert_serial = ?, cert_not_after = ?, cert_pem = ?, enrolled_at = ?, seen_day = ?, key_sha256 = ?, reprovision_at = 0, reprovision_by = '', revoked_at = 0, revoke_reason = '', replaced_cert_serial = ?, hardware_id = ? WHERE id = ?`
+	sqlEnrollDevice   = `INSERT INTO devices (id, serial, model, status, cert_serial, cert_not_after, cert_pem, enrolled_at, seen_day, key_sha256, hardware_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlInsertCert     = `INSERT INTO certificates (serial, subject, key_sha256, not_before, not_after, issued_at, issued_via, issued_by, enroll_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlSpendToken     = `UPDATE tokens SET used_at = ? WHERE hash = ? AND used_at = 0`
 	sqlChargeStation  = `UPDATE stations SET used = used + 1 WHERE name = ? AND used < quota AND status = ? AND not_before <= ? AND not_after > ?`
 
 	sqlLastSequence      = `SELECT last_sequence FROM devices WHERE id = ?` // + lock
 	sqlInsertAttestation = `INSERT INTO attestations (device_id, sequence, outcome, target_path, sha256, version, counter, envelope, received_at, leaf_index, cert_serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
-	sqlAttested          = `UPDATE devices SET last_sequence = ?, last_attestation_at = ? WHERE id = ?`
-	sqlAttestedInstalled = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, installed_version = ?, installed_target = ?, installed_counter = ? WHERE id = ?`
+	// seen_day (the day of the device's last sign of life) changes once a
+	// day at most, so PostgreSQL can still update the row in place (HOT):
+	// it is in an index, last_attestation_at is not (fleet.go).
+	sqlAttested          = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, seen_day = CASE WHEN seen_day > ? THEN seen_day ELSE ? END WHERE id = ?`
+	sqlAttestedInstalled = `UPDATE devices SET last_sequence = ?, last_attestation_at = ?, seen_day = CASE WHEN seen_day > ? THEN seen_day ELSE ? END,
+		installed_version = ?, installed_target = ?, installed_counter = ?,
+		installed_at = CASE WHEN installed_counter = ? AND installed_at != 0 THEN installed_at ELSE ? END WHERE id = ?`
 
 	sqlCertRevokedAt    = `SELECT revoked_at FROM certificates WHERE serial = ?`
 	sqlCredentialAccess = `SELECT c.subject, c.revoked_at, c.issued_via,

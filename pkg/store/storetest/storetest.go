@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,4 +133,52 @@ func Each(t *testing.T, fn func(t *testing.T, d *store.DB)) {
 func EachFrom(t *testing.T, legacy string, fn func(t *testing.T, d *store.DB)) {
 	t.Run("sqlite", func(t *testing.T) { fn(t, SQLiteFrom(t, legacy)) })
 	t.Run("postgres", func(t *testing.T) { fn(t, PostgresFrom(t, legacy)) })
+}
+
+// PostgresDatabase returns the DSN of database name on the test PostgreSQL,
+// creating it if it does not exist (dropping it first when reset): a
+// database that outlives the test, for benchmarks that cache a large seeded
+// store across runs. Unreachable: as Postgres. name must be a plain
+// lower-case identifier.
+func PostgresDatabase(t testing.TB, name string, reset bool) string {
+	t.Helper()
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			t.Fatalf("database name %q: want [a-z0-9_]", name)
+		}
+	}
+	base := PostgresBase()
+	admin, err := sql.Open("pgx", base)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = admin.PingContext(ctx)
+		cancel()
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("PostgreSQL at %s unreachable: %v", base, err)
+		}
+		t.Skipf("PostgreSQL at %s unreachable (set CI=1 to make this fatal): %v", base, err)
+	}
+	defer admin.Close()
+	if reset {
+		if _, err := admin.Exec("DROP DATABASE IF EXISTS " + name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var exists bool
+	if err := admin.QueryRow("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if !exists {
+		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
 }
