@@ -181,9 +181,26 @@ func Sign(signer signature.Signer, in Install) ([]byte, error) {
 // signature whose keyid is set must name pub (KeyID); envelopes signed
 // before Foster set keyids (keyid "") verify as before.
 func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
-	if len(envelope) > MaxEnvelopeSize {
-		return nil, fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
+	kv, err := NewVerifier(pub)
+	if err != nil {
+		return nil, err
 	}
+	return kv.Verify(envelope)
+}
+
+// Verifier verifies envelopes signed by one device key. Making one costs
+// an encoding and a hash of the key: a caller that verifies many envelopes
+// of one device (an auditor reading the log) keeps it. Safe for concurrent
+// use.
+type Verifier struct {
+	pub   crypto.PublicKey
+	sv    signature.Verifier
+	keyID string
+}
+
+// NewVerifier returns a Verifier for pub (an error wrapping ErrBadSignature
+// when the key type is not supported).
+func NewVerifier(pub crypto.PublicKey) (*Verifier, error) {
 	v, err := signature.LoadVerifier(pub, crypto.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("%w: unsupported key: %v", ErrBadSignature, err)
@@ -192,6 +209,15 @@ func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: unsupported key: %v", ErrBadSignature, err)
 	}
+	return &Verifier{pub: pub, sv: v, keyID: keyID}, nil
+}
+
+// Verify checks envelope's signature and returns the predicate, as the
+// package-level Verify does.
+func (kv *Verifier) Verify(envelope []byte) (*Install, error) {
+	if len(envelope) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
+	}
 	var env ssldsse.Envelope
 	if err := json.Unmarshal(envelope, &env); err != nil {
 		return nil, fmt.Errorf("%w: envelope is not JSON: %v", ErrMalformed, err)
@@ -199,7 +225,7 @@ func Verify(envelope []byte, pub crypto.PublicKey) (*Install, error) {
 	if env.PayloadType != PayloadType {
 		return nil, fmt.Errorf("%w: dsse: unexpected payload type: got %q, want %q", ErrBadSignature, env.PayloadType, PayloadType)
 	}
-	ev, err := ssldsse.NewEnvelopeVerifier(&dsse.VerifierAdapter{SignatureVerifier: v, Pub: pub, PubKeyID: keyID})
+	ev, err := ssldsse.NewEnvelopeVerifier(&dsse.VerifierAdapter{SignatureVerifier: kv.sv, Pub: kv.pub, PubKeyID: kv.keyID})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
