@@ -289,7 +289,8 @@ func stream(ctx context.Context, src Source, cp tlogverify.Checkpoint, kept *tlo
 			if it.err != nil {
 				return fail(fmt.Errorf("entry %d: %w", idx, it.err))
 			}
-			if err := rng.Append(it.leafHash[:], nil); err != nil {
+			// The range keeps the slice it is given; items are reused.
+			if err := rng.Append(append([]byte(nil), it.leafHash[:]...), nil); err != nil {
 				return fail(err)
 			}
 			if err := checkKept(); err != nil {
