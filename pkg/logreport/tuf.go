@@ -148,7 +148,9 @@ func LoadTUF(f fetcher.Fetcher, base string, trustedRoot []byte, refTime time.Ti
 		}
 	}
 	for m, rs := range v.Releases {
-		slices.SortFunc(rs, func(a, b Release) int { return cmp.Or(cmp.Compare(a.Counter, b.Counter), strings.Compare(a.Target, b.Target)) })
+		slices.SortFunc(rs, func(a, b Release) int {
+			return cmp.Or(cmp.Compare(a.Counter, b.Counter), strings.Compare(a.Target, b.Target))
+		})
 		for i := range rs {
 			v.byTarget[rs[i].Target] = &rs[i]
 		}
