@@ -218,9 +218,11 @@ func (kv *Verifier) Verify(envelope []byte) (*Install, error) {
 	if len(envelope) > MaxEnvelopeSize {
 		return nil, fmt.Errorf("%w: envelope larger than %d bytes", ErrMalformed, MaxEnvelopeSize)
 	}
-	var env ssldsse.Envelope
-	if err := json.Unmarshal(envelope, &env); err != nil {
-		return nil, fmt.Errorf("%w: envelope is not JSON: %v", ErrMalformed, err)
+	env, ok := decodeCommonEnvelope(envelope)
+	if !ok {
+		if err := json.Unmarshal(envelope, &env); err != nil {
+			return nil, fmt.Errorf("%w: envelope is not JSON: %v", ErrMalformed, err)
+		}
 	}
 	if env.PayloadType != PayloadType {
 		return nil, fmt.Errorf("%w: dsse: unexpected payload type: got %q, want %q", ErrBadSignature, env.PayloadType, PayloadType)
@@ -235,6 +237,57 @@ func (kv *Verifier) Verify(envelope []byte) (*Install, error) {
 	}
 	return parseStatement(payload)
 }
+
+// decodeCommonEnvelope decodes the one shape Sign writes (Go's encoding of
+// a one-signature ssldsse.Envelope) without encoding/json: an auditor
+// decodes a million of them reading a log. Anything else (ok false) is
+// decoded by json.Unmarshal, which gives the same Envelope for what this
+// accepts: the exact keys in Go's order and strings of base64 or hex
+// characters, which hold no JSON escapes (FuzzDecodeCommonEnvelope). The
+// signature is verified by the DSSE library either way.
+func decodeCommonEnvelope(b []byte) (ssldsse.Envelope, bool) {
+	rest, ok := bytes.CutPrefix(b, []byte(`{"payloadType":"`+PayloadType+`","payload":"`))
+	if !ok {
+		return ssldsse.Envelope{}, false
+	}
+	payload, rest, ok := cutChars(rest, isBase64Char)
+	if !ok {
+		return ssldsse.Envelope{}, false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`","signatures":[{"keyid":"`)); !ok {
+		return ssldsse.Envelope{}, false
+	}
+	keyID, rest, ok := cutChars(rest, isHexChar)
+	if !ok {
+		return ssldsse.Envelope{}, false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`","sig":"`)); !ok {
+		return ssldsse.Envelope{}, false
+	}
+	sig, rest, ok := cutChars(rest, isBase64Char)
+	if !ok || string(rest) != `"}]}` {
+		return ssldsse.Envelope{}, false
+	}
+	return ssldsse.Envelope{PayloadType: PayloadType, Payload: string(payload),
+		Signatures: []ssldsse.Signature{{KeyID: string(keyID), Sig: string(sig)}}}, true
+}
+
+// cutChars splits b before its first byte that is not ok, which must be
+// the closing quote of a JSON string.
+func cutChars(b []byte, ok func(byte) bool) (chars, rest []byte, found bool) {
+	for i, c := range b {
+		if !ok(c) {
+			return b[:i], b[i:], c == '"'
+		}
+	}
+	return nil, nil, false
+}
+
+func isBase64Char(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='
+}
+
+func isHexChar(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
 
 // PeekDevice returns the device claimed by an envelope without verifying it,
 // so a server can find which certificate to verify against. Never trust the
