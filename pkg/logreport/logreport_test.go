@@ -74,17 +74,8 @@ func (f *fixture) setLines(t testing.TB, lines [][]byte) {
 	}
 }
 
-// checkpoint returns the export's checkpoint; resign replaces it with one
-// the log key signs over lines (the operator rewriting history).
-func (f *fixture) checkpoint(t testing.TB) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(f.Export, logreport.CheckpointFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
+// setCheckpoint replaces the export's checkpoint; resign replaces it with
+// one the log key signs over lines (the operator rewriting history).
 func (f *fixture) setCheckpoint(t testing.TB, cp []byte) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(f.Export, logreport.CheckpointFile), cp, 0o644); err != nil {
