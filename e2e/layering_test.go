@@ -30,7 +30,7 @@ var layerRules = []struct {
 }
 
 // testOnly packages exist for tests and must not reach a binary's code.
-var testOnly = []string{"client/clienttest", "ota/blob/blobtest", "ota/blob/s3test", "pkg/store/storetest", "pkg/mqtttest"}
+var testOnly = []string{"client/clienttest", "ota/blob/blobtest", "ota/blob/s3test", "pkg/store/storetest", "pkg/mqtttest", "pkg/logreport/loggen"}
 
 func under(pkg, prefix string) bool {
 	if strings.HasSuffix(prefix, "/") {

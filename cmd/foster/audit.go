@@ -53,7 +53,8 @@ const exitCodesHelp = `Exit codes:
   6  checkpoint signature: the checkpoint is not signed by --log-key (forged checkpoint)
   7  target not signed: the installed image is not a target signed (from --tuf-root) for the device's model
   8  malformed bundle
-  9  inconsistent: the log rewrote its history or showed a split view (audit monitor)
+  9  inconsistent: the log rewrote its history or showed a split view (audit monitor, report --from-log)
+  10 replay: the log holds a device's attestation twice or out of order (report --from-log)
 `
 
 // exitError carries a specific exit code to main.
@@ -89,6 +90,8 @@ func classCode(err error) int {
 const auditUsage = `Usage:
   foster audit verify BUNDLE|DIR... --ca-root ca.pem --tuf-root root.json --log-key log.pub [--json]
   foster [connection] audit report [--model M] [--format table|json|csv] [--stale-days N]
+  foster [connection] audit report --from-log [--log-dir DIR] --ca-root ca.pem --tuf-root root.json --log-key log.pub [--state FILE] [--devices FILE]
+  foster [connection] audit export-log --out DIR --tuf-root root.json --log-key log.pub
   foster [connection] audit monitor --state FILE [--log-key log.pub]
 `
 
@@ -107,14 +110,9 @@ func runAudit(ctx context.Context, c conn, args []string, stdout, stderr io.Writ
 	case "monitor":
 		return cmdAuditMonitor(ctx, c, rest, stdout, stderr)
 	case "report":
-		var cl *client
-		if !isHelp(rest) {
-			var err error
-			if cl, err = c.client(); err != nil {
-				return err
-			}
-		}
-		return cmdAuditReport(ctx, cl, rest, stdout, stderr)
+		return cmdAuditReport(ctx, c, rest, stdout, stderr)
+	case "export-log":
+		return cmdAuditExportLog(ctx, c, rest, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "foster: unknown command %q\n\n%s", "audit "+sub, auditUsage)
 	return errUsage
@@ -333,14 +331,34 @@ func verifyJSON(path string, res *attbundle.Result, err error) verifyResult {
 
 // --- report
 
-func cmdAuditReport(ctx context.Context, c *client, args []string, stdout, stderr io.Writer) error {
+func cmdAuditReport(ctx context.Context, cn conn, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("audit report", "audit report [--model M] [--json | --format table|json|csv] [--stale-days N]", stderr)
 	model := fs.String("model", "", "only this model")
 	format := fs.String("format", "table", "table, json or csv")
 	asJSON := fs.Bool("json", false, "print JSON (the same as --format json)")
 	stale := fs.Int("stale-days", 30, "devices with no attestation for this many days are orphan candidates")
+	var fl fromLogFlags
+	fl.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: foster [connection] audit report [--model M] [--json | --format table|json|csv] [--stale-days N]
+       foster [connection] audit report --from-log [--log-dir DIR] --ca-root ca.pem --tuf-root root.json --log-key log.pub
+              [--state FILE] [--devices FILE] [--tuf-at TIME] [--model M] [--json | --format ...] [--stale-days N]
+
+The fleet's patch status: devices per release, time to patch, devices
+behind the latest release, and orphan candidates (no attestation for
+--stale-days). Without --from-log it is fosterd's database's answer (admin or
+auditor credential).
+`+fromLogHelp+`
+Flags:
+`)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\n"+exitCodesHelp)
+	}
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if !fl.on && (fl.dir != "" || fl.state != "" || fl.devices != "" || fl.tufAt != "" || fl.a != (anchors{})) {
+		return usageError(fs, "--log-dir, --state, --devices, --tuf-at and the anchors go with --from-log")
 	}
 	if *format != "table" && *format != "json" && *format != "csv" {
 		return usageError(fs, "--format must be table, json or csv")
@@ -350,6 +368,13 @@ func cmdAuditReport(ctx context.Context, c *client, args []string, stdout, stder
 	}
 	if *stale < 0 {
 		return fmt.Errorf("%w: --stale-days must not be negative", errUsage)
+	}
+	if fl.on {
+		return cmdAuditReportFromLog(ctx, cn, &fl, *model, *stale, *format, stdout, stderr)
+	}
+	c, err := cn.client()
+	if err != nil {
+		return err
 	}
 	q := url.Values{"stale_days": {strconv.Itoa(*stale)}}
 	if *model != "" {

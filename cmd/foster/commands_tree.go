@@ -97,7 +97,8 @@ var commandTree = []command{
 	}},
 	{"audit", "install attestations: offline verification, reports, log monitoring", []subcommand{
 		{"verify", "offline: verify attestation bundles"},
-		{"report", "fleet status"},
+		{"report", "fleet status (--from-log: from the transparency log alone)"},
+		{"export-log", "copy the log and TUF metadata out for an offline report"},
 		{"monitor", "check the transparency log only grows"},
 	}},
 	{"console", "the fleet console: a web UI on this machine, with your credential", nil},

@@ -62,12 +62,14 @@ type distributionAPI struct {
 }
 
 func (g *distributionAPI) routes(mux *http.ServeMux, e *edge) {
-	who := deviceOnly
+	// Admins and auditors read the metadata (an auditor verifies its fleet
+	// report against it) but not firmware.
+	meta, targets := devicesAndReaders, deviceOnly
 	if g.cfg.Public {
-		who = nil
+		meta, targets = nil, nil
 	}
-	mux.Handle("GET /tuf/{file}", e.handle(who, e.streaming(g.serveMetadata)))
-	mux.Handle("GET /targets/{path...}", e.handle(who, e.streaming(g.serveTarget)))
+	mux.Handle("GET /tuf/{file}", e.handle(meta, e.streaming(g.serveMetadata)))
+	mux.Handle("GET /targets/{path...}", e.handle(targets, e.streaming(g.serveTarget)))
 }
 
 // serveMetadata serves /tuf/<file>: current metadata from the repository's

@@ -34,6 +34,9 @@ var (
 	stationOnly = []identity.Role{identity.RoleStation}
 	adminOnly   = []identity.Role{identity.RoleAdmin}
 	readers     = []identity.Role{identity.RoleAdmin, identity.RoleAuditor} // admins and auditors
+	// devicesAndReaders: TUF metadata, which auditors verify the fleet
+	// report against (`foster audit report --from-log`).
+	devicesAndReaders = []identity.Role{identity.RoleDevice, identity.RoleAdmin, identity.RoleAuditor}
 )
 
 // edge wraps handlers for registration. Safe for concurrent use.

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/foster-ota/foster/ota/tufrepo"
 	"github.com/foster-ota/foster/pkg/apierr"
@@ -92,6 +93,10 @@ type targetCustom struct {
 	ReleaseCounter int64    `json:"release_counter"`
 	HardwareIDs    []string `json:"hardware_ids"`
 	MinFromVersion string   `json:"min_from_version,omitempty"`
+	// PublishedAt is when fosterd recorded the release (RFC 3339, UTC,
+	// seconds): signed, so an auditor measures time to patch from the
+	// repository's own word (`foster audit report --from-log`).
+	PublishedAt string `json:"published_at,omitempty"`
 }
 
 // add publishes a firmware image into its model's TUF role.
@@ -234,7 +239,8 @@ func (g *releaseAPI) add(w http.ResponseWriter, r *http.Request) error {
 		if err := checkCounterRange(model, rel.Counter, latest); err != nil {
 			return err
 		}
-		custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: rel.Counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom})
+		custom, _ := json.Marshal(targetCustom{Model: model, Version: version, ReleaseCounter: rel.Counter, HardwareIDs: nonNil(hw), MinFromVersion: minFrom,
+			PublishedAt: rel.CreatedAt.UTC().Format(time.RFC3339)})
 		if held != nil {
 			var err error
 			if custom, err = rollout.WithTerms(custom, held); err != nil {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/foster-ota/foster/ota/blob"
 	"github.com/foster-ota/foster/ota/instance"
@@ -100,6 +101,11 @@ func TestReleaseRefusalsLeaveRepositoryUnchanged(t *testing.T) {
 	json.Unmarshal(tgt.Custom, &c)
 	if c["min_from_version"] != "1.2.0" || c["release_counter"] != float64(2) || fmt.Sprint(c["hardware_ids"]) != "[rev-b]" {
 		t.Fatalf("signed custom metadata = %s", tgt.Custom)
+	}
+	// The publication time is signed too (an auditor's time-to-patch start),
+	// and is the recorded one, to the second.
+	if c["published_at"] != rel.CreatedAt.UTC().Format(time.RFC3339) {
+		t.Fatalf("signed published_at %v, recorded %s", c["published_at"], rel.CreatedAt)
 	}
 }
 

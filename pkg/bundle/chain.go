@@ -52,25 +52,41 @@ var clientAuth = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 // verifyChain verifies leaf, with the intermediates of inter, to the CA
 // roots at t for client authentication.
 func (v *Verifier) verifyChain(leaf *x509.Certificate, inter []*x509.Certificate, pool *x509.CertPool, t time.Time) error {
-	if len(inter) == 1 && v.fastChain(leaf, inter[0], t) {
-		return nil
-	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: v.roots.CARoots, Intermediates: pool, CurrentTime: t, KeyUsages: clientAuth})
+	_, _, err := v.verifyChainWindow(leaf, inter, pool, t)
 	return err
 }
 
-// fastChain reports whether the fast path verified the chain (false: use
-// the full verification, which also produces the error).
-func (v *Verifier) fastChain(leaf, inter *x509.Certificate, t time.Time) bool {
+// verifyChainWindow is verifyChain that also returns when every
+// certificate of the chain it verified is valid (a window holding t).
+func (v *Verifier) verifyChainWindow(leaf *x509.Certificate, inter []*x509.Certificate, pool *x509.CertPool, t time.Time) (nb, na time.Time, err error) {
+	if len(inter) == 1 {
+		if root := v.fastChain(leaf, inter[0], t); root != nil {
+			nb, na = window([]*x509.Certificate{leaf, inter[0], root})
+			return nb, na, nil
+		}
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: v.roots.CARoots, Intermediates: pool, CurrentTime: t, KeyUsages: clientAuth})
+	if err != nil {
+		return nb, na, err
+	}
+	nb, na = window(chains[0])
+	return nb, na, nil
+}
+
+// fastChain returns the root of the chain if the fast path verified it
+// (nil: use the full verification, which also produces the error).
+func (v *Verifier) fastChain(leaf, inter *x509.Certificate, t time.Time) *x509.Certificate {
 	if hasExtension(leaf, oidPolicyMappings, oidPolicyConstraint, oidInhibitAnyPolicy) {
-		return false
+		return nil
 	}
 	a := v.anchorFor(inter, t)
 	if a == nil || t.Before(a.root.NotBefore) || t.After(a.root.NotAfter) {
-		return false
+		return nil
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: a.pool, CurrentTime: t, KeyUsages: clientAuth})
-	return err == nil
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.pool, CurrentTime: t, KeyUsages: clientAuth}); err != nil {
+		return nil
+	}
+	return a.root
 }
 
 // anchorFor returns the remembered anchor of inter, establishing it (at

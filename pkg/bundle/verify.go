@@ -87,6 +87,8 @@ type Verifier struct {
 	checkpoints   *cache.Cache[string, tlogverify.Checkpoint]
 	intermediates *cache.Cache[[32]byte, *intermediates]
 	anchors       *cache.Cache[[32]byte, *anchor] // nil: not eligible for the fast path
+	leaves        *cache.Cache[[32]byte, *verifiedLeaf]
+	leafCache     int
 }
 
 // verifiedTargets is the targets role that signs a target, found by the
@@ -103,7 +105,7 @@ type verifiedTargets struct {
 const cacheEntries = 256
 
 // NewVerifier checks the trust roots and returns a Verifier.
-func NewVerifier(tr TrustRoots) (*Verifier, error) {
+func NewVerifier(tr TrustRoots, opts ...Option) (*Verifier, error) {
 	if tr.CARoots == nil || tr.LogKey == nil || len(tr.TUFRoot) == 0 {
 		return nil, errors.New("bundle: a CA root, a TUF root and a log key are all required")
 	}
@@ -114,13 +116,19 @@ func NewVerifier(tr TrustRoots) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle: trusted TUF root: %w", err)
 	}
-	return &Verifier{
+	v := &Verifier{
 		roots: tr, tufRoot: root,
 		tuf:           cache.New[[32]byte, *verifiedTargets](cacheEntries),
 		checkpoints:   cache.New[string, tlogverify.Checkpoint](cacheEntries),
 		intermediates: cache.New[[32]byte, *intermediates](cacheEntries),
 		anchors:       cache.New[[32]byte, *anchor](cacheEntries),
-	}, nil
+		leafCache:     DefaultLeafCache,
+	}
+	for _, o := range opts {
+		o(v)
+	}
+	v.leaves = cache.New[[32]byte, *verifiedLeaf](v.leafCache)
+	return v, nil
 }
 
 // VerifyBytes parses and verifies a bundle document.
@@ -146,34 +154,17 @@ func (v *Verifier) Verify(b *Bundle) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	leaf, inter, err := v.certificates(e)
+	at := time.Unix(e.IntegratedTime, 0).UTC()
+	// Identity (the chain, at the time the log accepted the attestation),
+	// then the signature and the device it names.
+	er, err := v.VerifyEntry(e)
 	if err != nil {
 		return nil, err
 	}
-	at := time.Unix(e.IntegratedTime, 0).UTC()
-
-	// Identity: the chain, at the time the log accepted the attestation.
-	if err := v.verifyChain(leaf, inter.certs, inter.pool, at); err != nil {
-		return nil, fmt.Errorf("%w: device certificate %s at %s: %v", ErrUnknownCA, leaf.SerialNumber.Text(16), at.Format(time.RFC3339), err)
-	}
-	p, err := identity.FromCertificate(leaf)
+	p, in := er.Device, er.Statement
+	leaf, err := x509.ParseCertificate(e.CertChain[0])
 	if err != nil {
-		return nil, fmt.Errorf("%w: certificate identity: %v", ErrUnknownCA, err)
-	}
-	if p.Role != identity.RoleDevice {
-		return nil, fmt.Errorf("%w: certificate belongs to %s, not a device", ErrUnknownCA, p.URI())
-	}
-
-	// Signature and the device it names.
-	in, err := attest.Verify(e.Envelope, leaf.PublicKey)
-	switch {
-	case errors.Is(err, attest.ErrBadSignature):
-		return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
-	case err != nil:
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if in.Device != p.URI() {
-		return nil, fmt.Errorf("%w: statement names %s but is signed by %s", ErrBadSignature, in.Device, p.URI())
+		return nil, fmt.Errorf("%w: certificate 0: %v", ErrMalformed, err)
 	}
 
 	// Firmware: signed for this model.

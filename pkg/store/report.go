@@ -83,7 +83,7 @@ type DeviceStatus struct {
 	LatestVersion     string    `json:"latest_version,omitempty"`
 	LatestCounter     int64     `json:"latest_release_counter"`
 	ReleasesBehind    int       `json:"releases_behind"`
-	EnrolledAt        time.Time `json:"enrolled_at"`
+	EnrolledAt        time.Time `json:"enrolled_at,omitzero"` // zero: unknown (a report from the log)
 	LastAttestationAt time.Time `json:"last_attestation_at,omitzero"`
 	// The fleet lists (FleetSummary, PageFleetList) also fill these.
 	Status string `json:"status,omitempty"`
@@ -247,6 +247,15 @@ func coverage(now time.Time, at []time.Time) []CoveragePoint {
 	}
 	return pts
 }
+
+// CoverageOf is FleetReport.Coverage for the given first commits of the
+// latest releases: how many happened by the end of each of the last
+// CoverageDays days (for a report computed elsewhere, pkg/logreport).
+func CoverageOf(now time.Time, at []time.Time) []CoveragePoint { return coverage(now, at) }
+
+// PercentilesOf is the report's nearest-rank percentiles of v (seconds);
+// nil for none. It sorts v.
+func PercentilesOf(v []float64) *Percentiles { return percentiles(v) }
 
 // reportRevoked fills the report's revoked devices.
 func (d *DB) reportRevoked(ctx context.Context, rep *FleetReport) error {
